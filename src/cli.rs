@@ -1,0 +1,199 @@
+//! The command line: `kubectl proxy`'s flags, names and defaults first, then
+//! kubegate's own. Only clap lives here; [`crate::config`] gives the strings
+//! their types.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Default of `--accept-hosts`: loopback names only (kubectl's).
+pub const DEFAULT_ACCEPT_HOSTS: &str = r"^localhost$,^127\.0\.0\.1$,^\[::1\]$";
+
+/// The in-cluster service-account directory.
+pub const DEFAULT_SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+const ABOUT: &str = "Creates a proxy server or application-level gateway between localhost and \
+the Kubernetes API server, like `kubectl proxy`, but safe to leave exec, attach and \
+port-forward on.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  # Serve the API on http://127.0.0.1:8001 with the current kubeconfig context
+  kubegate
+
+  # Try it without a cluster: a built-in apiserver double behind kubegate
+  kubegate demo
+
+  # Serve on a random port; the line 'Starting to serve on ...' names it
+  kubegate --port=0
+
+  # Serve only the pods API, and static files from ./web under /static/
+  kubegate --accept-paths='^/api/v1/namespaces/[^/]+/pods' --www=./web
+
+  # Serve on a unix socket, readable by this user only
+  kubegate --unix-socket=/tmp/kubegate.sock
+
+Differences from kubectl proxy are listed in the README.";
+
+/// `kubegate`: an authenticating reverse proxy for the Kubernetes API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kubegate", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Run something other than the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The port on which to run the proxy. Set to 0 to pick a random port.
+    #[arg(short = 'p', long, default_value_t = 8001, global = true)]
+    pub port: u16,
+
+    /// The IP address on which to serve on.
+    #[arg(long, default_value = "127.0.0.1", global = true)]
+    pub address: String,
+
+    /// Unix socket on which to run the proxy (mode 0600).
+    #[arg(short = 'u', long, value_name = "PATH", global = true)]
+    pub unix_socket: Option<PathBuf>,
+
+    /// Regular expressions for hosts that the proxy should accept
+    /// (comma-separated; matched against the Host header without its port).
+    #[arg(long, default_value = DEFAULT_ACCEPT_HOSTS, global = true)]
+    pub accept_hosts: String,
+
+    /// Regular expressions for paths that the proxy should accept.
+    #[arg(long, default_value = "^.*", global = true)]
+    pub accept_paths: String,
+
+    /// Regular expressions for paths that the proxy should reject. Paths
+    /// specified here will be rejected even if accepted by --accept-paths.
+    /// kubegate's default is empty (kubectl's rejects exec and attach).
+    #[arg(long, default_value = "", global = true)]
+    pub reject_paths: String,
+
+    /// Regular expressions for HTTP methods that the proxy should reject
+    /// (example --reject-methods='POST,PUT,PATCH'). Upgrades (exec, attach,
+    /// port-forward) count as POST.
+    #[arg(long, default_value = "^$", global = true)]
+    pub reject_methods: String,
+
+    /// Prefix to serve the proxied API under.
+    #[arg(long, default_value = "/", global = true)]
+    pub api_prefix: String,
+
+    /// Also serve static files from the given directory under the specified
+    /// prefix.
+    #[arg(short = 'w', long, value_name = "DIR", global = true)]
+    pub www: Option<PathBuf>,
+
+    /// Prefix to serve static files under, if static file directory is
+    /// specified.
+    #[arg(short = 'P', long, default_value = "/static/", global = true)]
+    pub www_prefix: String,
+
+    /// If true, disable request filtering in the proxy. This is dangerous, and
+    /// can leave you vulnerable to XSRF attacks, when used with an accessible
+    /// port.
+    #[arg(long, global = true)]
+    pub disable_filter: bool,
+
+    /// keepalive specifies the keep-alive period for an active network
+    /// connection to the apiserver (e.g. 30s). 0 uses the default (15s); a
+    /// negative value disables keep-alive.
+    #[arg(long, default_value = "0", allow_hyphen_values = true, global = true)]
+    pub keepalive: String,
+
+    /// If true, enables automatically appending the kube context server path
+    /// to each request.
+    #[arg(long, global = true)]
+    pub append_server_path: bool,
+
+    /// Path to the kubeconfig file to use. Default: $KUBECONFIG (several files
+    /// merged), then ~/.kube/config, then the in-cluster service account.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The name of the kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+
+    /// The name of the kubeconfig cluster to use.
+    #[arg(long, global = true)]
+    pub cluster: Option<String>,
+
+    /// The name of the kubeconfig user to use.
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+
+    /// kubegate: pass a client's own Authorization and Impersonate-* headers
+    /// to the apiserver (kubectl proxy does; kubegate drops them by default,
+    /// so that the proxy's identity is the only one used).
+    #[arg(long, global = true)]
+    pub forward_client_credentials: bool,
+
+    /// kubegate: how long in-flight requests may run after SIGINT/SIGTERM.
+    #[arg(long, default_value = "10s", value_name = "DURATION", global = true)]
+    pub shutdown_grace: String,
+
+    /// kubegate: limit for opening a connection (TCP and TLS) to the apiserver.
+    #[arg(long, default_value = "30s", value_name = "DURATION", global = true)]
+    pub connect_timeout: String,
+
+    /// kubegate: how often a token file is checked for a new token.
+    #[arg(long, default_value = "10s", value_name = "DURATION", global = true)]
+    pub token_reload_interval: String,
+
+    /// kubegate: where the in-cluster service-account token, ca.crt and
+    /// namespace are read from when there is no kubeconfig.
+    #[arg(long, env = "KUBEGATE_SERVICE_ACCOUNT_DIR", default_value = DEFAULT_SERVICE_ACCOUNT_DIR, value_name = "DIR", global = true)]
+    pub service_account_dir: PathBuf,
+
+    /// Log level as kubectl counts it: 0 requests and warnings, 4 debug, 6
+    /// and above trace.
+    #[arg(
+        short = 'v',
+        long = "v",
+        default_value_t = 0,
+        value_name = "LEVEL",
+        global = true
+    )]
+    pub verbosity: u8,
+}
+
+/// What to run instead of the proxy.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Start a built-in apiserver double with a throwaway PKI and real mutual
+    /// TLS, and kubegate in front of it: try kubegate without a cluster.
+    Demo,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_kubectl_proxys_except_reject_paths() {
+        let args = Args::parse_from(["kubegate"]);
+        assert_eq!(args.port, 8001);
+        assert_eq!(args.address, "127.0.0.1");
+        assert_eq!(args.accept_hosts, DEFAULT_ACCEPT_HOSTS);
+        assert_eq!(args.accept_paths, "^.*");
+        assert_eq!(args.reject_paths, "");
+        assert_eq!(args.reject_methods, "^$");
+        assert_eq!(args.api_prefix, "/");
+        assert_eq!(args.www_prefix, "/static/");
+    }
+
+    #[test]
+    fn flags_work_after_the_demo_subcommand() {
+        let args = Args::parse_from(["kubegate", "demo", "-p", "0"]);
+        assert!(matches!(args.command, Some(Command::Demo)));
+        assert_eq!(args.port, 0);
+    }
+}

@@ -1,0 +1,99 @@
+//! kubegate: an authenticating reverse proxy for the Kubernetes API, a
+//! drop-in for `kubectl proxy` that is safe to leave exec, attach and
+//! port-forward on.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (kubectl proxy's flags first).
+//! - [`config`]: command line and kubeconfig into a typed [`config::Config`].
+//! - [`listen`] and [`serve`]: sockets, connections, graceful shutdown.
+//! - [`proxy`]: the request handler, which uses
+//!   [`policy`] (path canonicalisation and filters),
+//!   [`forward`] (header rewriting) and
+//!   [`upstream`] (TLS, credentials, pooled HTTP/2 to the apiserver).
+//! - [`status`]: every failure as a `metav1.Status` response.
+//! - [`www`]: `--www` static files.
+//! - [`demo`]: the apiserver double behind `kubegate demo` and the tests.
+//!
+//! # Life of a request
+//!
+//! 1. [`listen`] accepts a TCP or unix connection; [`serve`] gives it to
+//!    hyper (HTTP/1.1 with upgrades, or HTTP/2) and watches it for shutdown.
+//! 2. [`proxy`] routes the path: `--www-prefix` to [`www`], `--api-prefix`
+//!    on, anything else 404.
+//! 3. [`policy::normalize`] decodes the path once and refuses any spelling
+//!    that could be read two ways; [`policy::Policy::check`] applies the
+//!    host, path and method filters to that canonical path.
+//! 4. [`forward`] drops hop-by-hop headers and client credentials and sets
+//!    `X-Forwarded-*`; [`upstream`] adds kubegate's credential and sends the
+//!    request over a pooled connection, bodies streaming both ways.
+//! 5. Any failure becomes a [`status::ProxyError`] and then the status
+//!    and `metav1.Status` body the apiserver would give.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod listen;
+pub mod policy;
+pub mod proxy;
+pub mod serve;
+pub mod shutdown;
+pub mod status;
+pub mod upstream;
+pub mod www;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use config::{Config, StartupError};
+use listen::Listener;
+use proxy::Shared;
+use upstream::Upstream;
+
+/// A configured proxy, ready to serve.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    grace: std::time::Duration,
+}
+
+impl Proxy {
+    /// Builds the proxy: connects credentials and TLS (running an exec
+    /// plugin once, reading token files), without touching the network.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartupError`] naming what is misconfigured.
+    pub async fn new(config: Config) -> Result<Proxy, StartupError> {
+        if config.policy.disabled {
+            tracing::warn!(
+                "Request filter disabled (--disable-filter): any web page or local process that can reach kubegate can use your credentials"
+            );
+        }
+        let upstream = Upstream::new(config.upstream).await?;
+        Ok(Proxy {
+            shared: Arc::new(Shared {
+                routes: config.routes,
+                policy: config.policy,
+                upstream,
+                forward_client_credentials: config.forward_client_credentials,
+            }),
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// How many HTTP/2 connections the proxy has opened to the apiserver.
+    pub fn upstream_connections_opened(&self) -> usize {
+        self.shared.upstream.h2_connections_opened()
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then drains connections
+    /// for up to `--shutdown-grace`.
+    pub async fn serve(&self, listener: Listener, shutdown: impl Future<Output = ()>) {
+        serve::serve(listener, self.shared.clone(), shutdown, self.grace).await;
+    }
+}

@@ -1,0 +1,51 @@
+//! The `kubegate` command: parse, configure, bind, serve until a signal.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kubegate::cli::{Args, Command};
+use kubegate::config::{Config, Env, StartupError};
+use kubegate::listen::Listener;
+use kubegate::{Proxy, demo, shutdown};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.verbosity);
+    let result = match args.command {
+        Some(Command::Demo) => demo::run(&args).await,
+        None => run(&args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kubegate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), StartupError> {
+    let config = Config::load(args, &Env::process()).await?;
+    let listen = config.listen.clone();
+    let proxy = Proxy::new(config).await?;
+    let listener = Listener::bind(&listen).await?;
+    // kubectl proxy's line; scripts read the port from it.
+    println!("Starting to serve on {listener}");
+    proxy.serve(listener, shutdown::signal()).await;
+    Ok(())
+}
+
+fn init_tracing(verbosity: u8) {
+    let default = match verbosity {
+        0..=3 => "kubegate=info,warn",
+        4..=5 => "kubegate=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBEGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,192 @@
+//! Who may do what: the `Host`, path and method filters of `kubectl proxy`,
+//! applied to the canonical path. Pure functions of the request head, built
+//! once at start-up; nothing here does I/O.
+
+pub mod path;
+
+use std::fmt;
+
+use regex::RegexSet;
+
+pub use path::{NormalPath, PathError, normalize};
+
+/// A comma-separated list of regular expressions, as kubectl's filter flags
+/// take them. Compiled once; matched as a substring search, as Go does.
+#[derive(Debug, Clone)]
+pub struct PatternList {
+    set: RegexSet,
+}
+
+/// A pattern in a filter flag that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: the pattern {pattern:?} is not a valid regular expression: {reason}")]
+pub struct PatternError {
+    /// The flag that held it.
+    pub flag: &'static str,
+    /// The pattern as given.
+    pub pattern: String,
+    /// The compiler's complaint.
+    pub reason: String,
+}
+
+impl PatternList {
+    /// Parses `--flag=a,b,c`. An empty string is an empty list that matches
+    /// nothing (kubectl since 1.21).
+    ///
+    /// # Errors
+    ///
+    /// A [`PatternError`] naming the flag and the first bad pattern.
+    pub fn parse(flag: &'static str, list: &str) -> Result<Self, PatternError> {
+        let patterns: Vec<&str> = if list.is_empty() {
+            Vec::new()
+        } else {
+            list.split(',').collect()
+        };
+        for pattern in &patterns {
+            if let Err(error) = regex::Regex::new(pattern) {
+                return Err(PatternError {
+                    flag,
+                    pattern: pattern.to_string(),
+                    reason: error
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                });
+            }
+        }
+        let set = RegexSet::new(&patterns).map_err(|error| PatternError {
+            flag,
+            pattern: list.to_string(),
+            reason: error.to_string(),
+        })?;
+        Ok(PatternList { set })
+    }
+
+    /// Whether any pattern matches `text`.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.set.is_match(text)
+    }
+
+    /// The first pattern that matches `text`, if any.
+    pub fn first_match(&self, text: &str) -> Option<&str> {
+        let index = self.set.matches(text).into_iter().next()?;
+        self.set.patterns().get(index).map(String::as_str)
+    }
+}
+
+/// The filters, as kubectl proxy's flags set them.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `--accept-hosts`: the `Host` header (port removed) must match one.
+    pub accept_hosts: PatternList,
+    /// `--accept-paths`: the canonical path must match one.
+    pub accept_paths: PatternList,
+    /// `--reject-paths`: a path matching one is refused, whatever else allows it.
+    pub reject_paths: PatternList,
+    /// `--reject-methods`: a method matching one is refused.
+    pub reject_methods: PatternList,
+    /// `--disable-filter`: every check passes.
+    pub disabled: bool,
+}
+
+/// A request the filters refused, and which flag refused it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Denial {
+    /// The flag whose value refused the request.
+    pub flag: &'static str,
+    /// What was checked: the host, path or method.
+    pub subject: String,
+    /// The pattern that matched, for the reject flags.
+    pub pattern: Option<String>,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Denial {
+            flag,
+            subject,
+            pattern,
+        } = self;
+        match (flag.as_ref(), pattern) {
+            ("accept-hosts", _) => write!(
+                f,
+                "host {subject:?} matches no --accept-hosts pattern (the Host header is checked to stop DNS rebinding); add a pattern for it to --accept-hosts if you own that name"
+            ),
+            ("accept-paths", _) => write!(
+                f,
+                "path {subject:?} matches no --accept-paths pattern; add one that matches it to --accept-paths"
+            ),
+            (_, Some(pattern)) => write!(
+                f,
+                "{subject:?} is refused by the --{flag} pattern {pattern:?}; change --{flag} to allow it"
+            ),
+            (_, None) => write!(f, "{subject:?} is refused by --{flag}"),
+        }
+    }
+}
+
+impl Policy {
+    /// Decides whether a request may go upstream.
+    ///
+    /// `host` is the `Host` header (or HTTP/2 `:authority`), `method` the
+    /// method the request counts as (an upgrade counts as a write).
+    ///
+    /// # Errors
+    ///
+    /// The [`Denial`] naming the flag that refused the request.
+    pub fn check(
+        &self,
+        method: &str,
+        host: Option<&str>,
+        path: &NormalPath<'_>,
+    ) -> Result<(), Denial> {
+        if self.disabled {
+            return Ok(());
+        }
+        let host = host.map(host_without_port).unwrap_or("");
+        if !self.accept_hosts.is_match(host) {
+            return Err(denial("accept-hosts", host, None));
+        }
+        let path = path.as_str();
+        if let Some(pattern) = self.reject_paths.first_match(path) {
+            return Err(denial("reject-paths", path, Some(pattern)));
+        }
+        if !self.accept_paths.is_match(path) {
+            return Err(denial("accept-paths", path, None));
+        }
+        if let Some(pattern) = self.reject_methods.first_match(method) {
+            return Err(denial("reject-methods", method, Some(pattern)));
+        }
+        Ok(())
+    }
+}
+
+fn denial(flag: &'static str, subject: &str, pattern: Option<&str>) -> Denial {
+    Denial {
+        flag,
+        subject: subject.to_string(),
+        pattern: pattern.map(str::to_string),
+    }
+}
+
+/// The host part of a `Host` header, brackets kept: `[::1]:8001` is `[::1]`
+/// (kubectl drops the brackets and then refuses IPv6 loopback,
+/// kubernetes/kubernetes#77496).
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.split_once(':') {
+        Some((name, port)) if !port.contains(':') => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests;

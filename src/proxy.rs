@@ -1,0 +1,151 @@
+//! The request handler: route, canonicalise, check, forward; every failure
+//! answered through [`crate::status`]. One [`Shared`] (read-only after
+//! start-up) serves every connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::uri::PathAndQuery;
+use http::{Request, Response, header};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::config::Routes;
+use crate::forward::{self, ClientOrigin};
+use crate::policy::{NormalPath, Policy, normalize};
+use crate::status::ProxyError;
+use crate::upstream::Upstream;
+use crate::www;
+
+/// Everything a request needs, built once and never changed.
+pub struct Shared {
+    /// Where paths go.
+    pub routes: Routes,
+    /// The filters.
+    pub policy: Policy,
+    /// The apiserver.
+    pub upstream: Upstream,
+    /// `--forward-client-credentials`.
+    pub forward_client_credentials: bool,
+}
+
+/// The hyper service for one client connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    shared: Arc<Shared>,
+    origin: ClientOrigin,
+}
+
+impl ProxyService {
+    /// A service for a connection from `origin`.
+    pub fn new(shared: Arc<Shared>, origin: ClientOrigin) -> Self {
+        ProxyService { shared, origin }
+    }
+
+    async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let method = request.method().clone();
+        let response = self.route(request).await;
+        match response {
+            Ok(response) => response,
+            Err(error) => {
+                let (code, _) = error.code_and_reason();
+                if code.is_server_error() {
+                    tracing::warn!(%method, %code, %error, "request failed");
+                } else {
+                    tracing::info!(%method, %code, %error, "request refused");
+                }
+                error.to_response()
+            }
+        }
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let routes = &self.shared.routes;
+        let raw = request.uri().path();
+        if let Some((dir, prefix)) = &routes.www
+            && raw.starts_with(prefix.as_str())
+        {
+            return www::serve(dir, &raw[prefix.len() - 1..], request.method()).await;
+        }
+        let Some(rest) = raw.strip_prefix(routes.api_prefix.as_str()) else {
+            return Err(ProxyError::NotFound(raw.to_string()));
+        };
+        // kubectl strips the prefix but keeps the slash after it, and keeps
+        // prefixes that start with /api whole.
+        let api_path = match routes.strip_api_prefix {
+            true => &raw[raw.len() - rest.len() - 1..],
+            false => raw,
+        };
+        let path = normalize(api_path)?;
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        self.shared
+            .policy
+            .check(request.method().as_str(), host, &path)?;
+        let path_and_query = upstream_path(&path, request.uri().query(), api_path, request.uri())?;
+        self.forward(request, path_and_query).await
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        path_and_query: PathAndQuery,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upstream = &self.shared.upstream;
+        let (mut parts, body) = request.into_parts();
+        parts.uri = upstream.uri_for(path_and_query)?;
+        forward::request_headers(
+            &mut parts.headers,
+            &self.origin,
+            self.shared.forward_client_credentials,
+        );
+        upstream.authorize(&mut parts.headers);
+        let mut response = upstream
+            .send(Request::from_parts(parts, Either::Left(body)))
+            .await?;
+        forward::response_headers(response.headers_mut());
+        Ok(response)
+    }
+}
+
+/// The path and query to send: the request's own when it was already
+/// canonical and unprefixed (no allocation), else rebuilt.
+fn upstream_path(
+    path: &NormalPath<'_>,
+    query: Option<&str>,
+    api_path: &str,
+    uri: &http::Uri,
+) -> Result<PathAndQuery, ProxyError> {
+    let encoded = path.encoded();
+    if encoded == uri.path()
+        && encoded == api_path
+        && let Some(original) = uri.path_and_query()
+    {
+        return Ok(original.clone());
+    }
+    let text = match query {
+        Some(query) => format!("{encoded}?{query}"),
+        None => encoded.into_owned(),
+    };
+    PathAndQuery::try_from(text).map_err(|e| ProxyError::Upstream {
+        server: String::new(),
+        reason: format!("cannot form the upstream path: {e}"),
+    })
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}

@@ -1,0 +1,101 @@
+//! Serving connections: HTTP/1.1 (with upgrades) and HTTP/2 on every
+//! accepted socket, each connection in its own task, all watched so that a
+//! shutdown stops accepting, lets requests finish within the grace period,
+//! and then returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::forward::ClientOrigin;
+use crate::listen::{Accepted, Listener};
+use crate::proxy::{ProxyService, Shared};
+
+/// How long to pause accepting after an accept error such as EMFILE.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts and serves connections until `shutdown` resolves, then drains
+/// them for up to `grace`.
+pub async fn serve(
+    listener: Listener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1000)
+        .keep_alive_interval(Duration::from_secs(30));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(Accepted::Tcp(stream, peer)) => {
+                    let service = ProxyService::new(shared.clone(), tcp_origin(peer));
+                    spawn_connection(&builder, &graceful, stream, service);
+                }
+                Ok(Accepted::Unix(stream)) => {
+                    let origin = ClientOrigin { forwarded_for: None, proto: HeaderValue::from_static("http") };
+                    spawn_connection(&builder, &graceful, stream, ProxyService::new(shared.clone(), origin));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    // Stop accepting (and remove a unix socket file) before draining.
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(open, grace = ?grace, "waiting for open connections to finish");
+    }
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them");
+    }
+}
+
+fn tcp_origin(peer: SocketAddr) -> ClientOrigin {
+    ClientOrigin {
+        forwarded_for: HeaderValue::try_from(peer.ip().to_string()).ok(),
+        proto: HeaderValue::from_static("http"),
+    }
+}
+
+fn spawn_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    io: I,
+    service: ProxyService,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    let watched = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(error) = watched.await {
+            tracing::debug!(%error, "client connection ended with an error");
+        }
+    });
+}

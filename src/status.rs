@@ -1,0 +1,154 @@
+//! Every refusal and failure as the apiserver would answer it: an HTTP status
+//! and a `metav1.Status` JSON body whose message says what went wrong and
+//! what to do. This is the only place where an error becomes HTTP.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::body::ProxyBody;
+use crate::policy::{Denial, PathError};
+
+/// Why a request was not served. Grouped by side, as the log reads them.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    // Downstream: the request itself.
+    /// The path can be read more than one way, so it is refused.
+    #[error("{0}")]
+    BadPath(#[from] PathError),
+    /// A filter refused the request.
+    #[error("{0}")]
+    Denied(#[from] Denial),
+    /// The path is outside `--api-prefix` and `--www-prefix`.
+    #[error("the path {0} is not served here (see --api-prefix and --www-prefix)")]
+    NotFound(String),
+
+    // Upstream: reaching the apiserver.
+    /// No connection to the apiserver could be made.
+    #[error(
+        "cannot reach the apiserver at {server}: {reason}; check that it is running and that the kubeconfig's server address is right"
+    )]
+    Connect {
+        /// The apiserver address from the kubeconfig.
+        server: String,
+        /// What failed, in words.
+        reason: String,
+    },
+    /// The apiserver did not accept a connection in time.
+    #[error(
+        "the apiserver at {server} did not complete a connection within {seconds}s; it may be overloaded or unreachable"
+    )]
+    ConnectTimeout {
+        /// The apiserver address.
+        server: String,
+        /// The limit that ran out.
+        seconds: u64,
+    },
+    /// The TLS handshake with the apiserver failed.
+    #[error("TLS with the apiserver at {server} failed: {reason}; {hint}")]
+    Tls {
+        /// The apiserver address.
+        server: String,
+        /// The TLS error.
+        reason: String,
+        /// What the user can change.
+        hint: &'static str,
+    },
+    /// The connection broke or the apiserver spoke nonsense.
+    #[error("the apiserver at {server} broke off the request: {reason}")]
+    Upstream {
+        /// The apiserver address.
+        server: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// kubegate has no usable credential to send.
+    #[error("kubegate has no usable credential for the apiserver: {0}")]
+    Credentials(String),
+}
+
+/// The `metav1.Status` body, written by kubegate.
+#[derive(Debug, Serialize)]
+struct Status<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    metadata: Metadata,
+    status: &'static str,
+    message: &'a str,
+    reason: &'static str,
+    code: u16,
+}
+
+#[derive(Debug, Serialize)]
+struct Metadata {}
+
+impl ProxyError {
+    /// The status code and `metav1.StatusReason` for this error.
+    pub fn code_and_reason(&self) -> (StatusCode, &'static str) {
+        use ProxyError as E;
+        use StatusCode as S;
+        match self {
+            E::BadPath(_) => (S::BAD_REQUEST, "BadRequest"),
+            E::Denied(_) => (S::FORBIDDEN, "Forbidden"),
+            E::NotFound(_) => (S::NOT_FOUND, "NotFound"),
+            E::Connect { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            E::ConnectTimeout { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            E::Tls { .. } => (S::BAD_GATEWAY, "InternalError"),
+            E::Upstream { .. } => (S::BAD_GATEWAY, "InternalError"),
+            E::Credentials(_) => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        }
+    }
+
+    /// The response a client gets for this error.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let (code, reason) = self.code_and_reason();
+        status_response(code, reason, &self.to_string())
+    }
+}
+
+/// A `metav1.Status` failure response with the given code, reason and message.
+pub fn status_response(
+    code: StatusCode,
+    reason: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let status = Status {
+        kind: "Status",
+        api_version: "v1",
+        metadata: Metadata {},
+        status: "Failure",
+        message,
+        reason,
+        code: code.as_u16(),
+    };
+    // Serialising a struct of strings and numbers cannot fail.
+    let body = serde_json::to_vec(&status).unwrap_or_default();
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_status_body_reads_like_the_apiservers() {
+        let error = ProxyError::NotFound("/nope".into());
+        let response = error.to_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["kind"], "Status");
+        assert_eq!(value["apiVersion"], "v1");
+        assert_eq!(value["status"], "Failure");
+        assert_eq!(value["reason"], "NotFound");
+        assert_eq!(value["code"], 404);
+        assert!(value["message"].as_str().unwrap().contains("--api-prefix"));
+    }
+}

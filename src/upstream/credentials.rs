@@ -1,0 +1,327 @@
+//! The `Authorization` header kubegate sends, kept fresh: a fixed token, a
+//! token file re-read when it changes (the kubelet rotates service-account
+//! tokens about hourly), or an exec credential plugin re-run before its
+//! token expires. Requests read the current header without a lock; one task
+//! owns the refreshing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use http::{HeaderValue, Uri};
+use kube_client::config::ExecConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::config::{ClientIdentity, CredentialSource, StartupError, parse_identity};
+
+/// How long before expiry an exec plugin is run again.
+const EXEC_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// How long to wait before retrying a failed refresh.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// The current credential header, and the task that keeps it fresh.
+pub struct Credentials {
+    header: Arc<ArcSwapOption<HeaderValue>>,
+    rejected: Arc<Notify>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        if let Some(task) = self.refresher.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Credentials {
+    /// Loads the credential once (so that a broken one fails at start-up)
+    /// and starts refreshing it. An exec plugin may also hand back a client
+    /// certificate, returned here for the TLS configuration.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartupError`] naming the file or plugin and the fix.
+    pub async fn start(
+        source: &CredentialSource,
+        server: &Uri,
+        reload_interval: Duration,
+    ) -> Result<(Credentials, Option<ClientIdentity>), StartupError> {
+        let header = Arc::new(ArcSwapOption::empty());
+        let rejected = Arc::new(Notify::new());
+        let mut identity = None;
+        let refresher = match source {
+            CredentialSource::None => None,
+            CredentialSource::Bearer(token) => {
+                header.store(Some(Arc::new(bearer(token.expose_secret())?)));
+                None
+            }
+            CredentialSource::Basic(user, password) => {
+                let pair = format!("{user}:{}", password.expose_secret());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+                header.store(Some(Arc::new(sensitive(&format!("Basic {encoded}"))?)));
+                None
+            }
+            CredentialSource::TokenFile(path) => {
+                let token = read_token_file(path).map_err(StartupError::Credential)?;
+                header.store(Some(Arc::new(bearer(&token)?)));
+                Some(tokio::spawn(watch_token_file(
+                    path.clone(),
+                    token,
+                    reload_interval,
+                    header.clone(),
+                    rejected.clone(),
+                )))
+            }
+            CredentialSource::Exec(exec) => {
+                let output = run_exec(exec, server)
+                    .await
+                    .map_err(StartupError::Credential)?;
+                identity = output.identity;
+                if let Some(token) = &output.token {
+                    header.store(Some(Arc::new(bearer(token.expose_secret())?)));
+                }
+                Some(tokio::spawn(refresh_exec(
+                    (**exec).clone(),
+                    server.clone(),
+                    output.expires,
+                    header.clone(),
+                    rejected.clone(),
+                )))
+            }
+        };
+        Ok((
+            Credentials {
+                header,
+                rejected,
+                refresher,
+            },
+            identity,
+        ))
+    }
+
+    /// The header to send now, if any. Lock-free.
+    pub fn header(&self) -> Option<HeaderValue> {
+        self.header.load().as_deref().cloned()
+    }
+
+    /// The apiserver answered 401: refresh now rather than at the next tick
+    /// (as client-go drops its cached token on 401).
+    pub fn rejected(&self) {
+        self.rejected.notify_one();
+    }
+}
+
+fn sensitive(value: &str) -> Result<HeaderValue, StartupError> {
+    let mut header = HeaderValue::from_str(value).map_err(|_| {
+        StartupError::Credential(
+            "the token contains characters that cannot be sent in a header; check the token".into(),
+        )
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, StartupError> {
+    sensitive(&format!("Bearer {token}"))
+}
+
+fn read_token_file(path: &PathBuf) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => Err(format!(
+            "token file {} is empty; write the token into it",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "token file {}: {}; check the kubeconfig's tokenFile or the mounted service account",
+            path.display(),
+            crate::config::io_reason(&e)
+        )),
+    }
+}
+
+/// Re-reads the token file by path (the kubelet swaps a symlink, so an open
+/// handle would keep the old token) every interval, or at once after a 401.
+/// A failed read keeps the last good token.
+async fn watch_token_file(
+    path: PathBuf,
+    mut current: String,
+    interval: Duration,
+    header: Arc<ArcSwapOption<HeaderValue>>,
+    rejected: Arc<Notify>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = rejected.notified() => {}
+        }
+        match read_token_file(&path) {
+            Ok(token) if token != current => match bearer(&token) {
+                Ok(value) => {
+                    header.store(Some(Arc::new(value)));
+                    current = token;
+                    tracing::info!(file = %path.display(), "token file changed; using the new token");
+                }
+                Err(error) => tracing::warn!(%error, "ignoring the new token"),
+            },
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "keeping the last good token"),
+        }
+    }
+}
+
+/// Runs the exec plugin again shortly before its token expires, or at once
+/// after a 401; on failure, keeps the old token and retries.
+async fn refresh_exec(
+    exec: ExecConfig,
+    server: Uri,
+    mut expires: Option<jiff::Timestamp>,
+    header: Arc<ArcSwapOption<HeaderValue>>,
+    rejected: Arc<Notify>,
+) {
+    loop {
+        match expires {
+            Some(at) => {
+                let left = at.duration_since(jiff::Timestamp::now()).unsigned_abs();
+                let wait = if at > jiff::Timestamp::now() {
+                    left.saturating_sub(EXEC_REFRESH_MARGIN)
+                } else {
+                    Duration::ZERO
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = rejected.notified() => {}
+                }
+            }
+            None => rejected.notified().await,
+        }
+        match run_exec(&exec, &server).await {
+            Ok(output) => {
+                if let Some(token) = output.token
+                    && let Ok(value) = bearer(token.expose_secret())
+                {
+                    header.store(Some(Arc::new(value)));
+                }
+                expires = output.expires;
+                tracing::info!("exec credential plugin refreshed the token");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "exec credential plugin failed; keeping the last token");
+                expires = Some(jiff::Timestamp::now() + RETRY_AFTER_FAILURE + EXEC_REFRESH_MARGIN);
+            }
+        }
+    }
+}
+
+/// What an exec plugin returned.
+struct ExecOutput {
+    token: Option<SecretString>,
+    expires: Option<jiff::Timestamp>,
+    identity: Option<ClientIdentity>,
+}
+
+#[derive(Deserialize)]
+struct ExecCredential {
+    status: Option<ExecStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecStatus {
+    token: Option<String>,
+    expiration_timestamp: Option<String>,
+    client_certificate_data: Option<String>,
+    client_key_data: Option<String>,
+}
+
+/// Runs an exec credential plugin as client-go does: its own environment
+/// plus `KUBERNETES_EXEC_INFO`, no stdin, stdout parsed as an
+/// `ExecCredential`, stderr left to the terminal.
+async fn run_exec(exec: &ExecConfig, server: &Uri) -> Result<ExecOutput, String> {
+    let command = exec
+        .command
+        .as_deref()
+        .ok_or("the exec credential plugin has no command; set users[].user.exec.command")?;
+    let api_version = exec
+        .api_version
+        .clone()
+        .unwrap_or_else(|| "client.authentication.k8s.io/v1beta1".into());
+    let mut spec = serde_json::json!({ "interactive": false });
+    if exec.provide_cluster_info {
+        spec["cluster"] = serde_json::json!({ "server": server.to_string() });
+    }
+    let info =
+        serde_json::json!({ "apiVersion": api_version, "kind": "ExecCredential", "spec": spec });
+    let mut process = tokio::process::Command::new(command);
+    process
+        .args(exec.args.iter().flatten())
+        .env("KUBERNETES_EXEC_INFO", info.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    for name in exec.drop_env.iter().flatten() {
+        process.env_remove(name);
+    }
+    for pair in exec.env.iter().flatten() {
+        if let (Some(name), Some(value)) = (pair.get("name"), pair.get("value")) {
+            process.env(name, value);
+        }
+    }
+    let hint = exec
+        .install_hint
+        .as_deref()
+        .unwrap_or("check that it is installed and on PATH");
+    let output = tokio::time::timeout(Duration::from_secs(120), process.output())
+        .await
+        .map_err(|_| format!("exec credential plugin {command} did not finish within 120s"))?
+        .map_err(|e| {
+            format!(
+                "exec credential plugin {command} could not be run ({}); {hint}",
+                crate::config::io_reason(&e)
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "exec credential plugin {command} failed ({}); run it by hand to see why",
+            output.status
+        ));
+    }
+    let credential: ExecCredential = serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!("exec credential plugin {command} printed no ExecCredential JSON ({e})")
+    })?;
+    let status = credential
+        .status
+        .ok_or_else(|| format!("exec credential plugin {command} returned no status"))?;
+    let expires = match &status.expiration_timestamp {
+        Some(text) => Some(text.parse::<jiff::Timestamp>().map_err(|e| {
+            format!("exec credential plugin {command} gave a bad expirationTimestamp ({e})")
+        })?),
+        None => None,
+    };
+    let identity = match (&status.client_certificate_data, &status.client_key_data) {
+        (Some(cert), Some(key)) => {
+            let origin = format!("exec credential plugin {command}");
+            Some(
+                parse_identity(cert.as_bytes(), &origin, key.as_bytes(), &origin)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        _ => None,
+    };
+    if status.token.is_none() && identity.is_none() {
+        return Err(format!(
+            "exec credential plugin {command} returned neither a token nor a client certificate"
+        ));
+    }
+    Ok(ExecOutput {
+        token: status.token.map(SecretString::from),
+        expires,
+        identity,
+    })
+}
