@@ -187,7 +187,7 @@ pub async fn handle(
         (Method::GET, ["api", "v1", "namespaces", ns, "pods", name, "log"]) => {
             log(&state, ns, name, &query)
         }
-        (_, ["echo", ..]) => echo(user, request).await,
+        (_, [.., "echo"] | ["echo", ..]) => echo(user, request).await,
         (Method::GET, ["bytes"]) => {
             download(query.get("size").and_then(|s| s.parse().ok()).unwrap_or(0))
         }

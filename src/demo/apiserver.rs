@@ -81,7 +81,17 @@ pub struct State {
     pub stats: Stats,
     /// Where the double listens.
     pub address: SocketAddr,
-    tokens: HashMap<String, User>,
+    tokens: std::sync::RwLock<HashMap<String, User>>,
+}
+
+impl State {
+    /// Stops accepting a bearer token, as when a service-account token is
+    /// rotated and the old one expires.
+    pub fn revoke_token(&self, token: &str) {
+        if let Ok(mut tokens) = self.tokens.write() {
+            tokens.remove(token);
+        }
+    }
 }
 
 /// A running apiserver double; stopped when dropped.
@@ -119,7 +129,7 @@ impl ApiServer {
             store: Store::default(),
             stats: Stats::default(),
             address: listener.local_addr()?,
-            tokens: options.tokens.clone(),
+            tokens: std::sync::RwLock::new(options.tokens.clone()),
         });
         let task = tokio::spawn(accept_loop(listener, tls, state.clone(), options));
         Ok(ApiServer { state, task })
@@ -283,8 +293,9 @@ fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(user) = token.and_then(|t| state.tokens.get(t)) {
-        return Ok(user.clone());
+    let known = token.and_then(|t| state.tokens.read().ok()?.get(t).cloned());
+    if let Some(user) = known {
+        return Ok(user);
     }
     Err(match (certificate, token) {
         (CertificateIdentity::Invalid(reason), _) => format!("Unauthorized: {reason}"),

@@ -14,7 +14,6 @@ use http::{HeaderValue, Uri};
 use kube_client::config::ExecConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::sync::Notify;
 
 use crate::config::{ClientIdentity, CredentialSource, StartupError, parse_identity};
 
@@ -26,8 +25,18 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// The current credential header, and the task that keeps it fresh.
 pub struct Credentials {
     header: Arc<ArcSwapOption<HeaderValue>>,
-    rejected: Arc<Notify>,
+    /// Where a fresh credential comes from, for a reload after a 401.
+    reload: Reload,
+    /// One reload at a time; a 401 burst runs the plugin once.
+    reloading: tokio::sync::Mutex<()>,
     refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a reload after a 401 does.
+enum Reload {
+    Nothing,
+    TokenFile(PathBuf),
+    Exec(Box<ExecConfig>, Uri),
 }
 
 impl Drop for Credentials {
@@ -52,8 +61,8 @@ impl Credentials {
         reload_interval: Duration,
     ) -> Result<(Credentials, Option<ClientIdentity>), StartupError> {
         let header = Arc::new(ArcSwapOption::empty());
-        let rejected = Arc::new(Notify::new());
         let mut identity = None;
+        let mut reload = Reload::Nothing;
         let refresher = match source {
             CredentialSource::None => None,
             CredentialSource::Bearer(token) => {
@@ -69,12 +78,11 @@ impl Credentials {
             CredentialSource::TokenFile(path) => {
                 let token = read_token_file(path).map_err(StartupError::Credential)?;
                 header.store(Some(Arc::new(bearer(&token)?)));
+                reload = Reload::TokenFile(path.clone());
                 Some(tokio::spawn(watch_token_file(
                     path.clone(),
-                    token,
                     reload_interval,
                     header.clone(),
-                    rejected.clone(),
                 )))
             }
             CredentialSource::Exec(exec) => {
@@ -85,19 +93,20 @@ impl Credentials {
                 if let Some(token) = &output.token {
                     header.store(Some(Arc::new(bearer(token.expose_secret())?)));
                 }
+                reload = Reload::Exec(exec.clone(), server.clone());
                 Some(tokio::spawn(refresh_exec(
                     (**exec).clone(),
                     server.clone(),
                     output.expires,
                     header.clone(),
-                    rejected.clone(),
                 )))
             }
         };
         Ok((
             Credentials {
                 header,
-                rejected,
+                reload,
+                reloading: tokio::sync::Mutex::new(()),
                 refresher,
             },
             identity,
@@ -109,10 +118,31 @@ impl Credentials {
         self.header.load().as_deref().cloned()
     }
 
-    /// The apiserver answered 401: refresh now rather than at the next tick
-    /// (as client-go drops its cached token on 401).
-    pub fn rejected(&self) {
-        self.rejected.notify_one();
+    /// The apiserver answered 401 to `sent`: load a fresh credential now, so
+    /// that the next request carries it (client-go drops its cached token on
+    /// 401 for the same reason). Runs only on this rare path, never per
+    /// request; concurrent callers share one reload.
+    pub async fn rejected(&self, sent: Option<&HeaderValue>) {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.header().as_ref() != sent {
+            // Another request reloaded while this one waited.
+            return;
+        }
+        let fresh = match &self.reload {
+            Reload::Nothing => return,
+            Reload::TokenFile(path) => read_token_file(path),
+            Reload::Exec(exec, server) => run_exec(exec, server).await.and_then(|output| {
+                output
+                    .token
+                    .map(|t| t.expose_secret().to_string())
+                    .ok_or_else(|| "the exec credential plugin returned no token".to_string())
+            }),
+        };
+        match fresh.map(|token| bearer(&token)) {
+            Ok(Ok(value)) => self.header.store(Some(Arc::new(value))),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot use the reloaded token"),
+            Err(error) => tracing::warn!(%error, "cannot reload the credential after a 401"),
+        }
     }
 }
 
@@ -145,61 +175,49 @@ fn read_token_file(path: &PathBuf) -> Result<String, String> {
     }
 }
 
-/// Re-reads the token file by path (the kubelet swaps a symlink, so an open
-/// handle would keep the old token) every interval, or at once after a 401.
-/// A failed read keeps the last good token.
+/// Re-reads the token file by path every interval (the kubelet swaps a
+/// symlink, so an open handle would keep the old token). A failed read
+/// keeps the last good token.
 async fn watch_token_file(
     path: PathBuf,
-    mut current: String,
     interval: Duration,
     header: Arc<ArcSwapOption<HeaderValue>>,
-    rejected: Arc<Notify>,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = rejected.notified() => {}
-        }
-        match read_token_file(&path) {
-            Ok(token) if token != current => match bearer(&token) {
-                Ok(value) => {
+        tokio::time::sleep(interval).await;
+        match read_token_file(&path).map(|token| bearer(&token)) {
+            Ok(Ok(value)) => {
+                if header.load().as_deref() != Some(&value) {
                     header.store(Some(Arc::new(value)));
-                    current = token;
                     tracing::info!(file = %path.display(), "token file changed; using the new token");
                 }
-                Err(error) => tracing::warn!(%error, "ignoring the new token"),
-            },
-            Ok(_) => {}
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "ignoring the new token"),
             Err(error) => tracing::warn!(%error, "keeping the last good token"),
         }
     }
 }
 
-/// Runs the exec plugin again shortly before its token expires, or at once
-/// after a 401; on failure, keeps the old token and retries.
+/// Runs the exec plugin again shortly before its token expires; on
+/// failure, keeps the old token and retries.
 async fn refresh_exec(
     exec: ExecConfig,
     server: Uri,
     mut expires: Option<jiff::Timestamp>,
     header: Arc<ArcSwapOption<HeaderValue>>,
-    rejected: Arc<Notify>,
 ) {
     loop {
-        match expires {
-            Some(at) => {
-                let left = at.duration_since(jiff::Timestamp::now()).unsigned_abs();
-                let wait = if at > jiff::Timestamp::now() {
-                    left.saturating_sub(EXEC_REFRESH_MARGIN)
-                } else {
-                    Duration::ZERO
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = rejected.notified() => {}
-                }
-            }
-            None => rejected.notified().await,
-        }
+        // A token without an expiry is refreshed only after a 401.
+        let Some(at) = expires else { return };
+        let now = jiff::Timestamp::now();
+        let wait = if at > now {
+            at.duration_since(now)
+                .unsigned_abs()
+                .saturating_sub(EXEC_REFRESH_MARGIN)
+        } else {
+            Duration::ZERO
+        };
+        tokio::time::sleep(wait).await;
         match run_exec(&exec, &server).await {
             Ok(output) => {
                 if let Some(token) = output.token

@@ -170,6 +170,7 @@ impl Upstream {
         &self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let sent = request.headers().get(http::header::AUTHORIZATION).cloned();
         let response = match self.checkout_h2(request.uri()).await? {
             Some((mut sender, guard)) => {
                 *request.version_mut() = Version::HTTP_2;
@@ -192,7 +193,7 @@ impl Upstream {
             }
         };
         if response.status() == StatusCode::UNAUTHORIZED {
-            self.credentials.rejected();
+            self.credentials.rejected(sent.as_ref()).await;
         }
         Ok(response)
     }

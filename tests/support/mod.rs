@@ -1,0 +1,330 @@
+//! Test fixtures: an apiserver double with a fresh PKI, kubegate in process
+//! in front of it, and a small HTTP client. Everything listens on 127.0.0.1
+//! on ephemeral ports and stops when dropped.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kubegate::cli::Args;
+use kubegate::config::{Config, Env, StartupError};
+use kubegate::demo::{ApiServer, KubeconfigUser, Options, Pki, User, write_kubeconfig};
+use kubegate::listen::Listener;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// A safety net for anything a test awaits; never a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Awaits `future`, failing the test if it hangs.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {PATIENCE:?}"))
+}
+
+/// How kubegate authenticates to the double.
+#[derive(Clone, Copy, Debug)]
+pub enum Identity {
+    /// A client certificate for `alice` in group `devs`.
+    Certificate,
+    /// The bearer token `token-1` (user `token-user`).
+    Token,
+    /// A token file holding `token-1`.
+    TokenFile,
+}
+
+/// An apiserver double with its PKI, a kubeconfig for it, and a temp dir.
+pub struct Double {
+    pub server: ApiServer,
+    pub pki: Pki,
+    pub dir: TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl Double {
+    /// A double with default options; kubegate uses a client certificate.
+    pub async fn start() -> Double {
+        Double::with(Options::default(), Identity::Certificate).await
+    }
+
+    /// A double with `options`; kubegate authenticates as `identity`.
+    pub async fn with(mut options: Options, identity: Identity) -> Double {
+        for (token, user) in [("token-1", "token-user"), ("token-2", "rotated-user")] {
+            options.tokens.entry(token.into()).or_insert(User {
+                name: user.into(),
+                groups: vec!["system:authenticated".into()],
+            });
+        }
+        let pki = Pki::new("test-ca");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = ApiServer::start(&pki, options)
+            .await
+            .expect("double starts");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let (cert, key) = pki
+            .client("alice", &["devs"])
+            .write(dir.path(), "alice")
+            .unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "token-1\n").unwrap();
+        let user = match identity {
+            Identity::Certificate => KubeconfigUser::Certificate {
+                cert: &cert,
+                key: &key,
+            },
+            Identity::Token => KubeconfigUser::Token("token-1"),
+            Identity::TokenFile => KubeconfigUser::TokenFile(&token_file),
+        };
+        write_kubeconfig(&kubeconfig, &server.url(), &ca, user).unwrap();
+        Double {
+            server,
+            pki,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// A path inside the double's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The double's pod store.
+    pub fn store(&self) -> &kubegate::demo::store::Store {
+        &self.server.state().store
+    }
+
+    /// Writes another kubeconfig for this double with different settings.
+    pub fn kubeconfig_with(
+        &self,
+        name: &str,
+        server: &str,
+        ca: &Path,
+        user: KubeconfigUser<'_>,
+    ) -> PathBuf {
+        let path = self.path(name);
+        write_kubeconfig(&path, server, ca, user).unwrap();
+        path
+    }
+}
+
+/// kubegate running in this process, stopped when dropped.
+pub struct Kubegate {
+    pub address: SocketAddr,
+    pub listener_text: String,
+    proxy: std::sync::Arc<kubegate::Proxy>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Kubegate {
+    /// kubegate in front of `double` with extra command-line `flags`.
+    pub async fn start(double: &Double, flags: &[&str]) -> Kubegate {
+        Kubegate::try_start(&double.kubeconfig, flags)
+            .await
+            .expect("kubegate starts")
+    }
+
+    /// kubegate with `kubeconfig` and `flags`, or its start-up error.
+    pub async fn try_start(kubeconfig: &Path, flags: &[&str]) -> Result<Kubegate, StartupError> {
+        let mut argv = vec![
+            "kubegate",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--port",
+            "0",
+        ];
+        argv.extend_from_slice(flags);
+        let args = Args::try_parse_from(&argv).expect("flags parse");
+        let config = Config::load(&args, &Env::default()).await?;
+        let listen = config.listen.clone();
+        let proxy = std::sync::Arc::new(kubegate::Proxy::new(config).await?);
+        let listener = Listener::bind(&listen).await?;
+        let listener_text = listener.to_string();
+        let address = match &listener {
+            Listener::Tcp(tcp) => tcp.local_addr().unwrap(),
+            Listener::Unix(..) => "127.0.0.1:0".parse().unwrap(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = proxy.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Kubegate {
+            address,
+            listener_text,
+            proxy,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// HTTP/2 connections kubegate opened to the apiserver.
+    pub fn upstream_connections(&self) -> usize {
+        self.proxy.upstream_connections_opened()
+    }
+
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within("kubegate shutdown", task).await.unwrap();
+        }
+    }
+}
+
+impl Drop for Kubegate {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 client, as curl or a script would be.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and returns the response with its body unread.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Response<Incoming> {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).unwrap();
+    within("request", client().request(request))
+        .await
+        .expect("request sent")
+}
+
+/// A whole response: status, headers, body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `message` of a `metav1.Status` body, checking its shape.
+    pub fn status_message(&self) -> String {
+        let status = self.json();
+        assert_eq!(status["kind"], "Status", "{status}");
+        assert_eq!(status["apiVersion"], "v1");
+        assert_eq!(status["status"], "Failure");
+        assert_eq!(status["code"], self.status.as_u16());
+        status["message"].as_str().unwrap().to_string()
+    }
+}
+
+/// Sends a request and reads the whole response.
+pub async fn call(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let response = send(method, url, headers, body).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = within("body", response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `GET url`.
+pub async fn get(url: &str) -> Answer {
+    call(Method::GET, url, &[], Bytes::new()).await
+}
+
+/// Reads the next newline-terminated line of a streaming body.
+pub struct Lines {
+    body: Incoming,
+    buffer: Vec<u8>,
+}
+
+impl Lines {
+    pub fn new(response: Response<Incoming>) -> Self {
+        Lines {
+            body: response.into_body(),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next line, or `None` at the end of the body.
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(String::from_utf8_lossy(&line[..end]).into_owned());
+            }
+            let frame = within("next line", self.body.frame()).await?.ok()?;
+            if let Some(data) = frame.data_ref() {
+                self.buffer.extend_from_slice(data);
+            }
+        }
+    }
+}
+
+/// A pod manifest with one container.
+pub fn pod(name: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": { "containers": [{ "name": "main", "image": "busybox" }] },
+    })
+}
+
+/// Options for a double with a given stream limit.
+pub fn streams(limit: u32) -> Options {
+    Options {
+        max_concurrent_streams: limit,
+        ..Options::default()
+    }
+}
