@@ -1,0 +1,563 @@
+//! The `kubegate` binary as a user runs it: the start-up line, start-up
+//! errors (one line, exit 1), the unix socket, signals and draining, and
+//! memory that stays flat while gigabytes stream through.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const KUBEGATE: &str = env!("CARGO_BIN_EXE_kubegate");
+
+/// The binary with a clean environment (no KUBECONFIG, an empty HOME).
+fn kubegate(home: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(KUBEGATE);
+    command
+        .args(args)
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// A running binary and the address from its start-up line.
+struct Running {
+    child: Child,
+    served_on: String,
+    /// Everything written to stderr, read as it comes so the pipe never fills.
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+async fn start(home: &Path, args: &[&str]) -> Running {
+    let mut child = kubegate(home, args).spawn().expect("kubegate runs");
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr_pipe, &mut text).await;
+        text
+    });
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let served_on = within("start-up line", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(address) = line.strip_prefix("Starting to serve on ") {
+                return address.to_string();
+            }
+        }
+        panic!("kubegate exited before serving");
+    })
+    .await;
+    Running {
+        child,
+        served_on,
+        stderr,
+    }
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.served_on)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().unwrap() as i32
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Peak resident memory (VmHWM) so far, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    async fn exit_code(mut self) -> i32 {
+        within("exit", self.child.wait())
+            .await
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+/// Runs the binary to completion; returns (exit code, stderr).
+async fn fails(home: &Path, args: &[&str]) -> (i32, String) {
+    let output = within("kubegate", kubegate(home, args).output())
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Asserts a start-up failure: exit 1 and one line mentioning every word.
+async fn refuses_to_start(home: &Path, args: &[&str], words: &[&str]) {
+    let (code, stderr) = fails(home, args).await;
+    assert_eq!(code, 1, "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("kubegate: "), "{stderr}");
+    for word in words {
+        assert!(
+            lines[0].contains(word),
+            "{args:?}: {word:?} missing from {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn port_zero_prints_the_real_port_and_serves_there() {
+    let double = Double::start().await;
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+        ],
+    )
+    .await;
+    assert!(running.served_on.starts_with("127.0.0.1:"));
+    assert_ne!(running.served_on, "127.0.0.1:0");
+    assert_eq!(
+        get(&running.url("/api")).await.json()["kind"],
+        "APIVersions"
+    );
+}
+
+#[tokio::test]
+async fn kubeconfig_is_found_through_the_kubeconfig_variable_with_several_files() {
+    let double = Double::start().await;
+    let empty = double.path("empty.yaml");
+    std::fs::write(&empty, "apiVersion: v1\nkind: Config\n").unwrap();
+    let list = format!(
+        "{}:{}:{}",
+        double.path("missing.yaml").display(),
+        empty.display(),
+        double.kubeconfig.display()
+    );
+    let mut command = kubegate(double.dir.path(), &["-p", "0"]);
+    command.env("KUBECONFIG", list);
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("start-up line", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let address = line.strip_prefix("Starting to serve on ").unwrap();
+    assert_eq!(
+        get(&format!("http://{address}/echo")).await.json()["user"]["username"],
+        "alice"
+    );
+}
+
+#[tokio::test]
+async fn in_cluster_credentials_are_used_without_a_kubeconfig() {
+    let double = Double::with(kubegate::demo::Options::default(), Identity::Token).await;
+    let account = double.path("serviceaccount");
+    std::fs::create_dir(&account).unwrap();
+    std::fs::copy(double.path("ca.crt"), account.join("ca.crt")).unwrap();
+    std::fs::write(account.join("token"), "token-1").unwrap();
+    std::fs::write(account.join("namespace"), "default").unwrap();
+    let mut command = kubegate(
+        double.dir.path(),
+        &[
+            "-p",
+            "0",
+            "--service-account-dir",
+            account.to_str().unwrap(),
+        ],
+    );
+    command.env("KUBERNETES_SERVICE_HOST", "127.0.0.1").env(
+        "KUBERNETES_SERVICE_PORT",
+        double.server.address().port().to_string(),
+    );
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("start-up line", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let address = line.strip_prefix("Starting to serve on ").unwrap();
+    assert_eq!(
+        get(&format!("http://{address}/echo")).await.json()["user"]["username"],
+        "token-user"
+    );
+}
+
+#[tokio::test]
+async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
+    let double = Double::start().await;
+    let home = double.dir.path();
+    let kubeconfig = double.kubeconfig.to_str().unwrap();
+    refuses_to_start(
+        home,
+        &[],
+        &["no kubeconfig found", "--kubeconfig", "kubegate demo"],
+    )
+    .await;
+    refuses_to_start(
+        home,
+        &["--kubeconfig", "/nonexistent/config"],
+        &["/nonexistent/config", "no such file"],
+    )
+    .await;
+    refuses_to_start(
+        home,
+        &["--kubeconfig", kubeconfig, "--context", "prod"],
+        &["\"prod\"", "get-contexts"],
+    )
+    .await;
+    refuses_to_start(
+        home,
+        &["--kubeconfig", kubeconfig, "--user", "mallory"],
+        &["\"mallory\"", "get-users"],
+    )
+    .await;
+    refuses_to_start(
+        home,
+        &["--kubeconfig", kubeconfig, "--reject-paths", "^/ok,(bad"],
+        &["--reject-paths", "(bad"],
+    )
+    .await;
+    refuses_to_start(
+        home,
+        &["--kubeconfig", kubeconfig, "--address", "localhost"],
+        &["--address", "IP address"],
+    )
+    .await;
+    refuses_to_start(
+        home,
+        &["--kubeconfig", kubeconfig, "--keepalive", "soon"],
+        &["--keepalive", "10s"],
+    )
+    .await;
+    refuses_to_start(
+        home,
+        &["--kubeconfig", kubeconfig, "-u", "/tmp/x.sock", "-p", "9"],
+        &["--unix-socket", "--port"],
+    )
+    .await;
+
+    let ca = double.path("ca.crt");
+    let write = |name: &str, user: &str, ca_line: &str| {
+        let path = double.path(name);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    {ca_line}\nusers:\n- name: u\n  user:\n{user}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+                double.server.url()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let ca_line = format!("certificate-authority: {}", ca.display());
+    let missing_key = write(
+        "missing-key",
+        &format!(
+            "    client-certificate: {}\n    client-key: /nonexistent/alice.key",
+            double.path("alice.crt").display()
+        ),
+        &ca_line,
+    );
+    refuses_to_start(
+        home,
+        &["--kubeconfig", missing_key.to_str().unwrap()],
+        &["/nonexistent/alice.key", "no such file"],
+    )
+    .await;
+
+    let (_, other_key) = double
+        .pki
+        .client("bob", &[])
+        .write(double.dir.path(), "bob")
+        .unwrap();
+    let mismatched = write(
+        "mismatched",
+        &format!(
+            "    client-certificate: {}\n    client-key: {}",
+            double.path("alice.crt").display(),
+            other_key.display()
+        ),
+        &ca_line,
+    );
+    refuses_to_start(
+        home,
+        &["--kubeconfig", mismatched.to_str().unwrap()],
+        &["does not belong to the certificate", "alice.crt"],
+    )
+    .await;
+
+    let garbage = double.path("garbage-ca.crt");
+    std::fs::write(&garbage, "this is not a certificate\n").unwrap();
+    let bad_ca = write(
+        "bad-ca",
+        "    token: x",
+        &format!("certificate-authority: {}", garbage.display()),
+    );
+    refuses_to_start(
+        home,
+        &["--kubeconfig", bad_ca.to_str().unwrap()],
+        &["garbage-ca.crt", "PEM"],
+    )
+    .await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    refuses_to_start(
+        home,
+        &["--kubeconfig", kubeconfig, "-p", &port],
+        &["already in use", "--port"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn no_credential_appears_in_the_log_at_any_level() {
+    let double = Double::with(kubegate::demo::Options::default(), Identity::Token).await;
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+            "-v",
+            "9",
+        ],
+    )
+    .await;
+    for path in ["/echo", "/api/./x", "/api"] {
+        get(&running.url(path)).await;
+    }
+    support::call(
+        http::Method::GET,
+        &running.url("/echo"),
+        &[("authorization", "Bearer client-secret")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    running.signal("TERM");
+    let stderr = running.stderr;
+    assert_eq!(
+        within("exit", { running.child }.wait())
+            .await
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    let log = within("stderr", stderr).await.unwrap();
+    assert!(
+        log.contains("request refused"),
+        "the log is written at this level: {log}"
+    );
+    for secret in ["token-1", "client-secret", "PRIVATE KEY"] {
+        assert!(!log.contains(secret), "{secret} leaked into the log");
+    }
+}
+
+#[tokio::test]
+async fn the_unix_socket_is_private_serves_and_is_removed_on_exit() {
+    use std::os::unix::fs::PermissionsExt;
+    let double = Double::start().await;
+    let socket = double.path("kubegate.sock");
+    // A stale socket from an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "--unix-socket",
+            socket.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(running.served_on, socket.display().to_string());
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--unix-socket",
+            socket.to_str().unwrap(),
+            "http://localhost/api/v1/namespaces/default/pods",
+        ])
+        .output()
+        .await
+        .expect("curl is installed (scripts/test installs it)");
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(list["kind"], "PodList");
+    running.signal("TERM");
+    assert_eq!(running.exit_code().await, 0);
+    assert!(!socket.exists(), "the socket file is removed on exit");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let double = Double::start().await;
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+        ],
+    )
+    .await;
+    let slow = tokio::spawn(get_owned(running.url("/faults/slow?ms=1500")));
+    // The request is in flight once the double has counted it.
+    within("request reaches the double", async {
+        while double
+            .server
+            .state()
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    running.signal("TERM");
+    let answer = within("slow request", slow).await.unwrap();
+    assert_eq!(answer.status, 200, "the in-flight request completed");
+    assert_eq!(running.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn the_grace_period_bounds_the_drain() {
+    let double = Double::start().await;
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+            "--shutdown-grace",
+            "200ms",
+        ],
+    )
+    .await;
+    // A watch never finishes by itself.
+    let watch = send(
+        http::Method::GET,
+        &running.url("/api/v1/namespaces/default/pods?watch=1"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(watch.status(), 200);
+    running.signal("INT");
+    assert_eq!(running.exit_code().await, 0);
+    drop(watch);
+}
+
+async fn get_owned(url: String) -> Answer {
+    get(&url).await
+}
+
+#[tokio::test]
+async fn a_gibibyte_each_way_streams_in_constant_memory() {
+    use http_body_util::BodyExt;
+    let double = Double::start().await;
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+        ],
+    )
+    .await;
+    const GIB: u64 = 1 << 30;
+    let download = send(
+        http::Method::GET,
+        &running.url(&format!("/bytes?size={GIB}")),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    let mut body = download.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = within("download", body.frame()).await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, GIB);
+
+    let chunk = bytes::Bytes::from(vec![1u8; 1 << 20]);
+    let frames = futures_util::stream::iter(
+        (0..1024).map(move |_| Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone()))),
+    );
+    let request = http::Request::post(running.url("/echo"))
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = within("upload", client.request(request)).await.unwrap();
+    let echo: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["bodyBytes"], GIB);
+
+    let peak = running.peak_rss_kib();
+    assert!(
+        peak < 64 * 1024,
+        "kubegate's peak RSS was {peak} KiB for 2 GiB streamed"
+    );
+}
+
+#[tokio::test]
+async fn help_reads_like_kubectl_proxy() {
+    let output = std::process::Command::new(KUBEGATE)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--port",
+        "--address",
+        "--unix-socket",
+        "--accept-hosts",
+        "--accept-paths",
+        "--reject-paths",
+        "--reject-methods",
+        "--api-prefix",
+        "--www",
+        "--www-prefix",
+        "--disable-filter",
+        "--keepalive",
+        "--append-server-path",
+        "--kubeconfig",
+        "--context",
+        "--cluster",
+        "--user",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    assert!(help.contains("kubegate demo"));
+}
