@@ -53,6 +53,9 @@ pub enum StoreError {
 
 type Key = (String, String);
 
+/// A pod's log so far, and a receiver for every pod's new lines.
+pub type LogFollow = (Vec<String>, broadcast::Receiver<(Key, String)>);
+
 #[derive(Default)]
 struct Inner {
     rv: u64,
@@ -292,11 +295,7 @@ impl Store {
     }
 
     /// A pod's log so far, and a receiver for new lines (of every pod).
-    pub fn follow_log(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Option<(Vec<String>, broadcast::Receiver<(Key, String)>)> {
+    pub fn follow_log(&self, namespace: &str, name: &str) -> Option<LogFollow> {
         let inner = self.lock();
         let lines = inner
             .logs

@@ -110,7 +110,7 @@ impl fmt::Display for Denial {
             subject,
             pattern,
         } = self;
-        match (flag.as_ref(), pattern) {
+        match (*flag, pattern) {
             ("accept-hosts", _) => write!(
                 f,
                 "host {subject:?} matches no --accept-hosts pattern (the Host header is checked to stop DNS rebinding); add a pattern for it to --accept-hosts if you own that name"

@@ -205,7 +205,7 @@ impl Upstream {
         }
         match h2.checkout(uri).await? {
             Checkout::H2(slot) => Ok(Some(slot)),
-            Checkout::Http1(_) => {
+            Checkout::Http1 => {
                 tracing::info!(server = %self.authority, "the apiserver does not offer HTTP/2; using HTTP/1.1");
                 self.http1_only.store(true, Ordering::Relaxed);
                 Ok(None)

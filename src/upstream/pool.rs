@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::UpstreamBody;
-use super::connect::{Connector, UpstreamIo, classify};
+use super::connect::{Connector, classify};
 use crate::body::StreamGuard;
 use crate::status::ProxyError;
 
@@ -33,8 +33,8 @@ pub type Slot = (http2::SendRequest<UpstreamBody>, StreamGuard);
 pub enum Checkout {
     /// A stream slot on an HTTP/2 connection.
     H2(Slot),
-    /// The apiserver chose HTTP/1.1; use this connection that way.
-    Http1(UpstreamIo),
+    /// The apiserver chose HTTP/1.1 in ALPN; send over HTTP/1.1 instead.
+    Http1,
 }
 
 struct H2Connection {
@@ -85,7 +85,7 @@ impl H2Pool {
         }
         let io = self.connector.connect(uri).await?;
         if !io.connected().is_negotiated_h2() {
-            return Ok(Checkout::Http1(io));
+            return Ok(Checkout::Http1);
         }
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -79,11 +79,11 @@ proptest! {
 
     #[test]
     fn output_has_no_dot_or_empty_segments(raw in "/([a-z.%2eE/]){0,30}") {
-        if let Ok(path) = normalize(&raw) {
-            if path.as_str() != "/" {
-                for segment in path.as_str()[1..].split('/') {
-                    prop_assert!(!segment.is_empty() && segment != "." && segment != "..");
-                }
+        if let Ok(path) = normalize(&raw)
+            && path.as_str() != "/"
+        {
+            for segment in path.as_str()[1..].split('/') {
+                prop_assert!(!segment.is_empty() && segment != "." && segment != "..");
             }
         }
     }
