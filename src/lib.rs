@@ -9,7 +9,8 @@
 //! - [`listen`] and [`serve`]: sockets, connections, graceful shutdown.
 //! - [`proxy`]: the request handler, which uses
 //!   [`policy`] (path canonicalisation and filters),
-//!   [`forward`] (header rewriting) and
+//!   [`forward`] (header rewriting),
+//!   [`upgrade`] (exec, attach, port-forward: the byte splice) and
 //!   [`upstream`] (TLS, credentials, pooled HTTP/2 to the apiserver).
 //! - [`status`]: every failure as a `metav1.Status` response.
 //! - [`www`]: `--www` static files.
@@ -27,6 +28,9 @@
 //! 4. [`forward`] drops hop-by-hop headers and client credentials and sets
 //!    `X-Forwarded-*`; [`upstream`] adds kubegate's credential and sends the
 //!    request over a pooled connection, bodies streaming both ways.
+//!    An upgrade (exec, attach, port-forward) instead goes to [`upgrade`]:
+//!    a fresh HTTP/1.1 connection, the apiserver's `101` passed back, and
+//!    the two byte streams spliced until either side ends.
 //! 5. Any failure becomes a [`status::ProxyError`] and then the status
 //!    and `metav1.Status` body the apiserver would give.
 
@@ -44,6 +48,7 @@ pub mod proxy;
 pub mod serve;
 pub mod shutdown;
 pub mod status;
+pub mod upgrade;
 pub mod upstream;
 pub mod www;
 
@@ -81,9 +86,15 @@ impl Proxy {
                 policy: config.policy,
                 upstream,
                 forward_client_credentials: config.forward_client_credentials,
+                relays: upgrade::Relays::default(),
             }),
             grace: config.shutdown_grace,
         })
+    }
+
+    /// How many upgraded connections (exec, attach, port-forward) are open.
+    pub fn open_relays(&self) -> usize {
+        self.shared.relays.open()
     }
 
     /// How many HTTP/2 connections the proxy has opened to the apiserver.

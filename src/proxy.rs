@@ -17,6 +17,7 @@ use crate::config::Routes;
 use crate::forward::{self, ClientOrigin};
 use crate::policy::{NormalPath, Policy, normalize};
 use crate::status::ProxyError;
+use crate::upgrade::{self, Relays, is_upgrade};
 use crate::upstream::Upstream;
 use crate::www;
 
@@ -30,6 +31,8 @@ pub struct Shared {
     pub upstream: Upstream,
     /// `--forward-client-credentials`.
     pub forward_client_credentials: bool,
+    /// Upgraded connections being relayed.
+    pub relays: Relays,
 }
 
 /// The hyper service for one client connection.
@@ -85,10 +88,23 @@ impl ProxyService {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        let upgrade = is_upgrade(request.headers());
         self.shared
             .policy
-            .check(request.method().as_str(), host, &path)?;
+            .check(request.method().as_str(), upgrade, host, &path)?;
         let path_and_query = upstream_path(&path, request.uri().query(), api_path, request.uri())?;
+        if upgrade {
+            let shared = &self.shared;
+            return upgrade::relay(
+                &shared.upstream,
+                &shared.relays,
+                &self.origin,
+                shared.forward_client_credentials,
+                request,
+                path_and_query,
+            )
+            .await;
+        }
         self.forward(request, path_and_query).await
     }
 

@@ -131,8 +131,11 @@ impl fmt::Display for Denial {
 impl Policy {
     /// Decides whether a request may go upstream.
     ///
-    /// `host` is the `Host` header (or HTTP/2 `:authority`), `method` the
-    /// method the request counts as (an upgrade counts as a write).
+    /// `host` is the `Host` header (or HTTP/2 `:authority`). An `upgrade`
+    /// (exec, attach, port-forward) is a write whatever its method: the
+    /// apiserver authorises a WebSocket `GET` exec as `create` since
+    /// Kubernetes 1.35, so `--reject-methods` that refuses `POST` refuses
+    /// upgrades too.
     ///
     /// # Errors
     ///
@@ -140,6 +143,7 @@ impl Policy {
     pub fn check(
         &self,
         method: &str,
+        upgrade: bool,
         host: Option<&str>,
         path: &NormalPath<'_>,
     ) -> Result<(), Denial> {
@@ -159,6 +163,10 @@ impl Policy {
         }
         if let Some(pattern) = self.reject_methods.first_match(method) {
             return Err(denial("reject-methods", method, Some(pattern)));
+        }
+        if upgrade && let Some(pattern) = self.reject_methods.first_match("POST") {
+            let subject = format!("{method} upgrade (exec, attach and port-forward count as POST)");
+            return Err(denial("reject-methods", &subject, Some(pattern)));
         }
         Ok(())
     }

@@ -103,6 +103,20 @@ fn accept_paths_and_reject_methods_refuse_with_their_flag() {
 }
 
 #[test]
+fn an_upgrade_counts_as_post_for_reject_methods() {
+    let mut policy = kubectl_defaults();
+    policy.reject_paths = PatternList::parse("reject-paths", "").unwrap();
+    policy.reject_methods = PatternList::parse("reject-methods", "^POST$").unwrap();
+    let exec = normalize("/api/v1/namespaces/a/pods/b/exec").unwrap();
+    assert!(policy.check("GET", false, Some("localhost"), &exec).is_ok());
+    let refused = policy
+        .check("GET", true, Some("localhost"), &exec)
+        .unwrap_err();
+    assert_eq!(refused.flag, "reject-methods");
+    assert!(refused.to_string().contains("count as POST"), "{refused}");
+}
+
+#[test]
 fn an_empty_list_matches_nothing_and_a_bad_pattern_names_its_flag() {
     assert!(
         !PatternList::parse("reject-paths", "")
