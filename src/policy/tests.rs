@@ -19,7 +19,7 @@ fn kubectl_defaults() -> Policy {
 fn check(policy: &Policy, method: &str, host: &str, raw: &str) -> Result<(), String> {
     let path = normalize(raw).map_err(|e| e.to_string())?;
     policy
-        .check(method, Some(host), &path)
+        .check(method, false, Some(host), &path)
         .map_err(|e| e.to_string())
 }
 
@@ -52,7 +52,7 @@ fn a_missing_host_is_refused() {
     let path = normalize("/api").unwrap();
     assert_eq!(
         kubectl_defaults()
-            .check("GET", None, &path)
+            .check("GET", false, None, &path)
             .unwrap_err()
             .flag,
         "accept-hosts"
