@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::apiserver::{State, User};
 use super::store::{StoreError, now};
+use super::stream::{self, Kind};
 
 /// The double's response body.
 pub type DoubleBody = BoxBody<Bytes, io::Error>;
@@ -47,6 +48,11 @@ impl Body for ChannelBody {
 fn streaming() -> (mpsc::Sender<Result<Bytes, io::Error>>, DoubleBody) {
     let (sender, receiver) = mpsc::channel(16);
     (sender, ChannelBody(receiver).boxed())
+}
+
+/// An empty body.
+pub fn empty() -> DoubleBody {
+    full(Bytes::new())
 }
 
 fn full(bytes: impl Into<Bytes>) -> DoubleBody {
@@ -110,7 +116,8 @@ impl Query {
     }
 }
 
-fn decode(text: &str) -> String {
+/// Percent-decodes a query component (`+` is a space).
+pub fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -186,6 +193,15 @@ pub async fn handle(
         },
         (Method::GET, ["api", "v1", "namespaces", ns, "pods", name, "log"]) => {
             log(&state, ns, name, &query)
+        }
+        (Method::GET | Method::POST, ["api", "v1", "namespaces", ns, "pods", name, sub]) => {
+            let kind = match *sub {
+                "exec" => Kind::Exec,
+                "attach" => Kind::Attach,
+                "portforward" => Kind::PortForward,
+                _ => return not_found(&format!("pods/{sub}")),
+            };
+            stream::handle(&state, kind, ns, name, request)
         }
         (_, [.., "echo"] | ["echo", ..]) => echo(user, request).await,
         (Method::GET, ["bytes"]) => {

@@ -71,6 +71,8 @@ pub struct Stats {
     pub requests: AtomicUsize,
     /// Watches now streaming.
     pub open_watches: Arc<AtomicUsize>,
+    /// exec, attach and port-forward sessions now open.
+    pub open_streams: Arc<AtomicUsize>,
 }
 
 /// What every connection of the double shares.

@@ -6,11 +6,13 @@
 //! - [`apiserver`]: TLS, client-certificate and token authentication, h1/h2.
 //! - [`api`]: discovery, pods, watch, logs, and the test endpoints.
 //! - [`store`]: pods, resourceVersions, events, logs.
+//! - [`stream`]: exec, attach and port-forward over WebSocket and SPDY.
 
 pub mod api;
 pub mod apiserver;
 pub mod pki;
 pub mod store;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,195 @@
+//! exec, attach and port-forward over SPDY/3.1 (raw, or tunneled in a
+//! WebSocket): the client opens one stream per standard stream (exec) or
+//! two per TCP connection (port-forward), each named by its `streamtype`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::process::{ExecSpec, exit_status, failure};
+use super::spdy::{SpdyStream, StreamWriter};
+
+/// How long the client has to open every stream (client-go's default).
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn pump(mut reader: impl tokio::io::AsyncRead + Unpin, writer: StreamWriter) {
+    let mut buffer = vec![0u8; 32 * 1024];
+    while let Ok(n) = reader.read(&mut buffer).await {
+        if n == 0 || !writer.send(Bytes::copy_from_slice(&buffer[..n])).await {
+            break;
+        }
+    }
+    writer.finish().await;
+}
+
+/// Runs exec or attach. `protocol` is the negotiated
+/// `X-Stream-Protocol-Version`; from v4 the error stream carries a Status.
+pub async fn exec(
+    mut accepted: mpsc::Receiver<SpdyStream>,
+    closed: CancellationToken,
+    protocol: &str,
+    spec: ExecSpec,
+) {
+    let mut expected = vec!["error"];
+    if spec.stdin {
+        expected.push("stdin");
+    }
+    if spec.stdout {
+        expected.push("stdout");
+    }
+    if spec.stderr && !spec.tty {
+        expected.push("stderr");
+    }
+    if spec.tty && protocol != "channel.k8s.io" && protocol != "v2.channel.k8s.io" {
+        expected.push("resize");
+    }
+    let mut streams: HashMap<String, SpdyStream> = HashMap::new();
+    let collected = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
+        while streams.len() < expected.len() {
+            let stream = accepted.recv().await?;
+            let kind = stream
+                .headers
+                .get("streamtype")
+                .cloned()
+                .unwrap_or_default();
+            if expected.contains(&kind.as_str()) {
+                streams.insert(kind, stream);
+            } else {
+                stream.writer.reset().await;
+            }
+        }
+        Some(())
+    })
+    .await;
+    if !matches!(collected, Ok(Some(()))) {
+        return;
+    }
+    let Some(error) = streams.remove("error") else {
+        return;
+    };
+    let status_json = protocol.starts_with("v4") || protocol.starts_with("v5");
+    let mut child = match spec.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let message = format!("exec: {:?}: {e}", spec.command);
+            let payload = if status_json {
+                failure(&message).to_string()
+            } else {
+                message
+            };
+            error.writer.send(Bytes::from(payload)).await;
+            error.writer.finish().await;
+            return;
+        }
+    };
+    if let (Some(mut stream), Some(mut pipe)) = (streams.remove("stdin"), child.stdin.take()) {
+        tokio::spawn(async move {
+            while let Some(data) = stream.incoming.recv().await {
+                if pipe.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+            // The client's FIN: stdin is closed.
+        });
+    }
+    let mut pumps = Vec::new();
+    let stdout = streams.remove("stdout");
+    if let (Some(stream), Some(reader)) = (&stdout, child.stdout.take()) {
+        pumps.push(tokio::spawn(pump(reader, stream.writer.clone())));
+    }
+    let stderr_stream = streams
+        .remove("stderr")
+        .map(|s| s.writer)
+        .or(stdout.as_ref().map(|s| s.writer.clone()));
+    if let (Some(writer), Some(reader)) = (stderr_stream, child.stderr.take()) {
+        pumps.push(tokio::spawn(pump(reader, writer)));
+    }
+    let finished = async {
+        for pump in pumps {
+            let _ = pump.await;
+        }
+        child.wait().await
+    };
+    tokio::select! {
+        status = finished => {
+            let code = status.ok().and_then(|s| s.code());
+            if status_json {
+                error.writer.send(Bytes::from(exit_status(&spec.command, code).to_string())).await;
+            } else if code != Some(0) {
+                error.writer.send(Bytes::from(format!("command terminated with non-zero exit code: {code:?}"))).await;
+            }
+            error.writer.finish().await;
+        }
+        () = closed.cancelled() => {}
+    }
+}
+
+/// Runs port-forward: streams are paired by `requestid` (or, from old
+/// clients without one, by stream id), and each pair relays one TCP
+/// connection to 127.0.0.1 on the stream's `port`.
+pub async fn port_forward(mut accepted: mpsc::Receiver<SpdyStream>, closed: CancellationToken) {
+    let mut waiting: HashMap<String, SpdyStream> = HashMap::new();
+    loop {
+        let stream = tokio::select! {
+            next = accepted.recv() => match next { Some(stream) => stream, None => return },
+            () = closed.cancelled() => return,
+        };
+        let port: Option<u16> = stream
+            .headers
+            .get("port")
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p > 0);
+        let kind = stream
+            .headers
+            .get("streamtype")
+            .cloned()
+            .unwrap_or_default();
+        if port.is_none() || (kind != "error" && kind != "data") {
+            stream.writer.reset().await;
+            continue;
+        }
+        let pair_key = match stream.headers.get("requestid") {
+            Some(id) => id.clone(),
+            None if kind == "error" => stream.id.to_string(),
+            None => stream.id.saturating_sub(2).to_string(),
+        };
+        let Some(other) = waiting.remove(&pair_key) else {
+            waiting.insert(pair_key, stream);
+            continue;
+        };
+        let (error, data) = if kind == "error" {
+            (stream, other)
+        } else {
+            (other, stream)
+        };
+        tokio::spawn(forward(error, data, port.unwrap_or_default()));
+    }
+}
+
+async fn forward(error: SpdyStream, mut data: SpdyStream, port: u16) {
+    let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let message =
+                format!("error forwarding port {port} to pod: dial tcp 127.0.0.1:{port}: {e}");
+            error.writer.send(Bytes::from(message)).await;
+            error.writer.finish().await;
+            data.writer.finish().await;
+            return;
+        }
+    };
+    let (reader, mut writer) = tcp.into_split();
+    let to_client = tokio::spawn(pump(reader, data.writer.clone()));
+    while let Some(bytes) = data.incoming.recv().await {
+        if writer.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
+    let _ = to_client.await;
+    error.writer.finish().await;
+}
