@@ -83,6 +83,9 @@ pub struct State {
     pub stats: Stats,
     /// Where the double listens.
     pub address: SocketAddr,
+    /// Cancelled when the double stops: ends upgraded sessions too, which
+    /// no longer belong to a connection task.
+    pub stopping: tokio_util::sync::CancellationToken,
     tokens: std::sync::RwLock<HashMap<String, User>>,
 }
 
@@ -105,6 +108,7 @@ pub struct ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.state.stopping.cancel();
     }
 }
 
@@ -131,6 +135,7 @@ impl ApiServer {
             store: Store::default(),
             stats: Stats::default(),
             address: listener.local_addr()?,
+            stopping: tokio_util::sync::CancellationToken::new(),
             tokens: std::sync::RwLock::new(options.tokens.clone()),
         });
         let task = tokio::spawn(accept_loop(listener, tls, state.clone(), options));
@@ -155,6 +160,7 @@ impl ApiServer {
     /// Stops accepting and drops every connection, as a crashed apiserver.
     pub async fn stop(self) {
         self.task.abort();
+        self.state.stopping.cancel();
         let _ = (&mut { self }.task).await;
     }
 }

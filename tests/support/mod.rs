@@ -182,6 +182,11 @@ impl Kubegate {
         format!("http://{}{path}", self.address)
     }
 
+    /// Upgraded connections kubegate is relaying now.
+    pub fn open_relays(&self) -> usize {
+        self.proxy.open_relays()
+    }
+
     /// HTTP/2 connections kubegate opened to the apiserver.
     pub fn upstream_connections(&self) -> usize {
         self.proxy.upstream_connections_opened()
@@ -326,5 +331,46 @@ pub fn streams(limit: u32) -> Options {
     Options {
         max_concurrent_streams: limit,
         ..Options::default()
+    }
+}
+
+/// Waits until `condition` holds, checking every few milliseconds; fails
+/// the test after [`PATIENCE`]. For counters that settle after a close.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    within(what, async {
+        while !condition() {
+            tick.tick().await;
+        }
+    })
+    .await;
+}
+
+/// A TCP echo server on 127.0.0.1, for port-forward; stops when dropped.
+pub struct EchoServer {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoServer {
+    pub async fn start() -> EchoServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    let (mut reader, mut writer) = stream.split();
+                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                });
+            }
+        });
+        EchoServer { port, task }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -62,19 +62,25 @@ const EXEC_SPDY: &[&str] = &[
 /// `X-Stream-Protocol-Version`s for port-forward over SPDY.
 const PORT_FORWARD_SPDY: &[&str] = &["portforward.k8s.io"];
 
-/// Counts a session as open while it lives.
-struct OpenSession(Arc<AtomicUsize>);
-
-impl OpenSession {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        OpenSession(counter.clone())
-    }
+/// What every session shares: the open-session counter and the double's
+/// stop signal.
+struct Session {
+    open: Arc<AtomicUsize>,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
-impl Drop for OpenSession {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl Session {
+    /// Runs `session` in its own task, counted as open until it ends or the
+    /// double stops (which drops its sockets, as a crashed server would).
+    fn spawn(self, session: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = session => {}
+                () = self.stopping.cancelled() => {}
+            }
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 }
 
@@ -121,10 +127,13 @@ pub fn handle(
         );
     }
     let ports = ports(query.as_deref());
-    let sessions = state.stats.open_streams.clone();
+    let session = Session {
+        open: state.stats.open_streams.clone(),
+        stopping: state.stopping.clone(),
+    };
     match upgrade.as_str() {
-        "websocket" => websocket_handshake(request, kind, spec, ports, sessions),
-        "spdy/3.1" => spdy_handshake(request, kind, spec, sessions),
+        "websocket" => websocket_handshake(request, kind, spec, ports, session),
+        "spdy/3.1" => spdy_handshake(request, kind, spec, session),
         _ => status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -178,7 +187,7 @@ fn websocket_handshake(
     kind: Kind,
     spec: ExecSpec,
     ports: Vec<u16>,
-    sessions: Arc<AtomicUsize>,
+    session: Session,
 ) -> Response<DoubleBody> {
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return status(
@@ -215,9 +224,7 @@ fn websocket_handshake(
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let protocol = chosen.clone();
-    let open = OpenSession::new(&sessions);
-    tokio::spawn(async move {
-        let _open = open;
+    session.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
@@ -251,7 +258,7 @@ fn spdy_handshake(
     mut request: Request<Incoming>,
     kind: Kind,
     spec: ExecSpec,
-    sessions: Arc<AtomicUsize>,
+    session: Session,
 ) -> Response<DoubleBody> {
     let supported = if kind == Kind::PortForward {
         PORT_FORWARD_SPDY
@@ -274,9 +281,7 @@ fn spdy_handshake(
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let protocol = chosen.clone();
-    let open = OpenSession::new(&sessions);
-    tokio::spawn(async move {
-        let _open = open;
+    session.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
