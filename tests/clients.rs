@@ -175,3 +175,232 @@ async fn the_python_kubernetes_client_lists_creates_and_watches() {
     assert!(printed.contains("event ADDED from-python"), "{printed}");
     assert!(printed.trim_end().ends_with("done"), "{printed}");
 }
+
+/// Random bytes from a simple generator (no extra crate for test data).
+fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+async fn with_box() -> (Double, Kubegate) {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, &[]).await;
+    (double, kubegate)
+}
+
+/// kubectl's two exec transports: WebSocket (default) and SPDY.
+const EXEC_TRANSPORTS: [(&str, &str); 2] = [("websocket", "true"), ("spdy", "false")];
+
+#[tokio::test]
+async fn kubectl_exec_works_over_websocket_and_spdy() {
+    let (double, kubegate) = with_box().await;
+    let home = double.dir.path();
+    let input = random_bytes(1 << 20, 0x9e3779b97f4a7c15);
+    let input_file = double.path("stdin.bin");
+    std::fs::write(&input_file, &input).unwrap();
+    for (transport, websockets) in EXEC_TRANSPORTS {
+        let mut cat = kubectl(home, &kubegate, &["exec", "-i", "box", "--", "cat"]);
+        cat.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets)
+            .stdin(std::fs::File::open(&input_file).unwrap());
+        let output = within("kubectl exec", cat.output()).await.unwrap();
+        assert!(
+            output.status.success(),
+            "{transport}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.stdout == input,
+            "{transport}: 1 MiB of stdin came back changed ({} bytes)",
+            output.stdout.len()
+        );
+
+        let mut exit = kubectl(
+            home,
+            &kubegate,
+            &[
+                "exec",
+                "box",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+        );
+        exit.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets);
+        let output = within("kubectl exec", exit.output()).await.unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{transport}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "out\n",
+            "{transport}"
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).starts_with("err\n"),
+            "{transport}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kubectl_attach_streams_stdin_and_stdout() {
+    let (double, kubegate) = with_box().await;
+    for (transport, websockets) in EXEC_TRANSPORTS {
+        let mut attach = kubectl(double.dir.path(), &kubegate, &["attach", "-i", "box"]);
+        attach
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = attach.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"attached\n")
+            .await
+            .unwrap();
+        drop(stdin);
+        let output = within("kubectl attach", child.wait_with_output())
+            .await
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("attached"),
+            "{transport}: {output:?}"
+        );
+    }
+}
+
+/// Sends `payload` through a local port and reads it back.
+async fn round_trip(port: u16, payload: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let mut echoed = vec![0u8; payload.len()];
+    let (written, read) = tokio::join!(writer.write_all(payload), reader.read_exact(&mut echoed));
+    written.unwrap();
+    read.unwrap();
+    echoed
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_works_over_tunneled_and_raw_spdy() {
+    let (double, kubegate) = with_box().await;
+    let echo = EchoServer::start().await;
+    for (transport, websockets) in [("websocket (SPDY tunneled)", "true"), ("spdy", "false")] {
+        let mut forward = kubectl(
+            double.dir.path(),
+            &kubegate,
+            &["port-forward", "pod/box", &format!("0:{}", echo.port)],
+        );
+        forward.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets);
+        let (_child, mut lines) = stream(forward);
+        let line = line_containing(&mut lines, "Forwarding from 127.0.0.1:").await;
+        let local: u16 = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        for n in 0..3u64 {
+            let payload = random_bytes(256 * 1024, n + 1);
+            assert!(
+                within("sequential", round_trip(local, &payload)).await == payload,
+                "{transport}: connection {n}"
+            );
+        }
+        let concurrent = (0..4u64).map(|n| async move {
+            let payload = random_bytes(128 * 1024, n + 100);
+            assert!(
+                round_trip(local, &payload).await == payload,
+                "{transport}: concurrent {n}"
+            );
+        });
+        within("concurrent", futures_util::future::join_all(concurrent)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_python_client_execs_and_port_forwards() {
+    let (_double, kubegate) = with_box().await;
+    let echo = EchoServer::start().await;
+    let mut python = program("python3", "install Python 3");
+    python.args([
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/python_stream.py"
+        ),
+        &kubegate.url(""),
+        "box",
+        &echo.port.to_string(),
+    ]);
+    let printed = output(python).await;
+    assert!(printed.contains("exec stdout from python"), "{printed}");
+    assert!(printed.contains("exec stderr to-stderr"), "{printed}");
+    assert!(printed.contains("exec exit 7"), "{printed}");
+    assert!(printed.contains("port-forward ok 16384"), "{printed}");
+}
+
+/// The npm packages the JavaScript tests use, installed by scripts/test.
+fn node_modules() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_modules");
+    assert!(
+        dir.join(".bin/deno").exists(),
+        "npm packages are missing; run `npm ci` in tests/clients (scripts/test does)"
+    );
+    dir
+}
+
+#[tokio::test]
+async fn client_node_execs_and_port_forwards() {
+    node_modules();
+    let (_double, kubegate) = with_box().await;
+    let echo = EchoServer::start().await;
+    let mut node = program("node", "install Node.js");
+    node.args([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node_stream.mjs"),
+        &kubegate.url(""),
+        "box",
+        &echo.port.to_string(),
+    ]);
+    let printed = output(node).await;
+    assert!(printed.contains("exec stdout from node"), "{printed}");
+    assert!(printed.contains("exec stderr to-stderr"), "{printed}");
+    assert!(printed.contains("exec status Failure 4"), "{printed}");
+    assert!(printed.contains("port-forward ok 100000"), "{printed}");
+}
+
+#[tokio::test]
+async fn a_deno_program_execs_over_v5_and_port_forwards() {
+    let deno = node_modules().join(".bin/deno");
+    let (_double, kubegate) = with_box().await;
+    let echo = EchoServer::start().await;
+    let mut command = Command::new(deno);
+    command
+        .env("DENO_NO_UPDATE_CHECK", "1")
+        .env("DENO_DIR", std::env::temp_dir().join("kubegate-deno-cache"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .args([
+            "run",
+            "--allow-net",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/deno_stream.ts"),
+            &kubegate.url(""),
+            "box",
+            &echo.port.to_string(),
+        ]);
+    let printed = output(command).await;
+    assert!(printed.contains("exec stdout from deno"), "{printed}");
+    assert!(printed.contains("exec stderr to-stderr"), "{printed}");
+    assert!(printed.contains("exec status Failure 6"), "{printed}");
+    assert!(printed.contains("port-forward ok"), "{printed}");
+}

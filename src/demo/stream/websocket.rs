@@ -75,9 +75,15 @@ impl Framing {
 
     fn decode(&self, message: Message) -> Option<(u8, Vec<u8>)> {
         match message {
+            // Go's websocket reads text and binary frames alike, and
+            // clients (the Python one) send stdin as text.
             Message::Binary(data) if !self.base64 => {
                 data.split_first().map(|(c, rest)| (*c, rest.to_vec()))
             }
+            Message::Text(text) if !self.base64 => text
+                .as_bytes()
+                .split_first()
+                .map(|(c, rest)| (*c, rest.to_vec())),
             Message::Text(text) if self.base64 => {
                 let (channel, rest) = text.as_str().split_at_checked(1)?;
                 let channel = channel.as_bytes()[0].checked_sub(b'0')?;
