@@ -64,6 +64,7 @@ use upstream::Upstream;
 pub struct Proxy {
     shared: Arc<Shared>,
     grace: std::time::Duration,
+    keepalive: Option<std::time::Duration>,
 }
 
 impl Proxy {
@@ -79,6 +80,7 @@ impl Proxy {
                 "Request filter disabled (--disable-filter): any web page or local process that can reach kubegate can use your credentials"
             );
         }
+        let keepalive = config.upstream.keepalive;
         let upstream = Upstream::new(config.upstream).await?;
         Ok(Proxy {
             shared: Arc::new(Shared {
@@ -89,6 +91,7 @@ impl Proxy {
                 relays: upgrade::Relays::default(),
             }),
             grace: config.shutdown_grace,
+            keepalive,
         })
     }
 
@@ -105,6 +108,13 @@ impl Proxy {
     /// Serves `listener` until `shutdown` resolves, then drains connections
     /// for up to `--shutdown-grace`.
     pub async fn serve(&self, listener: Listener, shutdown: impl Future<Output = ()>) {
-        serve::serve(listener, self.shared.clone(), shutdown, self.grace).await;
+        serve::serve(
+            listener,
+            self.shared.clone(),
+            shutdown,
+            self.grace,
+            self.keepalive,
+        )
+        .await;
     }
 }

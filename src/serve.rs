@@ -22,12 +22,14 @@ use crate::proxy::{ProxyService, Shared};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts and serves connections until `shutdown` resolves, then drains
-/// them for up to `grace`.
+/// them for up to `grace`. Accepted TCP connections get `keepalive`, so a
+/// quiet exec session an hour long still notices a vanished peer.
 pub async fn serve(
     listener: Listener,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    keepalive: Option<Duration>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -45,6 +47,12 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
+                    if let Some(period) = keepalive {
+                        let probe = socket2::TcpKeepalive::new().with_time(period).with_interval(period);
+                        if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probe) {
+                            tracing::debug!(%error, "cannot set TCP keep-alive");
+                        }
+                    }
                     let service = ProxyService::new(shared.clone(), tcp_origin(peer));
                     spawn_connection(&builder, &graceful, stream, service);
                 }

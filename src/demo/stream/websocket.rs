@@ -283,11 +283,7 @@ pub fn into_byte_stream(socket: Socket) -> tokio::io::DuplexStream {
     tokio::spawn(async move {
         while let Some(Ok(message)) = incoming.next().await {
             match message {
-                Message::Binary(data) => {
-                    if write_half.write_all(&data).await.is_err() {
-                        return;
-                    }
-                }
+                Message::Binary(data) if write_half.write_all(&data).await.is_err() => return,
                 Message::Close(_) => break,
                 _ => {}
             }
