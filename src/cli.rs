@@ -124,6 +124,23 @@ pub struct Args {
     #[arg(long, global = true)]
     pub user: Option<String>,
 
+    /// kubegate: regular expressions for browser origins (scheme://host:port)
+    /// allowed to use the proxy, WebSockets included. Requests carrying any
+    /// other Origin are refused, except kubegate's own (pages from --www).
+    #[arg(long, default_value = "", global = true)]
+    pub accept_origins: String,
+
+    /// kubegate: require this token (read from the file) on every API
+    /// request, as "Authorization: Bearer TOKEN" or as the WebSocket
+    /// subprotocol base64url.bearer.authorization.k8s.io.TOKEN.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub access_token_file: Option<PathBuf>,
+
+    /// kubegate: make a random access token, print it once, and require it
+    /// (written to --access-token-file too, if given).
+    #[arg(long, global = true)]
+    pub generate_access_token: bool,
+
     /// kubegate: pass a client's own Authorization and Impersonate-* headers
     /// to the apiserver (kubectl proxy does; kubegate drops them by default,
     /// so that the proxy's identity is the only one used).

@@ -15,7 +15,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::access::AccessToken;
 use crate::cli::Args;
+use crate::cors::OriginPolicy;
 use crate::policy::{PatternError, PatternList, Policy};
 
 /// Everything kubegate needs to run, typed and checked.
@@ -27,6 +29,12 @@ pub struct Config {
     pub routes: Routes,
     /// The request filters.
     pub policy: Policy,
+    /// `--accept-origins`.
+    pub origins: OriginPolicy,
+    /// `--access-token-file` / `--generate-access-token`.
+    pub access_token: Option<AccessToken>,
+    /// A generated token, to print once at start.
+    pub generated_access_token: Option<String>,
     /// How to reach and authenticate to the apiserver.
     pub upstream: UpstreamSettings,
     /// `--forward-client-credentials`.
@@ -232,14 +240,41 @@ impl Config {
         if !args.append_server_path {
             upstream.server_path.clear();
         }
+        let origins = OriginPolicy {
+            accept: PatternList::parse("accept-origins", &args.accept_origins)?,
+        };
+        let (access_token, generated_access_token) = access_token(args)?;
         Ok(Config {
             listen,
             routes,
             policy,
+            origins,
+            access_token,
+            generated_access_token,
             upstream,
             forward_client_credentials: args.forward_client_credentials,
             shutdown_grace: positive_duration("shutdown-grace", &args.shutdown_grace)?,
         })
+    }
+}
+
+fn access_token(args: &Args) -> Result<(Option<AccessToken>, Option<String>), StartupError> {
+    match (&args.access_token_file, args.generate_access_token) {
+        (None, false) => Ok((None, None)),
+        (Some(path), false) => Ok((Some(AccessToken::load(path)?.0), None)),
+        (path, true) => {
+            let token = AccessToken::generate()?;
+            if let Some(path) = path {
+                crate::demo::pki::write_private(path, format!("{token}\n").as_bytes()).map_err(
+                    |e| StartupError::File {
+                        what: "access token file",
+                        path: path.display().to_string(),
+                        message: format!("{}; give a writable path", io_reason(&e)),
+                    },
+                )?;
+            }
+            Ok((Some(AccessToken::new(&token)), Some(token)))
+        }
     }
 }
 

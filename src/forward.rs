@@ -37,6 +37,13 @@ pub struct ClientOrigin {
     pub proto: HeaderValue,
 }
 
+impl ClientOrigin {
+    /// kubegate's own scheme on this connection: `http` or `https`.
+    pub fn proto_str(&self) -> &str {
+        self.proto.to_str().unwrap_or("http")
+    }
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

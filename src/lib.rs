@@ -12,6 +12,8 @@
 //!   [`forward`] (header rewriting),
 //!   [`upgrade`] (exec, attach, port-forward: the byte splice) and
 //!   [`upstream`] (TLS, credentials, pooled HTTP/2 to the apiserver).
+//! - [`cors`] (browser origins, CORS) and [`access`] (the local access
+//!   token): who may use kubegate at all.
 //! - [`status`]: every failure as a `metav1.Status` response.
 //! - [`www`]: `--www` static files.
 //! - [`demo`]: the apiserver double behind `kubegate demo` and the tests.
@@ -20,7 +22,10 @@
 //!
 //! 1. [`listen`] accepts a TCP or unix connection; [`serve`] gives it to
 //!    hyper (HTTP/1.1 with upgrades, or HTTP/2) and watches it for shutdown.
-//! 2. [`proxy`] routes the path: `--www-prefix` to [`www`], `--api-prefix`
+//! 2. A browser's `Origin` must be kubegate's own or match
+//!    `--accept-origins` ([`cors`]); preflights are answered here. With an
+//!    access token configured, the request must carry it ([`access`]).
+//!    Then [`proxy`] routes the path: `--www-prefix` to [`www`], `--api-prefix`
 //!    on, anything else 404.
 //! 3. [`policy::normalize`] decodes the path once and refuses any spelling
 //!    that could be read two ways; [`policy::Policy::check`] applies the
@@ -37,9 +42,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod forward;
 pub mod listen;
@@ -86,6 +93,8 @@ impl Proxy {
             shared: Arc::new(Shared {
                 routes: config.routes,
                 policy: config.policy,
+                origins: config.origins,
+                access_token: config.access_token,
                 upstream,
                 forward_client_credentials: config.forward_client_credentials,
                 relays: upgrade::Relays::default(),

@@ -26,8 +26,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> Result<(), StartupError> {
-    let config = Config::load(args, &Env::process()).await?;
+    let mut config = Config::load(args, &Env::process()).await?;
     let listen = config.listen.clone();
+    if let Some(token) = config.generated_access_token.take() {
+        // Shown once, like a notebook server's: the user's to keep.
+        println!("Access token: {token}");
+    }
     let proxy = Proxy::new(config).await?;
     let listener = Listener::bind(&listen).await?;
     // kubectl proxy's line; scripts read the port from it.

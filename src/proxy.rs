@@ -12,8 +12,10 @@ use http::{Request, Response, header};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::access::AccessToken;
 use crate::body::ProxyBody;
 use crate::config::Routes;
+use crate::cors::{self, OriginPolicy};
 use crate::forward::{self, ClientOrigin};
 use crate::policy::{NormalPath, Policy, normalize};
 use crate::status::ProxyError;
@@ -27,6 +29,10 @@ pub struct Shared {
     pub routes: Routes,
     /// The filters.
     pub policy: Policy,
+    /// Which browser origins may use kubegate.
+    pub origins: OriginPolicy,
+    /// The local access token, when one is required.
+    pub access_token: Option<AccessToken>,
     /// The apiserver.
     pub upstream: Upstream,
     /// `--forward-client-credentials`.
@@ -50,22 +56,47 @@ impl ProxyService {
 
     async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
         let method = request.method().clone();
-        let response = self.route(request).await;
-        match response {
-            Ok(response) => response,
-            Err(error) => {
-                let (code, _) = error.code_and_reason();
-                if code.is_server_error() {
-                    tracing::warn!(%method, %code, %error, "request failed");
-                } else {
-                    tracing::info!(%method, %code, %error, "request refused");
-                }
-                error.to_response()
+        let origin = request.headers().get(header::ORIGIN).cloned();
+        let checked = match &origin {
+            Some(origin) => {
+                self.shared
+                    .origins
+                    .check(origin, host(&request), self.origin.proto_str())
             }
+            None => Ok(()),
+        };
+        let result = match (checked, &origin) {
+            (Err(denial), _) => Err(ProxyError::from(denial)),
+            (Ok(()), Some(origin)) if cors::is_preflight(&method, request.headers()) => {
+                Ok(cors::preflight(origin, request.headers()))
+            }
+            (Ok(()), _) => self.route(request).await,
+        };
+        let allowed = result
+            .as_ref()
+            .err()
+            .is_none_or(|e| !matches!(e, ProxyError::Denied(d) if d.flag == "accept-origins"));
+        let mut response = result.unwrap_or_else(|error| {
+            let (code, _) = error.code_and_reason();
+            if code.is_server_error() {
+                tracing::warn!(%method, %code, %error, "request failed");
+            } else {
+                tracing::info!(%method, %code, %error, "request refused");
+            }
+            error.to_response()
+        });
+        if let Some(origin) = origin.filter(|_| allowed)
+            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            cors::allow(response.headers_mut(), &origin);
         }
+        response
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn route(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let routes = &self.shared.routes;
         let raw = request.uri().path();
         if let Some((dir, prefix)) = &routes.www
@@ -73,6 +104,14 @@ impl ProxyService {
         {
             return www::serve(dir, &raw[prefix.len() - 1..], request.method()).await;
         }
+        if let Some(token) = &self.shared.access_token {
+            if !token.presented(request.headers()) {
+                return Err(ProxyError::Unauthorized);
+            }
+            // The access token is kubegate's own; it never goes upstream.
+            request.headers_mut().remove(header::AUTHORIZATION);
+        }
+        let raw = request.uri().path();
         let Some(rest) = raw.strip_prefix(routes.api_prefix.as_str()) else {
             return Err(ProxyError::NotFound(raw.to_string()));
         };
@@ -83,11 +122,7 @@ impl ProxyService {
             false => raw,
         };
         let path = normalize(api_path)?;
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        let host = host(&request);
         let upgrade = is_upgrade(request.headers());
         self.shared
             .policy
@@ -128,6 +163,15 @@ impl ProxyService {
         forward::response_headers(response.headers_mut());
         Ok(response)
     }
+}
+
+/// The `Host` header, or the HTTP/2 `:authority`.
+fn host(request: &Request<Incoming>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
 }
 
 /// The path and query to send: the request's own when it was already

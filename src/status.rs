@@ -18,6 +18,11 @@ pub enum ProxyError {
     /// A filter refused the request.
     #[error("{0}")]
     Denied(#[from] Denial),
+    /// The access token is missing or wrong.
+    #[error(
+        "this kubegate requires its access token: send \"Authorization: Bearer TOKEN\" or, for a WebSocket, the subprotocol base64url.bearer.authorization.k8s.io.BASE64URL(TOKEN); the token is in --access-token-file or was printed when kubegate started"
+    )]
+    Unauthorized,
     /// The path is outside `--api-prefix` and `--www-prefix`.
     #[error("the path {0} is not served here (see --api-prefix and --www-prefix)")]
     NotFound(String),
@@ -90,6 +95,7 @@ impl ProxyError {
         match self {
             E::BadPath(_) => (S::BAD_REQUEST, "BadRequest"),
             E::Denied(_) => (S::FORBIDDEN, "Forbidden"),
+            E::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
             E::NotFound(_) => (S::NOT_FOUND, "NotFound"),
             E::Connect { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             E::ConnectTimeout { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
@@ -102,7 +108,14 @@ impl ProxyError {
     /// The response a client gets for this error.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let (code, reason) = self.code_and_reason();
-        status_response(code, reason, &self.to_string())
+        let mut response = status_response(code, reason, &self.to_string());
+        if let ProxyError::Unauthorized = self {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kubegate\""),
+            );
+        }
+        response
     }
 }
 

@@ -561,3 +561,56 @@ async fn help_reads_like_kubectl_proxy() {
     }
     assert!(help.contains("kubegate demo"));
 }
+
+#[tokio::test]
+async fn a_generated_access_token_is_printed_once_and_required() {
+    let double = Double::start().await;
+    let saved = double.path("saved-token");
+    let mut child = kubegate(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+            "--generate-access-token",
+            "--access-token-file",
+            saved.to_str().unwrap(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = within("token line", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let token = first
+        .strip_prefix("Access token: ")
+        .expect("the token is printed first")
+        .to_string();
+    let address = within("start-up line", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let address = address
+        .strip_prefix("Starting to serve on ")
+        .unwrap()
+        .to_string();
+    assert_eq!(std::fs::read_to_string(&saved).unwrap().trim(), token);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(get(&format!("http://{address}/api")).await.status, 401);
+    let bearer = format!("Bearer {token}");
+    let answer = support::call(
+        http::Method::GET,
+        &format!("http://{address}/api"),
+        &[("authorization", &bearer)],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+}

@@ -379,28 +379,76 @@ async fn client_node_execs_and_port_forwards() {
     assert!(printed.contains("port-forward ok 100000"), "{printed}");
 }
 
-#[tokio::test]
-async fn a_deno_program_execs_over_v5_and_port_forwards() {
-    let deno = node_modules().join(".bin/deno");
-    let (_double, kubegate) = with_box().await;
-    let echo = EchoServer::start().await;
-    let mut command = Command::new(deno);
+fn deno(args: &[&str], token: Option<&str>) -> Command {
+    let mut command = Command::new(node_modules().join(".bin/deno"));
     command
         .env("DENO_NO_UPDATE_CHECK", "1")
         .env("DENO_DIR", std::env::temp_dir().join("kubegate-deno-cache"))
+        .env_remove("KUBEGATE_TOKEN")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .args([
             "run",
             "--allow-net",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/deno_stream.ts"),
-            &kubegate.url(""),
-            "box",
-            &echo.port.to_string(),
-        ]);
-    let printed = output(command).await;
-    assert!(printed.contains("exec stdout from deno"), "{printed}");
-    assert!(printed.contains("exec stderr to-stderr"), "{printed}");
-    assert!(printed.contains("exec status Failure 6"), "{printed}");
-    assert!(printed.contains("port-forward ok"), "{printed}");
+            "--allow-env",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/deno/kubegate.ts"),
+        ])
+        .args(args);
+    if let Some(token) = token {
+        command.env("KUBEGATE_TOKEN", token);
+    }
+    command
+}
+
+#[tokio::test]
+async fn the_deno_example_lists_follows_execs_and_port_forwards() {
+    let (double, kubegate) = with_box().await;
+    double.store().append_log("default", "box", "box log line");
+    let echo = EchoServer::start().await;
+    let printed = output(deno(
+        &[&kubegate.url(""), "box", &echo.port.to_string()],
+        None,
+    ))
+    .await;
+    for line in [
+        "pods box",
+        "log box log line",
+        "exec stdout from deno",
+        "exec stderr to-stderr",
+        "exec status Failure 6",
+        "port-forward ok",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing from {printed}");
+    }
+}
+
+#[tokio::test]
+async fn the_deno_example_uses_the_access_token() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    double.store().append_log("default", "box", "box log line");
+    let token_file = double.path("access-token");
+    std::fs::write(&token_file, "deno-secret").unwrap();
+    let kubegate = Kubegate::start(
+        &double,
+        &["--access-token-file", token_file.to_str().unwrap()],
+    )
+    .await;
+    let echo = EchoServer::start().await;
+    let args = [kubegate.url(""), "box".to_string(), echo.port.to_string()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let printed = output(deno(&args, Some("deno-secret"))).await;
+    assert!(
+        printed.contains("exec stdout from deno") && printed.contains("port-forward ok"),
+        "{printed}"
+    );
+
+    let refused = within("deno", deno(&args, Some("wrong")).output())
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{refused:?}"
+    );
 }

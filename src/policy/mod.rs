@@ -115,6 +115,10 @@ impl fmt::Display for Denial {
                 f,
                 "host {subject:?} matches no --accept-hosts pattern (the Host header is checked to stop DNS rebinding); add a pattern for it to --accept-hosts if you own that name"
             ),
+            ("accept-origins", _) => write!(
+                f,
+                "origin {subject:?} may not use this kubegate: requests from other web sites are refused to stop cross-site attacks on your cluster; if you trust that site, add a pattern for it to --accept-origins"
+            ),
             ("accept-paths", _) => write!(
                 f,
                 "path {subject:?} matches no --accept-paths pattern; add one that matches it to --accept-paths"

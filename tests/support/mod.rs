@@ -374,3 +374,54 @@ impl Drop for EchoServer {
         self.task.abort();
     }
 }
+
+/// A static web site on 127.0.0.1 (another origin than kubegate's), serving
+/// the files of `dir`; stops when dropped.
+pub struct Site {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Site {
+    pub async fn serve(dir: &Path) -> Site {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = dir.to_path_buf();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let dir = dir.clone();
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let file = dir.join(request.uri().path().trim_start_matches('/'));
+                    async move {
+                        let (status, body) = match std::fs::read(&file) {
+                            Ok(body) => (StatusCode::OK, body),
+                            Err(_) => (StatusCode::NOT_FOUND, Vec::new()),
+                        };
+                        let kind = if file.extension().is_some_and(|e| e == "js") {
+                            "text/javascript"
+                        } else {
+                            "text/html"
+                        };
+                        let response = Response::builder()
+                            .status(status)
+                            .header("content-type", kind)
+                            .body(Full::new(Bytes::from(body)));
+                        Ok::<_, std::convert::Infallible>(response.unwrap())
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Site { port, task }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,192 @@
+//! Browser users, in Debian's Chromium driven by playwright-core: a page on
+//! an allowed origin uses the API (fetch, a followed log, exec and
+//! port-forward over WebSocket); a page on another origin is refused and the
+//! apiserver hears nothing; the access token is required when set; and a
+//! DNS-rebinding name is refused. The page is `examples/browser/`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+use support::*;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/browser");
+
+/// Opens `url` in Chromium and evaluates `expressions` in the page; returns
+/// the page load's status and each result.
+async fn browse(map_host: Option<&str>, url: &str, expressions: &[&str]) -> (u16, Vec<Value>) {
+    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/browser.mjs");
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is not installed; apt-get install chromium (scripts/test does)"
+    );
+    assert!(
+        runner
+            .with_file_name("node_modules/playwright-core")
+            .exists(),
+        "playwright-core is missing; run `npm ci` in tests/clients (scripts/test does)"
+    );
+    let mut command = tokio::process::Command::new("node");
+    command.arg(&runner);
+    if let Some(host) = map_host {
+        command.args(["--map", host]);
+    }
+    command
+        .arg(url)
+        .args(expressions)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = within("chromium", command.output())
+        .await
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "browser run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = output
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty());
+    let load: Value = serde_json::from_slice(lines.next().expect("a load line")).unwrap();
+    let results = lines.map(|l| serde_json::from_slice(l).unwrap()).collect();
+    (load["status"].as_u64().unwrap_or(0) as u16, results)
+}
+
+fn value(result: &Value) -> &Value {
+    assert_eq!(result["ok"], true, "{result}");
+    &result["value"]
+}
+
+fn error(result: &Value) -> String {
+    assert_eq!(result["ok"], false, "expected a failure: {result}");
+    result["error"].as_str().unwrap().to_string()
+}
+
+const LIST: &str = "window.kubegateExample.listPods()";
+const EXEC: &str =
+    "window.kubegateExample.exec('box', ['sh', '-c', 'tr a-z A-Z'], 'hello from chromium')";
+const LOG: &str = "window.kubegateExample.followLog('box', 1)";
+
+fn port_forward(port: u16) -> String {
+    format!("window.kubegateExample.portForward('box', {port}, 'round trip')")
+}
+
+async fn setup(flags: &[&str]) -> (Double, Kubegate, Site) {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    double.store().append_log("default", "box", "box log line");
+    let site = Site::serve(Path::new(EXAMPLE)).await;
+    let origin = format!(r"--accept-origins=^http://127\.0\.0\.1:{}$", site.port);
+    let mut all = vec![origin.as_str()];
+    all.extend_from_slice(flags);
+    let kubegate = Kubegate::start(&double, &all).await;
+    (double, kubegate, site)
+}
+
+fn page(site: &Site, kubegate: &Kubegate, token: Option<&str>) -> String {
+    let mut url = format!(
+        "http://127.0.0.1:{}/index.html?kubegate={}",
+        site.port,
+        kubegate.url("")
+    );
+    if let Some(token) = token {
+        url.push_str("&token=");
+        url.push_str(token);
+    }
+    url
+}
+
+#[tokio::test]
+async fn a_page_on_an_allowed_origin_lists_follows_execs_and_port_forwards() {
+    let (_double, kubegate, site) = setup(&[]).await;
+    let echo = EchoServer::start().await;
+    let forward = port_forward(echo.port);
+    let (status, results) = browse(
+        None,
+        &page(&site, &kubegate, None),
+        &[LIST, LOG, EXEC, &forward],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(value(&results[0]), &serde_json::json!(["box"]));
+    assert_eq!(value(&results[1]), &serde_json::json!(["box log line"]));
+    let exec = value(&results[2]);
+    assert_eq!(exec["stdout"], "HELLO FROM CHROMIUM");
+    assert_eq!(exec["status"]["status"], "Success");
+    assert_eq!(value(&results[3]), "round trip");
+}
+
+#[tokio::test]
+async fn a_page_on_another_origin_is_refused_and_the_apiserver_hears_nothing() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, &[]).await;
+    let site = Site::serve(Path::new(EXAMPLE)).await;
+    let stats = &double.server.state().stats;
+    let before = stats.requests.load(Ordering::Acquire);
+    let (status, results) = browse(None, &page(&site, &kubegate, None), &[LIST, EXEC]).await;
+    assert_eq!(status, 200, "the attacker's page itself loads");
+    assert!(error(&results[0]).contains("Failed to fetch"));
+    assert!(error(&results[1]).contains("refused"));
+    assert_eq!(
+        stats.requests.load(Ordering::Acquire),
+        before,
+        "nothing reached the apiserver"
+    );
+    assert_eq!(stats.open_streams.load(Ordering::Acquire), 0);
+}
+
+#[tokio::test]
+async fn with_an_access_token_only_the_page_that_sends_it_gets_in() {
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), "page-secret\n").unwrap();
+    let (_double, kubegate, site) =
+        setup(&["--access-token-file", token_file.path().to_str().unwrap()]).await;
+    let (_, with) = browse(
+        None,
+        &page(&site, &kubegate, Some("page-secret")),
+        &[LIST, EXEC],
+    )
+    .await;
+    assert_eq!(value(&with[0]), &serde_json::json!(["box"]));
+    assert_eq!(value(&with[1])["stdout"], "HELLO FROM CHROMIUM");
+
+    let (_, without) = browse(None, &page(&site, &kubegate, None), &[LIST, EXEC]).await;
+    let refused = error(&without[0]);
+    assert!(
+        refused.contains("401") && refused.contains("access token"),
+        "{refused}"
+    );
+    assert!(error(&without[1]).contains("refused"));
+}
+
+#[tokio::test]
+async fn a_dns_rebinding_name_is_refused() {
+    let (double, kubegate, _site) = setup(&[]).await;
+    let before = double.server.state().stats.requests.load(Ordering::Acquire);
+    let url = format!(
+        "http://rebind.example:{}/api/v1/namespaces/default/pods",
+        kubegate.address.port()
+    );
+    let (status, _) = browse(Some("rebind.example"), &url, &[]).await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        double.server.state().stats.requests.load(Ordering::Acquire),
+        before
+    );
+}
+
+#[tokio::test]
+async fn a_page_served_by_www_is_same_origin_and_needs_no_flag() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, &["--www", EXAMPLE]).await;
+    let (status, results) = browse(None, &kubegate.url("/static/index.html"), &[LIST, EXEC]).await;
+    assert_eq!(status, 200);
+    assert_eq!(value(&results[0]), &serde_json::json!(["box"]));
+    assert_eq!(value(&results[1])["stdout"], "HELLO FROM CHROMIUM");
+}

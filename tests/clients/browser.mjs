@@ -1,0 +1,42 @@
+// Drives Debian's Chromium with playwright-core: opens a page, then
+// evaluates each expression given and prints one JSON line per result:
+// {"ok":true,"value":…} or {"ok":false,"error":"…"}. The first line is the
+// page's own load: {"status":N}.
+//
+// Usage: node run.mjs [--map HOST] URL EXPRESSION...
+//   --map HOST   resolve HOST to 127.0.0.1 (a DNS-rebinding attacker's name)
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const args = process.argv.slice(2);
+const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+if (args[0] === '--map') {
+  flags.push(`--host-resolver-rules=MAP ${args[1]} 127.0.0.1`);
+  args.splice(0, 2);
+}
+const [url, ...expressions] = args;
+const profile = mkdtempSync(join(tmpdir(), 'kubegate-chromium-'));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: flags,
+});
+try {
+  const page = await context.newPage();
+  const response = await page.goto(url);
+  console.log(JSON.stringify({ status: response?.status() ?? 0, body: (await response?.text())?.slice(0, 500) }));
+  for (const expression of expressions) {
+    try {
+      const value = await page.evaluate(`(async () => ${expression})()`);
+      console.log(JSON.stringify({ ok: true, value }));
+    } catch (error) {
+      console.log(JSON.stringify({ ok: false, error: String(error.message ?? error).split('\n')[0] }));
+    }
+  }
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
