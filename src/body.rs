@@ -24,6 +24,8 @@ pub enum ProxyBody {
     Upstream(Incoming, Option<StreamGuard>),
     /// A body kubegate wrote: a `metav1.Status`, a static file.
     Full(Full<Bytes>),
+    /// A body being audited: counted, kept up to a limit, its end reported.
+    Audited(Box<Capture<ProxyBody>>),
 }
 
 impl ProxyBody {
@@ -59,6 +61,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
+            ProxyBody::Audited(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -66,6 +69,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(body, _) => body.is_end_stream(),
             ProxyBody::Full(body) => body.is_end_stream(),
+            ProxyBody::Audited(body) => body.is_end_stream(),
         }
     }
 
@@ -73,6 +77,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(body, _) => body.size_hint(),
             ProxyBody::Full(body) => body.size_hint(),
+            ProxyBody::Audited(body) => body.size_hint(),
         }
     }
 }
@@ -92,5 +97,124 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a [`Capture`] saw of a body.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// Bytes that passed.
+    pub bytes: u64,
+    /// The body, if it was kept and fit in the limit.
+    pub body: Option<Vec<u8>>,
+    /// The body was larger than the limit (so not kept).
+    pub truncated: bool,
+    /// The body ended normally (not dropped or failed halfway).
+    pub complete: bool,
+}
+
+/// Called once with what a [`Capture`] saw.
+pub type OnCaptured = Box<dyn FnOnce(Captured) + Send + Sync>;
+
+/// Passes a body through unchanged while counting it and keeping a copy of
+/// at most `limit` bytes (for audit); tells `done` when it ends or is
+/// dropped. A larger body is marked truncated, never buffered whole.
+pub struct Capture<B> {
+    inner: B,
+    seen: Captured,
+    limit: usize,
+    done: Option<OnCaptured>,
+}
+
+impl<B> Capture<B> {
+    /// Wraps `inner`; keeps a copy only if `limit` > 0.
+    pub fn new(inner: B, limit: usize, done: OnCaptured) -> Self {
+        Capture {
+            inner,
+            seen: Captured {
+                body: (limit > 0).then(Vec::new),
+                ..Captured::default()
+            },
+            limit,
+            done: Some(done),
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(done) = self.done.take() {
+            let mut seen = std::mem::take(&mut self.seen);
+            seen.complete = complete;
+            done(seen);
+        }
+    }
+}
+
+impl<B> Drop for Capture<B> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl<B> std::fmt::Debug for Capture<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("bytes", &self.seen.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for Capture<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen.bytes += data.len() as u64;
+                    if let Some(kept) = &mut this.seen.body {
+                        if kept.len() + data.len() <= this.limit {
+                            kept.extend_from_slice(data);
+                        } else {
+                            this.seen.body = None;
+                            this.seen.truncated = true;
+                        }
+                    }
+                }
+                // hyper stops polling once the body says it has ended.
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.finish(false);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Only once the end has been recorded: otherwise hyper could end the
+    /// response on this answer alone and drop the body later, out of order
+    /// with shutdown, so the end is always seen through `poll_frame`.
+    fn is_end_stream(&self) -> bool {
+        self.done.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -141,6 +141,60 @@ pub struct Args {
     #[arg(long, global = true)]
     pub generate_access_token: bool,
 
+    /// Audit: write audit.k8s.io/v1 events to this file ("-" for stdout).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub audit_log_path: Option<PathBuf>,
+
+    /// Audit: the apiserver's audit Policy file; without it every request is
+    /// audited at level Metadata.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub audit_policy_file: Option<PathBuf>,
+
+    /// Audit: rotate the log past this many megabytes (0: never).
+    #[arg(long, default_value_t = 100, value_name = "MB", global = true)]
+    pub audit_log_maxsize: u64,
+
+    /// Audit: keep at most this many rotated logs (0: all).
+    #[arg(long, default_value_t = 100, global = true)]
+    pub audit_log_maxbackup: usize,
+
+    /// Audit: delete rotated logs older than this many days (0: never).
+    #[arg(long, default_value_t = 366, value_name = "DAYS", global = true)]
+    pub audit_log_maxage: u64,
+
+    /// Audit: when the log cannot be written, refuse requests with 503, or
+    /// continue (events are lost, and kubegate says so loudly).
+    #[arg(long, value_enum, default_value = "refuse", global = true)]
+    pub audit_failure: crate::audit::FailureMode,
+
+    /// Audit: largest request or response body recorded at levels Request
+    /// and RequestResponse; a larger one is marked truncated.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES", global = true)]
+    pub audit_max_body_bytes: usize,
+
+    /// Audit: send events to a collector described by this kubeconfig-format
+    /// file (as kube-apiserver's flag of the same name), in EventList batches.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub audit_webhook_config_file: Option<PathBuf>,
+
+    /// Audit: events per webhook batch at most.
+    #[arg(long, default_value_t = 400, global = true)]
+    pub audit_webhook_batch_max_size: usize,
+
+    /// Audit: how long a webhook batch waits to fill.
+    #[arg(long, default_value = "30s", value_name = "DURATION", global = true)]
+    pub audit_webhook_batch_max_wait: String,
+
+    /// Audit: events buffered for the webhook at most; more are counted and
+    /// logged as lost to the webhook.
+    #[arg(long, default_value_t = 10000, global = true)]
+    pub audit_webhook_buffer_size: usize,
+
+    /// Audit: the first wait before a failed webhook batch is retried
+    /// (doubling up to a minute).
+    #[arg(long, default_value = "10s", value_name = "DURATION", global = true)]
+    pub audit_webhook_initial_backoff: String,
+
     /// kubegate: pass a client's own Authorization and Impersonate-* headers
     /// to the apiserver (kubectl proxy does; kubegate drops them by default,
     /// so that the proxy's identity is the only one used).

@@ -41,6 +41,38 @@ pub struct Config {
     pub forward_client_credentials: bool,
     /// `--shutdown-grace`.
     pub shutdown_grace: Duration,
+    /// The audit settings, when any audit backend is on.
+    pub audit: Option<AuditConfig>,
+}
+
+/// What to audit and where to send it.
+#[derive(Debug)]
+pub struct AuditConfig {
+    /// The log backend.
+    pub log: Option<crate::audit::log::Target>,
+    /// The webhook collector and its batching.
+    pub webhook: Option<WebhookConfig>,
+    /// The policy; none means `Metadata` for everything.
+    pub policy: Option<crate::audit::policy::Policy>,
+    /// `--audit-failure`.
+    pub failure: crate::audit::FailureMode,
+    /// `--audit-max-body-bytes`.
+    pub max_body_bytes: usize,
+}
+
+/// The webhook backend's collector and batching.
+#[derive(Debug)]
+pub struct WebhookConfig {
+    /// The collector, from the kubeconfig-format file.
+    pub collector: UpstreamSettings,
+    /// `--audit-webhook-batch-max-size`.
+    pub batch_max_size: usize,
+    /// `--audit-webhook-batch-max-wait`.
+    pub batch_max_wait: Duration,
+    /// `--audit-webhook-buffer-size`.
+    pub buffer: usize,
+    /// `--audit-webhook-initial-backoff`.
+    pub initial_backoff: Duration,
 }
 
 /// Where kubegate listens.
@@ -254,8 +286,74 @@ impl Config {
             upstream,
             forward_client_credentials: args.forward_client_credentials,
             shutdown_grace: positive_duration("shutdown-grace", &args.shutdown_grace)?,
+            audit: audit(args, timing).await?,
         })
     }
+}
+
+async fn audit(args: &Args, timing: Timing) -> Result<Option<AuditConfig>, StartupError> {
+    use crate::audit::log::Target;
+    if args.audit_log_path.is_none() && args.audit_webhook_config_file.is_none() {
+        return Ok(None);
+    }
+    let log = args
+        .audit_log_path
+        .as_ref()
+        .map(|path| match path.to_str() {
+            Some("-") => Target::Stdout,
+            _ => Target::File {
+                path: path.clone(),
+                max_bytes: args.audit_log_maxsize.saturating_mul(1024 * 1024),
+                max_backups: args.audit_log_maxbackup,
+                max_age: Duration::from_secs(args.audit_log_maxage.saturating_mul(86_400)),
+            },
+        });
+    let policy = match &args.audit_policy_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| StartupError::File {
+                what: "audit policy file",
+                path: path.display().to_string(),
+                message: io_reason(&e),
+            })?;
+            Some(
+                crate::audit::policy::Policy::parse(&text).map_err(|e| StartupError::File {
+                    what: "audit policy file",
+                    path: path.display().to_string(),
+                    message: format!("is not an audit.k8s.io/v1 Policy: {e}"),
+                })?,
+            )
+        }
+        None => None,
+    };
+    let webhook = match &args.audit_webhook_config_file {
+        Some(path) => {
+            let mut file_args = args.clone();
+            file_args.context = None;
+            file_args.cluster = None;
+            file_args.user = None;
+            Some(WebhookConfig {
+                collector: from_kubeconfig(&file_args, std::slice::from_ref(path), timing).await?,
+                batch_max_size: args.audit_webhook_batch_max_size.max(1),
+                batch_max_wait: positive_duration(
+                    "audit-webhook-batch-max-wait",
+                    &args.audit_webhook_batch_max_wait,
+                )?,
+                buffer: args.audit_webhook_buffer_size,
+                initial_backoff: positive_duration(
+                    "audit-webhook-initial-backoff",
+                    &args.audit_webhook_initial_backoff,
+                )?,
+            })
+        }
+        None => None,
+    };
+    Ok(Some(AuditConfig {
+        log,
+        webhook,
+        policy,
+        failure: args.audit_failure,
+        max_body_bytes: args.audit_max_body_bytes,
+    }))
 }
 
 fn access_token(args: &Args) -> Result<(Option<AccessToken>, Option<String>), StartupError> {

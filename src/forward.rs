@@ -35,6 +35,8 @@ pub struct ClientOrigin {
     pub forwarded_for: Option<HeaderValue>,
     /// `http` or `https`.
     pub proto: HeaderValue,
+    /// The client as audit names it.
+    pub peer: crate::audit::Peer,
 }
 
 impl ClientOrigin {
@@ -110,6 +112,7 @@ mod tests {
         ClientOrigin {
             forwarded_for: Some(HeaderValue::from_static("127.0.0.1")),
             proto: HeaderValue::from_static("http"),
+            peer: crate::audit::Peer::default(),
         }
     }
 

@@ -14,6 +14,7 @@
 //!   [`upstream`] (TLS, credentials, pooled HTTP/2 to the apiserver).
 //! - [`cors`] (browser origins, CORS) and [`access`] (the local access
 //!   token): who may use kubegate at all.
+//! - [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
 //! - [`status`]: every failure as a `metav1.Status` response.
 //! - [`www`]: `--www` static files.
 //! - [`demo`]: the apiserver double behind `kubegate demo` and the tests.
@@ -38,11 +39,16 @@
 //!    the two byte streams spliced until either side ends.
 //! 5. Any failure becomes a [`status::ProxyError`] and then the status
 //!    and `metav1.Status` body the apiserver would give.
+//! 6. With auditing on, [`audit`] writes the request's events in stage
+//!    order (`RequestReceived`, `ResponseStarted` for long-running requests,
+//!    `ResponseComplete` when the body ends), refusals included, and sends
+//!    its audit ID upstream and back to the client as `Audit-Id`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod audit;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -52,6 +58,7 @@ pub mod forward;
 pub mod listen;
 pub mod policy;
 pub mod proxy;
+pub mod query;
 pub mod serve;
 pub mod shutdown;
 pub mod status;
@@ -88,7 +95,19 @@ impl Proxy {
             );
         }
         let keepalive = config.upstream.keepalive;
+        let fallback_user = config
+            .upstream
+            .client_identity
+            .as_ref()
+            .map(|identity| audit::identity::from_certificate(&identity.chain[0]))
+            .unwrap_or_default();
         let upstream = Upstream::new(config.upstream).await?;
+        let audit = match config.audit {
+            Some(settings) => Some(Arc::new(
+                audit::identity::start(settings, &upstream, fallback_user).await?,
+            )),
+            None => None,
+        };
         Ok(Proxy {
             shared: Arc::new(Shared {
                 routes: config.routes,
@@ -98,6 +117,7 @@ impl Proxy {
                 upstream,
                 forward_client_credentials: config.forward_client_credentials,
                 relays: upgrade::Relays::default(),
+                audit,
             }),
             grace: config.shutdown_grace,
             keepalive,

@@ -13,7 +13,8 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access::AccessToken;
-use crate::body::ProxyBody;
+use crate::audit::{Audit, Record};
+use crate::body::{Capture, ProxyBody};
 use crate::config::Routes;
 use crate::cors::{self, OriginPolicy};
 use crate::forward::{self, ClientOrigin};
@@ -39,6 +40,8 @@ pub struct Shared {
     pub forward_client_credentials: bool,
     /// Upgraded connections being relayed.
     pub relays: Relays,
+    /// The audit trail, when on.
+    pub audit: Option<Arc<Audit>>,
 }
 
 /// The hyper service for one client connection.
@@ -54,9 +57,26 @@ impl ProxyService {
         ProxyService { shared, origin }
     }
 
-    async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let method = request.method().clone();
         let origin = request.headers().get(header::ORIGIN).cloned();
+        let record = match &self.shared.audit {
+            Some(audit) => {
+                audit
+                    .begin(&request, &self.origin.peer, is_upgrade(request.headers()))
+                    .await
+            }
+            None => None,
+        };
+        if let Some(record) = &record {
+            // kubegate's audit ID goes upstream, where the apiserver adopts
+            // it, so both logs join on one ID; the client's is annotated.
+            request.headers_mut().remove("audit-id");
+            if let Some(id) = record.header() {
+                request.headers_mut().insert("audit-id", id);
+            }
+            request.extensions_mut().insert(record.clone());
+        }
         let checked = match &origin {
             Some(origin) => {
                 self.shared
@@ -65,7 +85,13 @@ impl ProxyService {
             }
             None => Ok(()),
         };
+        let refusing = self
+            .shared
+            .audit
+            .as_ref()
+            .is_some_and(|audit| audit.refusing());
         let result = match (checked, &origin) {
+            _ if refusing => Err(ProxyError::AuditUnavailable),
             (Err(denial), _) => Err(ProxyError::from(denial)),
             (Ok(()), Some(origin)) if cors::is_preflight(&method, request.headers()) => {
                 Ok(cors::preflight(origin, request.headers()))
@@ -76,15 +102,32 @@ impl ProxyService {
             .as_ref()
             .err()
             .is_none_or(|e| !matches!(e, ProxyError::Denied(d) if d.flag == "accept-origins"));
-        let mut response = result.unwrap_or_else(|error| {
-            let (code, _) = error.code_and_reason();
-            if code.is_server_error() {
-                tracing::warn!(%method, %code, %error, "request failed");
-            } else {
-                tracing::info!(%method, %code, %error, "request refused");
+        let mut response = match result {
+            Ok(response) => match &record {
+                Some(record) if response.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
+                    record.allowed();
+                    let code = response.status();
+                    record.started(code).await;
+                    response.map(|body| record.complete_with_body(code, body))
+                }
+                _ => response,
+            },
+            Err(error) => {
+                let (code, _) = error.code_and_reason();
+                if code.is_server_error() {
+                    tracing::warn!(%method, %code, %error, "request failed");
+                } else {
+                    tracing::info!(%method, %code, %error, "request refused");
+                }
+                if let Some(record) = &record {
+                    record.refused(&error).await;
+                }
+                error.to_response()
             }
-            error.to_response()
-        });
+        };
+        if let Some(id) = record.as_ref().and_then(Record::header) {
+            response.headers_mut().insert("audit-id", id);
+        }
         if let Some(origin) = origin.filter(|_| allowed)
             && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
         {
@@ -157,9 +200,18 @@ impl ProxyService {
             self.shared.forward_client_credentials,
         );
         upstream.authorize(&mut parts.headers);
-        let mut response = upstream
-            .send(Request::from_parts(parts, Either::Left(body)))
-            .await?;
+        // At levels Request and above, audit keeps a bounded copy of the body
+        // as it streams past.
+        let body = match parts.extensions.get::<Record>() {
+            Some(record) if record.wants_request_body() => {
+                let record = record.clone();
+                let limit = record.max_body_bytes();
+                let done = Box::new(move |seen| record.request_body(seen));
+                Either::Right(Either::Right(Capture::new(body, limit, done)))
+            }
+            _ => Either::Left(body),
+        };
+        let mut response = upstream.send(Request::from_parts(parts, body)).await?;
         forward::response_headers(response.headers_mut());
         Ok(response)
     }

@@ -14,6 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::audit::Peer;
 use crate::forward::ClientOrigin;
 use crate::listen::{Accepted, Listener};
 use crate::proxy::{ProxyService, Shared};
@@ -57,7 +58,12 @@ pub async fn serve(
                     spawn_connection(&builder, &graceful, stream, service);
                 }
                 Ok(Accepted::Unix(stream)) => {
-                    let origin = ClientOrigin { forwarded_for: None, proto: HeaderValue::from_static("http") };
+                    let description = match stream.peer_cred() {
+                        Ok(cred) => format!("unix socket, uid={}, pid={}", cred.uid(), cred.pid().map_or_else(|| "?".into(), |p| p.to_string())),
+                        Err(_) => "unix socket".to_string(),
+                    };
+                    let peer = Peer { ip: None, description };
+                    let origin = ClientOrigin { forwarded_for: None, proto: HeaderValue::from_static("http"), peer };
                     spawn_connection(&builder, &graceful, stream, ProxyService::new(shared.clone(), origin));
                 }
                 Err(error) => {
@@ -74,18 +80,32 @@ pub async fn serve(
     if open > 0 {
         tracing::info!(open, grace = ?grace, "waiting for open connections to finish");
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Requests and upgraded sessions share one grace period; what is still
+    // open after it is closed.
+    let drained = async {
+        graceful.shutdown().await;
+        shared.relays.drain().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them");
+        shared.relays.close_all();
+        shared.relays.drain().await;
+    }
+    // Last: every event of every request is written before exit.
+    if let Some(audit) = &shared.audit {
+        audit.close().await;
     }
 }
 
 fn tcp_origin(peer: SocketAddr) -> ClientOrigin {
+    let ip = peer.ip().to_string();
     ClientOrigin {
-        forwarded_for: HeaderValue::try_from(peer.ip().to_string()).ok(),
+        forwarded_for: HeaderValue::try_from(ip.as_str()).ok(),
         proto: HeaderValue::from_static("http"),
+        peer: Peer {
+            ip: Some(ip),
+            description: format!("tcp {peer}"),
+        },
     }
 }
 

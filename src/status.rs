@@ -66,6 +66,11 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// The audit log cannot be written and `--audit-failure=refuse`.
+    #[error(
+        "the audit log cannot be written, so kubegate refuses requests (--audit-failure=refuse); free disk space or fix --audit-log-path"
+    )]
+    AuditUnavailable,
     /// kubegate has no usable credential to send.
     #[error("kubegate has no usable credential for the apiserver: {0}")]
     Credentials(String),
@@ -102,6 +107,7 @@ impl ProxyError {
             E::Tls { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Upstream { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Credentials(_) => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            E::AuditUnavailable => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         }
     }
 

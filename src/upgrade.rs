@@ -9,8 +9,10 @@
 //! subprotocol list, from which the bearer-token entry browsers send is
 //! removed: kubegate authenticates as itself.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
@@ -18,9 +20,11 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::Record;
 use crate::body::{BoxError, ProxyBody};
 use crate::forward::{self, ClientOrigin};
 use crate::status::ProxyError;
@@ -87,6 +91,8 @@ pub async fn relay(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut parts, _body) = request.into_parts();
+    let record = parts.extensions.remove::<Record>();
+    let query = parts.uri.query().unwrap_or_default().to_string();
     let absolute = upstream.uri_for(path_and_query)?;
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
     forward::request_headers(&mut parts.headers, origin, forward_client_credentials);
@@ -135,7 +141,14 @@ pub async fn relay(
     let mut answer = Response::new(ProxyBody::empty());
     *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *answer.headers_mut() = std::mem::take(response.headers_mut());
+    if let Some(record) = &record {
+        annotate_session(record, answer.headers(), &query);
+        record.started(StatusCode::SWITCHING_PROTOCOLS).await;
+    }
+    let began = std::time::Instant::now();
 
+    let to_server = Arc::new(AtomicU64::new(0));
+    let to_client = Arc::new(AtomicU64::new(0));
     let closing = relays.closing.clone();
     let open = relays.open.clone();
     open.fetch_add(1, Ordering::AcqRel);
@@ -144,26 +157,122 @@ pub async fn relay(
     relays.tracker.spawn(async move {
         let splice = async {
             let (client, server) = tokio::try_join!(client_upgrade, upstream_upgrade)?;
-            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-            let moved = tokio::io::copy_bidirectional_with_sizes(
+            let mut client = Counted::new(TokioIo::new(client), to_server.clone());
+            let mut server = Counted::new(TokioIo::new(server), to_client.clone());
+            tokio::io::copy_bidirectional_with_sizes(
                 &mut client,
                 &mut server,
                 SPLICE_BUFFER,
                 SPLICE_BUFFER,
             )
             .await?;
-            Ok::<_, BoxError>(moved)
+            Ok::<_, BoxError>(())
         };
         tokio::select! {
-            result = splice => match result {
-                Ok((to_server, to_client)) => tracing::debug!(to_server, to_client, "relay ended"),
-                Err(error) => tracing::debug!(%error, "relay ended with an error"),
-            },
+            result = splice => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "relay ended with an error");
+                }
+            }
             () = closing.cancelled() => tracing::debug!("relay closed at shutdown"),
+        }
+        if let Some(record) = record {
+            record.annotate(
+                "kubegate.io/duration",
+                format!("{:.3}s", began.elapsed().as_secs_f64()),
+            );
+            record.annotate(
+                "kubegate.io/bytes-to-server",
+                to_server.load(Ordering::Relaxed).to_string(),
+            );
+            record.annotate(
+                "kubegate.io/bytes-to-client",
+                to_client.load(Ordering::Relaxed).to_string(),
+            );
+            record.complete(StatusCode::SWITCHING_PROTOCOLS).await;
         }
         open.fetch_sub(1, Ordering::AcqRel);
     });
     Ok(answer)
+}
+
+/// Counts the bytes read from one side of a splice: what it sent.
+struct Counted<T> {
+    io: T,
+    read: Arc<AtomicU64>,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T, read: Arc<AtomicU64>) -> Self {
+        Counted { io, read }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.read
+            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Records what the session is: the negotiated subprotocol, and for exec
+/// and attach the command and container from the query.
+fn annotate_session(record: &Record, answer: &HeaderMap, query: &str) {
+    record.allowed();
+    let protocol = answer
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .or_else(|| answer.get("x-stream-protocol-version"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let upgrade = answer
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    record.annotate(
+        "kubegate.io/subprotocol",
+        format!("{upgrade} {protocol}").trim().to_string(),
+    );
+    let mut command = Vec::new();
+    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        let value = crate::query::decode(value);
+        match key {
+            "command" => command.push(value),
+            "container" => record.annotate("kubegate.io/container", value),
+            "ports" => record.annotate("kubegate.io/ports", value),
+            _ => {}
+        }
+    }
+    if !command.is_empty() {
+        record.annotate(
+            "kubegate.io/command",
+            serde_json::to_string(&command).unwrap_or_default(),
+        );
+    }
 }
 
 /// Removes `base64url.bearer.authorization.k8s.io.*` from the offered

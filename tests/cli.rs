@@ -614,3 +614,76 @@ async fn a_generated_access_token_is_printed_once_and_required() {
     .await;
     assert_eq!(answer.status, 200);
 }
+
+#[tokio::test]
+async fn sigterm_flushes_every_audit_event_before_exit() {
+    let double = Double::start().await;
+    let log = double.path("audit.log");
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+            "--audit-log-path",
+            log.to_str().unwrap(),
+        ],
+    )
+    .await;
+    for _ in 0..200 {
+        assert_eq!(get(&running.url("/api")).await.status, 200);
+    }
+    running.signal("TERM");
+    assert_eq!(running.exit_code().await, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let complete = text
+        .lines()
+        .filter(|l| l.contains("\"stage\":\"ResponseComplete\""))
+        .count();
+    assert_eq!(complete, 200);
+}
+
+#[tokio::test]
+async fn an_open_exec_session_is_closed_after_the_grace_period() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+            "--shutdown-grace",
+            "300ms",
+        ],
+    )
+    .await;
+    let path = "/api/v1/namespaces/default/pods/box/exec?command=cat&stdin=true&stdout=true";
+    let mut request = format!("ws://{}{path}", running.served_on)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let tcp = tokio::net::TcpStream::connect(&running.served_on)
+        .await
+        .unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    running.signal("TERM");
+    assert_eq!(
+        running.exit_code().await,
+        0,
+        "exits once the grace period is over"
+    );
+    // The session was closed under the client.
+    while let Some(Ok(message)) = within("session end", socket.next()).await {
+        if message.is_close() {
+            break;
+        }
+    }
+}

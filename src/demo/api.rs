@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::apiserver::{State, User};
 use super::store::{StoreError, now};
 use super::stream::{self, Kind};
+use crate::query::decode;
 
 /// The double's response body.
 pub type DoubleBody = BoxBody<Bytes, io::Error>;
@@ -116,31 +117,6 @@ impl Query {
     }
 }
 
-/// Percent-decodes a query component (`+` is a space).
-pub fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(value) => {
-                    out.push(value);
-                    i += 2;
-                }
-                None => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Serves one request for an authenticated `user`.
 pub async fn handle(
     state: Arc<State>,
@@ -202,6 +178,16 @@ pub async fn handle(
                 _ => return not_found(&format!("pods/{sub}")),
             };
             stream::handle(&state, kind, ns, name, request)
+        }
+        (Method::POST, ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"]) => {
+            json_response(
+                StatusCode::CREATED,
+                &json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+                    "metadata": { "creationTimestamp": null },
+                    "status": { "userInfo": { "username": user.name, "groups": user.groups } },
+                }),
+            )
         }
         (_, [.., "echo"] | ["echo", ..]) => echo(user, request).await,
         (Method::GET, ["bytes"]) => {

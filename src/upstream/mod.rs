@@ -23,16 +23,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
-use crate::body::ProxyBody;
+use crate::body::{Capture, ProxyBody};
 use crate::config::{StartupError, UpstreamSettings};
 use crate::status::ProxyError;
 use connect::{Connector, classify};
 use credentials::Credentials;
 use pool::{Checkout, H2Pool};
 
-/// A request body on its way to the apiserver: the client's, streamed, or
-/// one kubegate wrote.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+/// A request body on its way to the apiserver: the client's, streamed; one
+/// kubegate wrote; or the client's, streamed while audit keeps a copy.
+pub type UpstreamBody = Either<Incoming, Either<Full<Bytes>, Capture<Incoming>>>;
 
 /// The apiserver: where it is, how to reach it, who kubegate is there.
 pub struct Upstream {

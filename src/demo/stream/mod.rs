@@ -148,7 +148,7 @@ fn ports(query: Option<&str>) -> Vec<u16> {
         .split('&')
         .filter_map(|pair| pair.strip_prefix("ports="))
         .flat_map(|list| {
-            super::api::decode(list)
+            crate::query::decode(list)
                 .split(',')
                 .map(str::to_string)
                 .collect::<Vec<_>>()

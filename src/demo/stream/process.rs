@@ -37,7 +37,7 @@ impl ExecSpec {
             .filter(|p| !p.is_empty())
         {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = super::super::api::decode(value);
+            let value = crate::query::decode(value);
             let on = matches!(value.as_str(), "true" | "1");
             match key {
                 "command" => spec.command.push(value),

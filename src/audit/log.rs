@@ -1,0 +1,355 @@
+//! The log backend: one JSON event per line, to a file or stdout, written by
+//! one thread behind a bounded queue (a full queue makes requests wait; it
+//! never drops an event), rotated as kube-apiserver rotates its audit log
+//! (lumberjack: `audit-2006-01-02T15-04-05.000.log` backups, at most
+//! `maxbackup` of them, none older than `maxage`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::mpsc;
+
+/// Lines queued for the writer at most.
+const QUEUE: usize = 8192;
+
+/// Where the log goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `--audit-log-path=-`.
+    Stdout,
+    /// A file, rotated.
+    File {
+        /// The log file.
+        path: PathBuf,
+        /// Rotate past this many bytes; 0 never rotates.
+        max_bytes: u64,
+        /// Keep at most this many backups; 0 keeps all.
+        max_backups: usize,
+        /// Delete backups older than this; zero keeps them.
+        max_age: Duration,
+    },
+}
+
+/// Counters and health of the backend, shared with the request path.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set while writes fail; cleared by the next good write.
+    pub failing: AtomicBool,
+    /// Lines written.
+    pub written: AtomicU64,
+    /// Lines lost to write errors.
+    pub lost: AtomicU64,
+}
+
+/// The running log backend.
+pub struct LogBackend {
+    sender: ArcSwapOption<mpsc::Sender<Vec<u8>>>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Shared counters.
+    pub health: Arc<Health>,
+}
+
+impl LogBackend {
+    /// Opens the target (creating its directory, mode 0700, and the file,
+    /// mode 0600, as the apiserver does) and starts the writer thread.
+    ///
+    /// # Errors
+    ///
+    /// The error opening the file.
+    pub fn start(target: Target) -> io::Result<LogBackend> {
+        let output = Output::open(target)?;
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let health = Arc::new(Health::default());
+        let writer_health = health.clone();
+        let writer = std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || write_lines(output, receiver, &writer_health))?;
+        Ok(LogBackend {
+            sender: ArcSwapOption::from_pointee(sender),
+            writer: std::sync::Mutex::new(Some(writer)),
+            health,
+        })
+    }
+
+    /// Queues a line, waiting while the queue is full.
+    pub async fn send(&self, line: Vec<u8>) {
+        let sender = self.sender.load_full();
+        if let Some(sender) = sender {
+            let _ = sender.send(line).await;
+        }
+    }
+
+    /// Queues a line without waiting if there is room; otherwise a task
+    /// waits for room, so the line is still never dropped.
+    pub fn send_soon(&self, line: Vec<u8>) {
+        let Some(sender) = self.sender.load_full() else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(line)) = sender.try_send(line) {
+            tokio::spawn(async move {
+                let _ = sender.send(line).await;
+            });
+        }
+    }
+
+    /// Stops taking lines and waits until every queued line is written.
+    pub async fn close(&self) {
+        self.sender.store(None);
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+}
+
+enum Output {
+    Stdout(io::Stdout),
+    File(RotatingFile),
+}
+
+impl Output {
+    fn open(target: Target) -> io::Result<Output> {
+        match target {
+            Target::Stdout => Ok(Output::Stdout(io::stdout())),
+            Target::File {
+                path,
+                max_bytes,
+                max_backups,
+                max_age,
+            } => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)?;
+                }
+                let file = open_append(&path)?;
+                let size = file.metadata()?.len();
+                Ok(Output::File(RotatingFile {
+                    path,
+                    file,
+                    size,
+                    max_bytes,
+                    max_backups,
+                    max_age,
+                }))
+            }
+        }
+    }
+
+    fn write_batch(&mut self, lines: &[Vec<u8>]) -> io::Result<()> {
+        match self {
+            Output::Stdout(out) => {
+                let mut out = out.lock();
+                for line in lines {
+                    out.write_all(line)?;
+                }
+                out.flush()
+            }
+            Output::File(file) => file.write_batch(lines),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+    max_backups: usize,
+    max_age: Duration,
+}
+
+impl RotatingFile {
+    fn write_batch(&mut self, lines: &[Vec<u8>]) -> io::Result<()> {
+        let mut buffer = Vec::with_capacity(lines.iter().map(Vec::len).sum());
+        for line in lines {
+            if self.max_bytes > 0
+                && self.size + (buffer.len() + line.len()) as u64 > self.max_bytes
+                && self.size + buffer.len() as u64 > 0
+            {
+                self.file.write_all(&buffer)?;
+                buffer.clear();
+                self.rotate()?;
+            }
+            buffer.extend_from_slice(line);
+        }
+        self.file.write_all(&buffer)?;
+        self.size += buffer.len() as u64;
+        Ok(())
+    }
+
+    /// Renames the log to a timestamped backup and starts a new one.
+    fn rotate(&mut self) -> io::Result<()> {
+        let mut at = jiff::Timestamp::now();
+        let backup = loop {
+            let candidate = backup_name(&self.path, at);
+            if !candidate.exists() {
+                break candidate;
+            }
+            at += jiff::SignedDuration::from_millis(1);
+        };
+        std::fs::rename(&self.path, &backup)?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        self.remove_old_backups();
+        Ok(())
+    }
+
+    fn remove_old_backups(&self) {
+        let (Some(dir), Some(stem)) = (
+            self.path.parent(),
+            self.path.file_stem().and_then(|s| s.to_str()),
+        ) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let extension = self
+            .path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| format!(".{e}"))
+            .unwrap_or_default();
+        let prefix = format!("{stem}-");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut backups: Vec<(String, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let stamp = name
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(&extension)?
+                    .to_string();
+                (stamp.len() == 23).then(|| (stamp, entry.path()))
+            })
+            .collect();
+        backups.sort_by(|a, b| b.0.cmp(&a.0));
+        let oldest_kept = (!self.max_age.is_zero())
+            .then(|| {
+                jiff::Timestamp::now()
+                    - jiff::SignedDuration::try_from(self.max_age)
+                        .unwrap_or(jiff::SignedDuration::MAX)
+            })
+            .map(stamp);
+        for (index, (stamp, path)) in backups.iter().enumerate() {
+            let too_many = self.max_backups > 0 && index >= self.max_backups;
+            let too_old = oldest_kept.as_ref().is_some_and(|oldest| stamp < oldest);
+            if too_many || too_old {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+fn stamp(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H-%M-%S.%3f").to_string()
+}
+
+/// `dir/audit.log` → `dir/audit-2006-01-02T15-04-05.000.log`.
+fn backup_name(path: &Path, at: jiff::Timestamp) -> PathBuf {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("audit");
+    let name = match path.extension().and_then(|e| e.to_str()) {
+        Some(extension) => format!("{stem}-{}.{extension}", stamp(at)),
+        None => format!("{stem}-{}", stamp(at)),
+    };
+    path.with_file_name(name)
+}
+
+/// The writer thread: takes what is queued in one batch, writes, flushes.
+fn write_lines(mut output: Output, mut lines: mpsc::Receiver<Vec<u8>>, health: &Health) {
+    let mut batch = Vec::with_capacity(256);
+    while let Some(first) = lines.blocking_recv() {
+        batch.push(first);
+        while batch.len() < 1024 {
+            match lines.try_recv() {
+                Ok(line) => batch.push(line),
+                Err(_) => break,
+            }
+        }
+        match output.write_batch(&batch) {
+            Ok(()) => {
+                health
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if health.failing.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("the audit log is being written again");
+                }
+            }
+            Err(error) => {
+                health.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if !health.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(%error, "CANNOT WRITE THE AUDIT LOG: events are being lost; see --audit-failure");
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backups_are_named_like_lumberjacks() {
+        let at: jiff::Timestamp = "2026-11-25T14:15:16.123456Z".parse().unwrap();
+        assert_eq!(
+            backup_name(Path::new("/var/log/audit.log"), at),
+            Path::new("/var/log/audit-2026-11-25T14-15-16.123.log")
+        );
+        assert_eq!(
+            backup_name(Path::new("audit"), at),
+            Path::new("audit-2026-11-25T14-15-16.123")
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_every_line_and_at_most_the_backups_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut output = Output::open(Target::File {
+            path: path.clone(),
+            max_bytes: 100,
+            max_backups: 3,
+            max_age: Duration::ZERO,
+        })
+        .unwrap();
+        let lines: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("line {i:04} ............\n").into_bytes())
+            .collect();
+        for chunk in lines.chunks(3) {
+            output.write_batch(chunk).unwrap();
+        }
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 4, "the log and three backups: {files:?}");
+        for file in &files {
+            assert!(std::fs::metadata(file).unwrap().len() <= 100);
+        }
+        let newest = std::fs::read_to_string(&path).unwrap();
+        assert!(newest.ends_with("line 0039 ............\n"));
+    }
+}

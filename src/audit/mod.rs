@@ -1,0 +1,488 @@
+//! The audit trail: `audit.k8s.io/v1` events as kube-apiserver writes them,
+//! so tools that read apiserver audit logs (Falco's k8saudit, audit2rbac)
+//! read kubegate's, plus what only the proxy knows, as annotations.
+//!
+//! - [`event`]: the Event type and the request's verb and object.
+//! - [`policy`]: the apiserver's audit Policy file.
+//! - [`log`]: the log backend (file or stdout, rotated).
+//! - [`webhook`]: the webhook backend (EventList batches to a collector).
+//!
+//! Each request gets a [`Record`] that writes its events in stage order:
+//! `RequestReceived`, `ResponseStarted` (long-running requests), and
+//! `ResponseComplete` when the response body ends. A full queue makes the
+//! request wait; nothing is dropped on the way to a backend.
+
+pub mod event;
+pub mod identity;
+pub mod log;
+pub mod policy;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderValue, Request, StatusCode, header};
+use serde_json::value::RawValue;
+
+use crate::body::{Captured, ProxyBody};
+use crate::status::ProxyError;
+use event::{Event, Level, ObjectRef, ResponseStatus, Stage, UserInfo};
+
+/// Annotation: the policy decision, as the apiserver's authorizer writes it.
+pub const DECISION: &str = "authorization.k8s.io/decision";
+/// Annotation: why.
+pub const REASON: &str = "authorization.k8s.io/reason";
+
+/// What to do when the log cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailureMode {
+    /// Answer 503 until the log can be written again.
+    Refuse,
+    /// Serve on, and say loudly that events are being lost.
+    Continue,
+}
+
+/// The audit settings, from the command line.
+#[derive(Debug)]
+pub struct Settings {
+    /// The log backend, if `--audit-log-path` is set.
+    pub log: Option<log::Target>,
+    /// The webhook backend, if `--audit-webhook-config-file` is set.
+    pub webhook: Option<webhook::Settings>,
+    /// `--audit-policy-file`; none means `Metadata` for everything.
+    pub policy: Option<policy::Policy>,
+    /// `--audit-failure`.
+    pub failure: FailureMode,
+    /// `--audit-max-body-bytes`.
+    pub max_body_bytes: usize,
+}
+
+/// The audit system: policy, backends, identity.
+pub struct Audit {
+    policy: Option<policy::Policy>,
+    log: Option<log::LogBackend>,
+    webhook: Option<webhook::WebhookBackend>,
+    user: UserInfo,
+    failure: FailureMode,
+    max_body_bytes: usize,
+    ids: Ids,
+}
+
+/// What the client connection tells audit.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The peer's IP, for `sourceIPs`.
+    pub ip: Option<String>,
+    /// How to name the client in the `kubegate.io/client` annotation.
+    pub description: String,
+}
+
+impl Audit {
+    /// Starts the backends.
+    ///
+    /// # Errors
+    ///
+    /// The error opening the log file.
+    pub fn start(settings: Settings, user: UserInfo) -> std::io::Result<Audit> {
+        let log = settings.log.map(log::LogBackend::start).transpose()?;
+        let webhook = settings.webhook.map(webhook::WebhookBackend::start);
+        Ok(Audit {
+            policy: settings.policy,
+            log,
+            webhook,
+            user,
+            failure: settings.failure,
+            max_body_bytes: settings.max_body_bytes,
+            ids: Ids::new(),
+        })
+    }
+
+    /// Whether requests must be refused because the log cannot be written.
+    pub fn refusing(&self) -> bool {
+        self.failure == FailureMode::Refuse
+            && self
+                .log
+                .as_ref()
+                .is_some_and(|log| log.health.failing.load(Ordering::Acquire))
+    }
+
+    /// Lines the log backend has written.
+    pub fn written(&self) -> u64 {
+        self.log
+            .as_ref()
+            .map_or(0, |l| l.health.written.load(Ordering::Relaxed))
+    }
+
+    /// Opens the record of a request and writes its `RequestReceived`
+    /// event; `None` when the policy says level `None`.
+    pub async fn begin<B>(
+        self: &Arc<Self>,
+        request: &Request<B>,
+        peer: &Peer,
+        upgrade: bool,
+    ) -> Option<Record> {
+        let path = request.uri().path();
+        let (verb, object) = event::request_info(
+            request.method().as_str(),
+            path,
+            request.uri().query(),
+            upgrade,
+        );
+        let (level, omit) = match &self.policy {
+            Some(policy) => policy.decide(&policy::Attributes {
+                user: &self.user,
+                verb: &verb,
+                object: object.as_ref(),
+                path,
+            }),
+            None => (Level::Metadata, Vec::new()),
+        };
+        if level == Level::None {
+            return None;
+        }
+        let received = jiff::Timestamp::now();
+        let mut annotations = BTreeMap::new();
+        annotations.insert("kubegate.io/client", peer.description.clone());
+        if let Some(client_id) = request
+            .headers()
+            .get("audit-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            annotations.insert("kubegate.io/client-audit-id", client_id.to_string());
+        }
+        let record = Record(Arc::new(RecordInner {
+            audit: self.clone(),
+            level,
+            omit,
+            long_running: event::long_running(&verb, object.as_ref()),
+            id: self.ids.next(),
+            request_uri: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| path.to_string(), |pq| pq.to_string()),
+            verb,
+            object,
+            source_ips: peer.ip.iter().cloned().collect(),
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            received,
+            state: Mutex::new(RecordState {
+                annotations,
+                request_object: None,
+                response_object: None,
+            }),
+        }));
+        record.emit(Stage::RequestReceived, None).await;
+        Some(record)
+    }
+
+    async fn send(&self, line: Vec<u8>) {
+        if let Some(webhook) = &self.webhook {
+            webhook.send(&line);
+        }
+        if let Some(log) = &self.log {
+            log.send(line).await;
+        }
+    }
+
+    fn send_soon(&self, line: Vec<u8>) {
+        if let Some(webhook) = &self.webhook {
+            webhook.send(&line);
+        }
+        if let Some(log) = &self.log {
+            log.send_soon(line);
+        }
+    }
+
+    /// Writes everything queued and stops the backends (at shutdown).
+    pub async fn close(&self) {
+        if let Some(log) = &self.log {
+            log.close().await;
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.close().await;
+        }
+    }
+}
+
+/// Audit IDs: UUIDs made from a random per-process prefix and a counter,
+/// unique without a system call per request.
+struct Ids {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl Ids {
+    fn new() -> Self {
+        let mut bytes = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        Ids {
+            prefix: u64::from_be_bytes(bytes),
+            counter: AtomicU64::new(u64::from_be_bytes(bytes).rotate_left(17)),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        // Version 4 and the RFC 4122 variant in their places.
+        let high = (self.prefix & 0xffff_ffff_ffff_0fff) | 0x4000;
+        let low = (n & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            high >> 32,
+            (high >> 16) & 0xffff,
+            high & 0xffff,
+            low >> 48,
+            low & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// One request's audit record; cheap to clone.
+#[derive(Clone)]
+pub struct Record(Arc<RecordInner>);
+
+struct RecordInner {
+    audit: Arc<Audit>,
+    level: Level,
+    omit: Vec<Stage>,
+    long_running: bool,
+    id: String,
+    request_uri: String,
+    verb: String,
+    object: Option<ObjectRef>,
+    source_ips: Vec<String>,
+    user_agent: Option<String>,
+    received: jiff::Timestamp,
+    state: Mutex<RecordState>,
+}
+
+struct RecordState {
+    annotations: BTreeMap<&'static str, String>,
+    request_object: Option<Box<RawValue>>,
+    response_object: Option<Box<RawValue>>,
+}
+
+impl Record {
+    /// The audit ID.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The ID as a header value.
+    pub fn header(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&self.0.id).ok()
+    }
+
+    /// Whether request bodies are recorded.
+    pub fn wants_request_body(&self) -> bool {
+        self.0.level >= Level::Request && self.0.object.is_some()
+    }
+
+    /// Whether response bodies are recorded.
+    pub fn wants_response_body(&self) -> bool {
+        self.0.level >= Level::RequestResponse && self.0.object.is_some()
+    }
+
+    /// The body limit.
+    pub fn max_body_bytes(&self) -> usize {
+        self.0.audit.max_body_bytes
+    }
+
+    /// Whether the apiserver would write `ResponseStarted` for it.
+    pub fn long_running(&self) -> bool {
+        self.0.long_running
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, RecordState> {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds an annotation.
+    pub fn annotate(&self, key: &'static str, value: impl Into<String>) {
+        self.state().annotations.insert(key, value.into());
+    }
+
+    /// Records the policy decision for a request that was let through.
+    pub fn allowed(&self) {
+        let mut state = self.state();
+        state
+            .annotations
+            .entry(DECISION)
+            .or_insert_with(|| "allow".into());
+        state
+            .annotations
+            .entry(REASON)
+            .or_insert_with(|| "kubegate: allowed by --accept-hosts, --accept-paths, --reject-paths and --reject-methods".into());
+    }
+
+    /// Records a refusal (or failure) and writes `ResponseComplete` for it.
+    pub async fn refused(&self, error: &ProxyError) {
+        let (code, reason) = error.code_and_reason();
+        let forbidden = matches!(
+            error,
+            ProxyError::Denied(_) | ProxyError::Unauthorized | ProxyError::BadPath(_)
+        );
+        if forbidden {
+            self.annotate(DECISION, "forbid");
+            self.annotate(REASON, format!("kubegate: {error}"));
+        } else {
+            self.allowed();
+        }
+        let status = ResponseStatus {
+            status: Some("Failure"),
+            message: Some(error.to_string()),
+            reason: Some(reason.to_string()),
+            code: code.as_u16(),
+            ..ResponseStatus::default()
+        };
+        self.emit(Stage::ResponseComplete, Some(status)).await;
+    }
+
+    /// Writes `ResponseStarted` (for long-running requests).
+    pub async fn started(&self, code: StatusCode) {
+        if self.0.long_running {
+            self.emit(Stage::ResponseStarted, Some(code_status(code)))
+                .await;
+        }
+    }
+
+    /// Keeps the request body's capture for the `ResponseComplete` event.
+    pub fn request_body(&self, captured: Captured) {
+        let object = self.object_from(captured, "kubegate.io/request-body");
+        self.state().request_object = object;
+    }
+
+    fn object_from(&self, captured: Captured, annotation: &'static str) -> Option<Box<RawValue>> {
+        if captured.truncated {
+            self.annotate(
+                annotation,
+                format!(
+                    "truncated: {} bytes, over --audit-max-body-bytes",
+                    captured.bytes
+                ),
+            );
+            return None;
+        }
+        let body = captured.body.filter(|b| !b.is_empty())?;
+        match serde_json::from_slice::<Box<RawValue>>(&body) {
+            Ok(object) => Some(object),
+            Err(_) => {
+                self.annotate(annotation, format!("not JSON: {} bytes", captured.bytes));
+                None
+            }
+        }
+    }
+
+    /// Wraps a response body so that its end writes `ResponseComplete`
+    /// (with the body, at `RequestResponse`).
+    pub fn complete_with_body(&self, code: StatusCode, body: ProxyBody) -> ProxyBody {
+        let record = self.clone();
+        let limit = if self.wants_response_body() {
+            self.max_body_bytes()
+        } else {
+            0
+        };
+        ProxyBody::Audited(Box::new(crate::body::Capture::new(
+            body,
+            limit,
+            Box::new(move |captured: Captured| {
+                if !captured.complete {
+                    record.annotate("kubegate.io/response", "ended before its body was complete");
+                }
+                if record.wants_response_body() {
+                    let object = record.object_from(captured, "kubegate.io/response-body");
+                    record.state().response_object = object;
+                }
+                record.emit_soon(Stage::ResponseComplete, Some(code_status(code)));
+            }),
+        )))
+    }
+
+    /// Writes `ResponseComplete` now.
+    pub async fn complete(&self, code: StatusCode) {
+        self.emit(Stage::ResponseComplete, Some(code_status(code)))
+            .await;
+    }
+
+    fn event(&self, stage: Stage, status: Option<ResponseStatus>) -> Option<Vec<u8>> {
+        if self.0.omit.contains(&stage) {
+            return None;
+        }
+        let inner = &self.0;
+        let mut state = self.state();
+        let complete = stage == Stage::ResponseComplete;
+        let event = Event {
+            kind: "Event",
+            api_version: "audit.k8s.io/v1",
+            level: inner.level,
+            audit_id: inner.id.clone(),
+            stage,
+            request_uri: inner.request_uri.clone(),
+            verb: inner.verb.clone(),
+            user: inner.audit.user.clone(),
+            source_ips: inner.source_ips.clone(),
+            user_agent: inner.user_agent.clone(),
+            object_ref: inner.object.clone(),
+            response_status: status,
+            request_object: if complete {
+                state.request_object.take()
+            } else {
+                None
+            },
+            response_object: if complete {
+                state.response_object.take()
+            } else {
+                None
+            },
+            request_received_timestamp: event::timestamp(inner.received),
+            stage_timestamp: event::timestamp(jiff::Timestamp::now()),
+            annotations: state.annotations.clone(),
+        };
+        drop(state);
+        let mut line = serde_json::to_vec(&event).ok()?;
+        line.push(b'\n');
+        Some(line)
+    }
+
+    async fn emit(&self, stage: Stage, status: Option<ResponseStatus>) {
+        if let Some(line) = self.event(stage, status) {
+            self.0.audit.send(line).await;
+        }
+    }
+
+    fn emit_soon(&self, stage: Stage, status: Option<ResponseStatus>) {
+        if let Some(line) = self.event(stage, status) {
+            self.0.audit.send_soon(line);
+        }
+    }
+}
+
+fn code_status(code: StatusCode) -> ResponseStatus {
+    ResponseStatus {
+        code: code.as_u16(),
+        ..ResponseStatus::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_ids_are_unique_version_4_uuids() {
+        let ids = Ids::new();
+        let (a, b) = (ids.next(), ids.next());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+}

@@ -1,0 +1,182 @@
+//! The webhook backend: events posted in batches as an `audit.k8s.io/v1`
+//! `EventList` to a collector (Falco's k8saudit plugin, a SIEM), configured
+//! by a kubeconfig-format file as kube-apiserver's
+//! `--audit-webhook-config-file` is. Batches are retried with backoff until
+//! the collector takes them; the buffer is bounded, and what overflows it is
+//! counted and logged (the log backend, when on, still gets every event).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Either, Full};
+use tokio::sync::mpsc;
+
+use crate::upstream::Upstream;
+
+/// How the webhook backend batches and retries.
+pub struct Settings {
+    /// The collector, reached like an apiserver (TLS, credentials).
+    pub collector: Upstream,
+    /// The path on the collector (from its URL).
+    pub path: String,
+    /// Events per batch at most.
+    pub batch_max_size: usize,
+    /// How long a batch waits to fill.
+    pub batch_max_wait: Duration,
+    /// Events buffered at most.
+    pub buffer: usize,
+    /// First wait before a retry; doubles up to a minute.
+    pub initial_backoff: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("webhook::Settings")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running webhook backend.
+pub struct WebhookBackend {
+    sender: ArcSwapOption<mpsc::Sender<Vec<u8>>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    overflowed: Arc<AtomicU64>,
+}
+
+impl WebhookBackend {
+    /// Starts the batching task.
+    pub fn start(settings: Settings) -> WebhookBackend {
+        let (sender, receiver) = mpsc::channel(settings.buffer.max(1));
+        let task = tokio::spawn(deliver(settings, receiver));
+        WebhookBackend {
+            sender: ArcSwapOption::from_pointee(sender),
+            task: std::sync::Mutex::new(Some(task)),
+            overflowed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Buffers an event (a JSON line); counts it if the buffer is full.
+    pub fn send(&self, line: &[u8]) {
+        let Some(sender) = self.sender.load_full() else {
+            return;
+        };
+        if sender.try_send(line.to_vec()).is_err() {
+            let lost = self.overflowed.fetch_add(1, Ordering::Relaxed) + 1;
+            if lost.is_power_of_two() {
+                tracing::error!(
+                    lost,
+                    "audit webhook buffer is full: events are not being sent to the collector"
+                );
+            }
+        }
+    }
+
+    /// Events that did not fit in the buffer.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Sends what is buffered (retrying for a while) and stops.
+    pub async fn close(&self) {
+        self.sender.store(None);
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task
+            && tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!("audit webhook: gave up delivering the last batches at shutdown");
+        }
+    }
+}
+
+async fn deliver(settings: Settings, mut events: mpsc::Receiver<Vec<u8>>) {
+    loop {
+        let Some(first) = events.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::sleep(settings.batch_max_wait);
+        tokio::pin!(deadline);
+        while batch.len() < settings.batch_max_size {
+            tokio::select! {
+                next = events.recv() => match next {
+                    Some(line) => batch.push(line),
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        let body = event_list(&batch);
+        let mut backoff = settings.initial_backoff;
+        while let Err(error) = post(&settings, body.clone()).await {
+            tracing::warn!(%error, events = batch.len(), retry_in = ?backoff, "audit webhook: the collector did not take a batch");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    }
+}
+
+/// Joins JSON event lines into an `EventList`.
+fn event_list(lines: &[Vec<u8>]) -> Bytes {
+    let mut body =
+        br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#.to_vec();
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(line));
+    }
+    body.extend_from_slice(b"]}");
+    Bytes::from(body)
+}
+
+async fn post(settings: &Settings, body: Bytes) -> Result<(), String> {
+    let path = if settings.path.is_empty() {
+        "/".to_string()
+    } else {
+        settings.path.clone()
+    };
+    let uri = settings
+        .collector
+        .uri_for(path.parse().map_err(|e| format!("bad webhook path: {e}"))?)
+        .map_err(|e| e.to_string())?;
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Either::Right(Either::Left(Full::new(body))))
+        .map_err(|e| e.to_string())?;
+    settings.collector.authorize(request.headers_mut());
+    let response = settings
+        .collector
+        .send(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    // Read the answer to the end so the connection can be reused.
+    let _ = response.into_body().collect().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the collector answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_become_an_event_list() {
+        let body = event_list(&[b"{\"a\":1}\n".to_vec(), b"{\"b\":2}\n".to_vec()]);
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(list["kind"], "EventList");
+        assert_eq!(list["items"][1]["b"], 2);
+    }
+}

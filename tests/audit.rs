@@ -1,0 +1,603 @@
+//! The audit trail: events that Kubernetes tooling can read (checked by an
+//! independent reader against the project's schema), one `ResponseComplete`
+//! per request under load and rotation, what only the proxy knows, failure
+//! modes, the webhook backend, and no secrets.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+use support::*;
+
+/// The log file and its rotated backups, oldest first.
+fn log_files(log: &Path) -> Vec<PathBuf> {
+    let dir = log.parent().unwrap();
+    let mut backups: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p != log
+                && p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("audit-")
+        })
+        .collect();
+    backups.sort();
+    backups.push(log.to_path_buf());
+    backups
+}
+
+fn events(log: &Path) -> Vec<Value> {
+    log_files(log)
+        .iter()
+        .flat_map(|file| {
+            std::fs::read_to_string(file)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Checks every event with the Python validator (an independent reader).
+async fn validate(log: &Path) -> String {
+    let python = "python3";
+    let probe = std::process::Command::new(python)
+        .args(["-c", "import jsonschema"])
+        .output();
+    assert!(
+        probe.map(|o| o.status.success()).unwrap_or(false),
+        "the Python jsonschema package is missing; pip install jsonschema (scripts/test installs it)"
+    );
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/validate_audit.py"
+        ))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/audit-event.schema.json"
+        ))
+        .args(log_files(log));
+    let output = within("validator", command.output()).await.unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{printed}");
+    printed
+}
+
+fn of<'a>(events: &'a [Value], id: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["auditID"] == id).collect()
+}
+
+#[tokio::test]
+async fn events_read_like_the_apiservers_and_join_on_the_audit_id() {
+    let double = Double::start().await;
+    let log = double.path("audit/audit.log");
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--audit-log-path",
+            log.to_str().unwrap(),
+            "--reject-paths=^/api/v1/namespaces/[^/]+/secrets",
+        ],
+    )
+    .await;
+
+    let listed = call(
+        Method::GET,
+        &kubegate.url("/api/v1/namespaces/default/pods"),
+        &[("audit-id", "client-id"), ("user-agent", "test/1.0")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    let id = listed.headers["audit-id"].to_str().unwrap().to_string();
+    let echo = call(
+        Method::POST,
+        &kubegate.url("/echo"),
+        &[("audit-id", "client-id")],
+        Bytes::new(),
+    )
+    .await;
+    let echo_id = echo.headers["audit-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        echo.json()["headers"]["audit-id"][0],
+        echo_id,
+        "kubegate's audit ID goes upstream"
+    );
+    let refused = get(&kubegate.url("/api/v1/namespaces/default/secrets")).await;
+    assert_eq!(refused.status, 403);
+    let refused_id = refused.headers["audit-id"].to_str().unwrap().to_string();
+    let created = call(
+        Method::POST,
+        &kubegate.url("/api/v1/namespaces/default/pods"),
+        &[],
+        pod("audited").to_string(),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    kubegate.shutdown().await;
+
+    let all = events(&log);
+    let list = of(&all, &id);
+    assert_eq!(
+        list.iter()
+            .map(|e| e["stage"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["RequestReceived", "ResponseComplete"]
+    );
+    let complete = list[1];
+    assert_eq!(complete["kind"], "Event");
+    assert_eq!(complete["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(complete["level"], "Metadata");
+    assert_eq!(complete["verb"], "list");
+    assert_eq!(complete["requestURI"], "/api/v1/namespaces/default/pods");
+    assert_eq!(
+        complete["user"]["username"], "alice",
+        "the identity kubegate acts as (SelfSubjectReview)"
+    );
+    assert_eq!(complete["user"]["groups"][0], "devs");
+    assert_eq!(complete["sourceIPs"][0], "127.0.0.1");
+    assert_eq!(complete["userAgent"], "test/1.0");
+    assert_eq!(complete["objectRef"]["resource"], "pods");
+    assert_eq!(complete["objectRef"]["namespace"], "default");
+    assert_eq!(complete["responseStatus"]["code"], 200);
+    assert_eq!(
+        complete["annotations"]["authorization.k8s.io/decision"],
+        "allow"
+    );
+    assert_eq!(
+        complete["annotations"]["kubegate.io/client-audit-id"],
+        "client-id"
+    );
+    assert!(
+        complete["annotations"]["kubegate.io/client"]
+            .as_str()
+            .unwrap()
+            .starts_with("tcp 127.0.0.1:")
+    );
+
+    let refusal = of(&all, &refused_id);
+    let last = refusal.last().unwrap();
+    assert_eq!(last["responseStatus"]["code"], 403);
+    assert_eq!(
+        last["annotations"]["authorization.k8s.io/decision"],
+        "forbid"
+    );
+    assert!(
+        last["annotations"]["authorization.k8s.io/reason"]
+            .as_str()
+            .unwrap()
+            .contains("--reject-paths")
+    );
+    assert!(validate(&log).await.contains("events valid"));
+}
+
+#[tokio::test]
+async fn a_policy_selects_levels_bodies_and_stages() {
+    let double = Double::start().await;
+    let log = double.path("audit.log");
+    let policy = double.path("policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    nonResourceURLs: ["/version"]
+  - level: RequestResponse
+    verbs: ["create"]
+    resources: [{ group: "", resources: ["pods"] }]
+  - level: Metadata
+"#,
+    )
+    .unwrap();
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--audit-log-path",
+            log.to_str().unwrap(),
+            "--audit-policy-file",
+            policy.to_str().unwrap(),
+            "--audit-max-body-bytes",
+            "2048",
+        ],
+    )
+    .await;
+    get(&kubegate.url("/version")).await;
+    let created = call(
+        Method::POST,
+        &kubegate.url("/api/v1/namespaces/default/pods"),
+        &[],
+        pod("small").to_string(),
+    )
+    .await;
+    let created_id = created.headers["audit-id"].to_str().unwrap().to_string();
+    let mut big = pod("big");
+    big["metadata"]["annotations"] = serde_json::json!({ "padding": "x".repeat(4096) });
+    let large = call(
+        Method::POST,
+        &kubegate.url("/api/v1/namespaces/default/pods"),
+        &[],
+        big.to_string(),
+    )
+    .await;
+    let large_id = large.headers["audit-id"].to_str().unwrap().to_string();
+    kubegate.shutdown().await;
+
+    let all = events(&log);
+    assert!(
+        all.iter().all(|e| e["requestURI"] != "/version"),
+        "level None writes nothing"
+    );
+    assert!(
+        all.iter().all(|e| e["stage"] != "RequestReceived"),
+        "omitted stage"
+    );
+    let small = of(&all, &created_id);
+    assert_eq!(small.len(), 1);
+    assert_eq!(small[0]["level"], "RequestResponse");
+    assert_eq!(small[0]["requestObject"]["metadata"]["name"], "small");
+    assert_eq!(
+        small[0]["responseObject"]["metadata"]["namespace"],
+        "default"
+    );
+    let large = of(&all, &large_id);
+    assert!(large[0].get("requestObject").is_none());
+    assert!(
+        large[0]["annotations"]["kubegate.io/request-body"]
+            .as_str()
+            .unwrap()
+            .starts_with("truncated")
+    );
+    validate(&log).await;
+}
+
+#[tokio::test]
+async fn a_watch_gets_response_started_then_complete_when_it_ends() {
+    let double = Double::start().await;
+    let log = double.path("audit.log");
+    let kubegate = Kubegate::start(&double, &["--audit-log-path", log.to_str().unwrap()]).await;
+    let watch = send(
+        Method::GET,
+        &kubegate.url("/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=1"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    let id = watch.headers()["audit-id"].to_str().unwrap().to_string();
+    http_body_util::BodyExt::collect(watch.into_body())
+        .await
+        .unwrap();
+    kubegate.shutdown().await;
+    let all = events(&log);
+    let stages: Vec<_> = of(&all, &id)
+        .iter()
+        .map(|e| e["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        stages,
+        ["RequestReceived", "ResponseStarted", "ResponseComplete"]
+    );
+    assert_eq!(of(&all, &id)[1]["verb"], "watch");
+}
+
+#[tokio::test]
+async fn an_exec_session_records_command_subprotocol_duration_and_bytes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let log = double.path("audit.log");
+    let kubegate = Kubegate::start(&double, &["--audit-log-path", log.to_str().unwrap()]).await;
+    let path = "/api/v1/namespaces/default/pods/box/exec?container=main&command=cat&stdin=true&stdout=true";
+    let mut request = format!("ws://{}{path}", kubegate.address)
+        .into_client_request()
+        .unwrap();
+    let token = "base64url.bearer.authorization.k8s.io.c2VjcmV0LXRva2Vu";
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("v5.channel.k8s.io, {token}").parse().unwrap(),
+    );
+    let tcp = tokio::net::TcpStream::connect(kubegate.address)
+        .await
+        .unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let id = response.headers()["audit-id"].to_str().unwrap().to_string();
+    let payload = vec![7u8; 10_000];
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&payload);
+    socket.send(Message::binary(frame)).await.unwrap();
+    socket.send(Message::binary(vec![255u8, 0])).await.unwrap();
+    while let Some(Ok(message)) = within("session", socket.next()).await {
+        if message.is_close() {
+            break;
+        }
+    }
+    drop(socket);
+    eventually("relay closed", || kubegate.open_relays() == 0).await;
+    kubegate.shutdown().await;
+
+    let all = events(&log);
+    let session = of(&all, &id);
+    let stages: Vec<_> = session
+        .iter()
+        .map(|e| e["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        ["RequestReceived", "ResponseStarted", "ResponseComplete"]
+    );
+    let complete = session[2];
+    assert_eq!(complete["verb"], "create");
+    assert_eq!(complete["objectRef"]["subresource"], "exec");
+    assert_eq!(complete["responseStatus"]["code"], 101);
+    let notes = &complete["annotations"];
+    assert_eq!(notes["kubegate.io/command"], "[\"cat\"]");
+    assert_eq!(notes["kubegate.io/container"], "main");
+    assert_eq!(
+        notes["kubegate.io/subprotocol"],
+        "websocket v5.channel.k8s.io"
+    );
+    assert!(
+        notes["kubegate.io/duration"]
+            .as_str()
+            .unwrap()
+            .ends_with('s')
+    );
+    let to_server: u64 = notes["kubegate.io/bytes-to-server"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let to_client: u64 = notes["kubegate.io/bytes-to-client"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(to_server > 10_000, "{to_server}");
+    assert!(to_client > 10_000, "{to_client}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("c2VjcmV0LXRva2Vu") && !text.contains("secret-token"),
+        "a token reached the audit log"
+    );
+    validate(&log).await;
+}
+
+#[tokio::test]
+async fn twenty_thousand_requests_each_complete_once_across_rotated_files() {
+    let double = Double::start().await;
+    let dir = double.path("rotating");
+    let log = dir.join("audit.log");
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--audit-log-path",
+            log.to_str().unwrap(),
+            "--audit-log-maxsize",
+            "1",
+            "--audit-log-maxbackup",
+            "0",
+        ],
+    )
+    .await;
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(20_000)));
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers = (0..64).map(|_| {
+        let (ids, next) = (ids.clone(), next.clone());
+        let url = kubegate.url("/api");
+        tokio::spawn(async move {
+            let client = client();
+            while next.fetch_add(1, Ordering::Relaxed) < 20_000 {
+                let request = http::Request::get(&url)
+                    .body(http_body_util::Full::new(Bytes::new()))
+                    .unwrap();
+                let response = client.request(request).await.unwrap();
+                let id = response.headers()["audit-id"].to_str().unwrap().to_string();
+                http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap();
+                ids.lock().unwrap().push(id);
+            }
+        })
+    });
+    within("load", futures_util::future::join_all(workers)).await;
+    kubegate.shutdown().await;
+
+    let files = log_files(&log);
+    assert!(files.len() > 5, "the log rotated: {} files", files.len());
+    let mut completes = std::collections::HashMap::new();
+    for event in events(&log)
+        .iter()
+        .filter(|e| e["stage"] == "ResponseComplete")
+    {
+        *completes
+            .entry(event["auditID"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let ids = std::mem::take(&mut *ids.lock().unwrap());
+    assert_eq!(ids.len(), 20_000);
+    assert_eq!(completes.len(), 20_000, "one ResponseComplete per request");
+    assert!(ids.iter().all(|id| completes.get(id) == Some(&1)));
+    validate(&log).await;
+}
+
+#[tokio::test]
+async fn an_unwritable_log_refuses_requests_or_continues_as_the_flag_says() {
+    let double = Double::start().await;
+    let refusing = Kubegate::start(&double, &["--audit-log-path", "/dev/full"]).await;
+    get(&refusing.url("/api")).await;
+    let mut answer = get(&refusing.url("/api")).await;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
+    within("refusal", async {
+        while answer.status != 503 {
+            tick.tick().await;
+            answer = get(&refusing.url("/api")).await;
+        }
+    })
+    .await;
+    assert!(answer.status_message().contains("--audit-failure"));
+
+    let continuing = Kubegate::start(
+        &double,
+        &[
+            "--audit-log-path",
+            "/dev/full",
+            "--audit-failure",
+            "continue",
+        ],
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(&continuing.url("/api")).await.status, 200);
+    }
+
+    let error = Kubegate::try_start(
+        &double.kubeconfig,
+        &["--audit-log-path", "/dev/null/audit.log"],
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(error.to_string().contains("/dev/null/audit.log"), "{error}");
+}
+
+/// A TLS collector for the webhook backend, counting the events it gets.
+struct Collector {
+    events: Arc<std::sync::Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    async fn start(pki: &kubegate::demo::Pki, listener: tokio::net::TcpListener) -> Collector {
+        use hyper::service::service_fn;
+        use rustls::pki_types::pem::PemObject;
+        let server = pki.server();
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(kubegate::upstream::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let seen = seen.clone();
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        assert_eq!(request.uri().path(), "/k8s-audit");
+                        let body = http_body_util::BodyExt::collect(request.into_body())
+                            .await
+                            .unwrap()
+                            .to_bytes();
+                        let list: Value = serde_json::from_slice(&body).unwrap();
+                        assert_eq!(list["kind"], "EventList");
+                        seen.lock()
+                            .unwrap()
+                            .extend(list["items"].as_array().unwrap().iter().cloned());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::new()),
+                        ))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service),
+                );
+            }
+        });
+        Collector { events, task }
+    }
+
+    fn count(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn webhook_config(double: &Double, port: u16) -> PathBuf {
+    let path = double.path("webhook.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: collector\n  cluster:\n    server: https://127.0.0.1:{port}/k8s-audit\n    certificate-authority: {}\nusers:\n- name: kubegate\n  user: {{}}\ncontexts:\n- name: webhook\n  context: {{cluster: collector, user: kubegate}}\ncurrent-context: webhook\n",
+            double.path("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_webhook_gets_every_event_in_batches_even_after_being_down() {
+    let double = Double::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = webhook_config(&double, port);
+    // The collector is down at first: its port accepts nothing.
+    drop(listener);
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--audit-webhook-config-file",
+            config.to_str().unwrap(),
+            "--audit-webhook-batch-max-wait",
+            "50ms",
+            "--audit-webhook-batch-max-size",
+            "7",
+            "--audit-webhook-initial-backoff",
+            "50ms",
+        ],
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(&kubegate.url("/api")).await.status, 200);
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the collector's port is free again");
+    let collector = Collector::start(&double.pki, listener).await;
+    eventually("every event delivered", || collector.count() >= 40).await;
+    for _ in 0..10 {
+        get(&kubegate.url("/api")).await;
+    }
+    eventually("later events delivered", || collector.count() >= 60).await;
+    kubegate.shutdown().await;
+    let events = collector.events.lock().unwrap();
+    assert_eq!(events.len(), 60, "two events per request, none twice");
+    let ids: std::collections::HashSet<_> = events
+        .iter()
+        .map(|e| (e["auditID"].as_str().unwrap(), e["stage"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), 60);
+}
