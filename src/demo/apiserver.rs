@@ -50,6 +50,10 @@ pub struct Options {
     pub http1_only: bool,
     /// Bearer tokens the double accepts, and whom they stand for.
     pub tokens: HashMap<String, User>,
+    /// Benchmark mode: exec and attach echo stdin as stdout and
+    /// port-forward echoes, in process, so the double is never the
+    /// bottleneck.
+    pub fast_streams: bool,
 }
 
 impl Default for Options {
@@ -58,6 +62,7 @@ impl Default for Options {
             max_concurrent_streams: 1000,
             http1_only: false,
             tokens: HashMap::new(),
+            fast_streams: false,
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct State {
     pub stats: Stats,
     /// Where the double listens.
     pub address: SocketAddr,
+    /// [`Options::fast_streams`].
+    pub fast_streams: bool,
     /// Cancelled when the double stops: ends upgraded sessions too, which
     /// no longer belong to a connection task.
     pub stopping: tokio_util::sync::CancellationToken,
@@ -136,10 +143,35 @@ impl ApiServer {
             stats: Stats::default(),
             address: listener.local_addr()?,
             stopping: tokio_util::sync::CancellationToken::new(),
+            fast_streams: options.fast_streams,
             tokens: std::sync::RwLock::new(options.tokens.clone()),
         });
         let task = tokio::spawn(accept_loop(listener, tls, state.clone(), options));
         Ok(ApiServer { state, task })
+    }
+
+    /// Also serves plain HTTP on `listener`, every request as `user` (a
+    /// no-TLS, no-proxy baseline for the benchmark).
+    pub fn serve_plain(&self, listener: TcpListener, user: User) {
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let (state, builder, user) = (state.clone(), builder.clone(), user.clone());
+                let stopping = state.stopping.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (state, user) = (state.clone(), user.clone());
+                        async move { Ok::<_, Infallible>(api::handle(state, user, request).await) }
+                    });
+                    tokio::select! {
+                        _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service) => {}
+                        () = stopping.cancelled() => {}
+                    }
+                });
+            }
+        });
     }
 
     /// `https://127.0.0.1:PORT`.

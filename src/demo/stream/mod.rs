@@ -67,6 +67,8 @@ const PORT_FORWARD_SPDY: &[&str] = &["portforward.k8s.io"];
 struct Session {
     open: Arc<AtomicUsize>,
     stopping: tokio_util::sync::CancellationToken,
+    /// Echo in process instead of running processes and dialing ports.
+    fast: bool,
 }
 
 impl Session {
@@ -130,6 +132,7 @@ pub fn handle(
     let session = Session {
         open: state.stats.open_streams.clone(),
         stopping: state.stopping.clone(),
+        fast: state.fast_streams,
     };
     match upgrade.as_str() {
         "websocket" => websocket_handshake(request, kind, spec, ports, session),
@@ -224,6 +227,7 @@ fn websocket_handshake(
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let protocol = chosen.clone();
+    let fast = session.fast;
     session.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -238,6 +242,9 @@ fn websocket_handshake(
         let Some(framing) = Framing::of(&protocol) else {
             return;
         };
+        if fast {
+            return websocket::echo(socket, framing, kind == Kind::PortForward).await;
+        }
         match kind {
             Kind::PortForward => websocket::port_forward(socket, framing, ports).await,
             Kind::Exec | Kind::Attach => websocket::exec(socket, framing, spec).await,

@@ -231,6 +231,42 @@ pub async fn exec(socket: Socket, framing: Framing, spec: ExecSpec) {
     }
 }
 
+/// The benchmark's session: what arrives on channel 0 goes back on
+/// channel 1 (exec: stdin as stdout) or channel 0 (port-forward), with no
+/// process and no TCP connection; v5's stdin close ends an exec with
+/// `Success`.
+pub async fn echo(socket: Socket, framing: Framing, port_forward: bool) {
+    let (mut sink, mut incoming) = socket.split();
+    let reply_channel = if port_forward { 0 } else { STDOUT };
+    if port_forward {
+        for channel in [0u8, 1] {
+            let _ = sink.send(framing.encode(channel, &0u16.to_le_bytes())).await;
+        }
+    } else {
+        let _ = sink.send(framing.encode(STDOUT, &[])).await;
+    }
+    while let Some(Ok(message)) = incoming.next().await {
+        if message.is_close() {
+            break;
+        }
+        match framing.decode(message) {
+            Some((STDIN, data)) => {
+                if sink.send(framing.encode(reply_channel, &data)).await.is_err() {
+                    return;
+                }
+            }
+            Some((CLOSE, _)) if !port_forward => {
+                let status = exit_status(&[], Some(0)).to_string();
+                let _ = sink.send(framing.encode(ERROR, status.as_bytes())).await;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let _ = sink.send(normal_close()).await;
+    let _ = sink.close().await;
+}
+
 /// Runs a port-forward session: one TCP connection to 127.0.0.1 per
 /// requested port, relayed over that port's data channel.
 pub async fn port_forward(socket: Socket, framing: Framing, ports: Vec<u16>) {
