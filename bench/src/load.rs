@@ -1,0 +1,295 @@
+//! The load driver: each phase is bounded in time or count, counts its
+//! errors, and reports its figures. HTTP over keep-alive connections with
+//! hyper; exec and port-forward over WebSocket channel frames.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// What a phase measured: named figures and an error count.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    /// Figures by name.
+    pub values: BTreeMap<String, f64>,
+    /// Failed requests, sessions or connections.
+    pub errors: u64,
+}
+
+impl Figures {
+    fn set(&mut self, name: &str, value: f64) {
+        self.values.insert(name.to_string(), value);
+    }
+}
+
+/// How to reach the proxy under test.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub address: String,
+    /// Headers every request carries.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    async fn connect(&self) -> Option<http1::SendRequest<Empty<Bytes>>> {
+        let tcp = TcpStream::connect(&self.address).await.ok()?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await.ok()?;
+        tokio::spawn(connection);
+        Some(sender)
+    }
+
+    fn request(&self, path: &str) -> http::Request<Empty<Bytes>> {
+        let mut request = http::Request::get(path).header("host", "localhost");
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        request.body(Empty::new()).unwrap_or_default()
+    }
+
+    async fn websocket(&self, path: &str, protocol: &str) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
+        let mut request = format!("ws://{}{path}", self.address).into_client_request().ok()?;
+        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().ok()?);
+        request.headers_mut().insert("host", "localhost".parse().ok()?);
+        for (name, value) in &self.headers {
+            request
+                .headers_mut()
+                .insert(http::HeaderName::from_bytes(name.as_bytes()).ok()?, value.parse().ok()?);
+        }
+        let tcp = TcpStream::connect(&self.address).await.ok()?;
+        let _ = tcp.set_nodelay(true);
+        let (socket, _) = tokio_tungstenite::client_async(request, tcp).await.ok()?;
+        Some(socket)
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)] as f64
+}
+
+/// The ~2 KB pod list, over keep-alive connections at `concurrency`.
+pub async fn small_gets(endpoint: &Endpoint, concurrency: usize, duration: Duration) -> Figures {
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let workers = (0..concurrency).map(|_| {
+        let (endpoint, errors) = (endpoint.clone(), errors.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let Some(mut sender) = endpoint.connect().await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return latencies;
+            };
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                let ok = match sender.send_request(endpoint.request("/api/v1/namespaces/default/pods")).await {
+                    Ok(response) => response.status() == 200 && response.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    match endpoint.connect().await {
+                        Some(fresh) => sender = fresh,
+                        None => return latencies,
+                    }
+                    continue;
+                }
+                latencies.push(began.elapsed().as_micros() as u64);
+            }
+            latencies
+        })
+    });
+    let mut all = Vec::new();
+    for worker in futures_util::future::join_all(workers).await {
+        all.extend(worker.unwrap_or_default());
+    }
+    all.sort_unstable();
+    let mut figures = Figures {
+        errors: errors.load(Ordering::Relaxed),
+        ..Figures::default()
+    };
+    figures.set("requests", all.len() as f64);
+    figures.set("req/s", all.len() as f64 / duration.as_secs_f64());
+    figures.set("p50 ms", percentile(&all, 0.50) / 1000.0);
+    figures.set("p99 ms", percentile(&all, 0.99) / 1000.0);
+    figures
+}
+
+/// One large streamed GET.
+pub async fn stream(endpoint: &Endpoint, bytes: u64) -> Figures {
+    let mut figures = Figures::default();
+    let began = Instant::now();
+    let mut received = 0u64;
+    if let Some(mut sender) = endpoint.connect().await
+        && let Ok(response) = sender.send_request(endpoint.request(&format!("/bytes?size={bytes}"))).await
+    {
+        let mut body = response.into_body();
+        while let Some(Ok(frame)) = body.frame().await {
+            received += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
+    }
+    if received != bytes {
+        figures.errors += 1;
+    }
+    figures.set("bytes", received as f64);
+    figures.set("MiB/s", received as f64 / (1 << 20) as f64 / began.elapsed().as_secs_f64());
+    figures
+}
+
+const EXEC: &str = "/api/v1/namespaces/default/pods/bench/exec?command=cat&stdin=true&stdout=true";
+
+/// Exec echo: `total` bytes in `message`-sized stdin frames, all echoed.
+pub async fn exec_throughput(endpoint: &Endpoint, total: u64, message: usize) -> Figures {
+    let mut figures = Figures::default();
+    let Some(socket) = endpoint.websocket(EXEC, "v5.channel.k8s.io").await else {
+        figures.errors += 1;
+        return figures;
+    };
+    let (mut sink, mut incoming) = socket.split();
+    let mut frame = vec![0u8; message + 1];
+    frame[0] = 0;
+    let frame = Bytes::from(frame);
+    let began = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sent < total {
+            if sink.send(Message::Binary(frame.clone())).await.is_err() {
+                break;
+            }
+            sent += (frame.len() - 1) as u64;
+        }
+        sink
+    });
+    let mut received = 0u64;
+    while received < total {
+        match tokio::time::timeout(Duration::from_secs(30), incoming.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) if data.first() == Some(&1) => received += (data.len() - 1) as u64,
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    let elapsed = began.elapsed();
+    if let Ok(mut sink) = writer.await {
+        let _ = sink.send(Message::binary(vec![255u8, 0])).await;
+        let _ = sink.close().await;
+    }
+    if received < total {
+        figures.errors += 1;
+    }
+    figures.set("MiB/s", received as f64 / (1 << 20) as f64 / elapsed.as_secs_f64());
+    figures.set("bytes", received as f64);
+    figures
+}
+
+/// Exec round trips of one byte each.
+pub async fn exec_round_trips(endpoint: &Endpoint, count: usize) -> Figures {
+    let mut figures = Figures::default();
+    let Some(mut socket) = endpoint.websocket(EXEC, "v5.channel.k8s.io").await else {
+        figures.errors += 1;
+        return figures;
+    };
+    // The empty "ready" frame first.
+    let _ = socket.next().await;
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let began = Instant::now();
+        if socket.send(Message::binary(vec![0u8, b'x'])).await.is_err() {
+            figures.errors += 1;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) if data.len() == 2 => latencies.push(began.elapsed().as_micros() as u64),
+            _ => {
+                figures.errors += 1;
+                break;
+            }
+        }
+    }
+    let _ = socket.close(None).await;
+    latencies.sort_unstable();
+    figures.set("p50 µs", percentile(&latencies, 0.50));
+    figures.set("p99 µs", percentile(&latencies, 0.99));
+    figures
+}
+
+/// Port-forward sessions opened, used for one echo, and closed, by
+/// `concurrency` clients for `duration`.
+pub async fn port_forwards(endpoint: &Endpoint, concurrency: usize, duration: Duration) -> Figures {
+    let errors = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let workers = (0..concurrency).map(|_| {
+        let (endpoint, errors, done) = (endpoint.clone(), errors.clone(), done.clone());
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let ok = async {
+                    let path = "/api/v1/namespaces/default/pods/bench/portforward?ports=80";
+                    let mut socket = endpoint.websocket(path, "v4.channel.k8s.io").await?;
+                    for _ in 0..2 {
+                        socket.next().await?.ok()?;
+                    }
+                    socket.send(Message::binary(vec![0u8, 1, 2, 3])).await.ok()?;
+                    let echo = socket.next().await?.ok()?;
+                    let _ = socket.close(None).await;
+                    (echo.into_data().len() == 4).then_some(())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), ok).await {
+                    Ok(Some(())) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    });
+    futures_util::future::join_all(workers).await;
+    let mut figures = Figures {
+        errors: errors.load(Ordering::Relaxed),
+        ..Figures::default()
+    };
+    let sessions = done.load(Ordering::Relaxed) as f64;
+    figures.set("sessions", sessions);
+    figures.set("conn/s", sessions / duration.as_secs_f64());
+    figures
+}
+
+/// Opens `count` watches and holds them while `measure` runs; returns its
+/// value and the errors.
+pub async fn idle_watches(endpoint: &Endpoint, count: usize, measure: impl FnOnce() -> f64) -> (f64, u64) {
+    let mut errors = 0;
+    let opened = futures_util::future::join_all((0..count).map(|_| {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut sender = endpoint.connect().await?;
+            let response = sender
+                .send_request(endpoint.request("/api/v1/namespaces/default/pods?watch=1&resourceVersion=0"))
+                .await
+                .ok()?;
+            (response.status() == 200).then_some((sender, response))
+        }
+    }))
+    .await;
+    let mut held = Vec::new();
+    for watch in opened {
+        match watch {
+            Some(watch) => held.push(watch),
+            None => errors += 1,
+        }
+    }
+    // Let the proxy settle with every stream open, then measure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let value = measure();
+    drop(held);
+    (value, errors)
+}
