@@ -195,6 +195,20 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_name = "DURATION", global = true)]
     pub audit_webhook_initial_backoff: String,
 
+    /// kubegate: serve /healthz, /readyz and /metrics on this address (e.g.
+    /// 127.0.0.1:8002); off by default.
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub admin_address: Option<String>,
+
+    /// kubegate: log as human-readable text or as one JSON object per line.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    /// kubegate: listen on a non-loopback --address without an access token,
+    /// letting anyone who can reach the port act with kubegate's identity.
+    #[arg(long, global = true)]
+    pub allow_unauthenticated_remote: bool,
+
     /// kubegate: pass a client's own Authorization and Impersonate-* headers
     /// to the apiserver (kubectl proxy does; kubegate drops them by default,
     /// so that the proxy's identity is the only one used).
@@ -218,8 +232,8 @@ pub struct Args {
     #[arg(long, env = "KUBEGATE_SERVICE_ACCOUNT_DIR", default_value = DEFAULT_SERVICE_ACCOUNT_DIR, value_name = "DIR", global = true)]
     pub service_account_dir: PathBuf,
 
-    /// Log level as kubectl counts it: 0 requests and warnings, 4 debug, 6
-    /// and above trace.
+    /// Log level as kubectl counts it: 0 start-up and warnings, 1 also one
+    /// line per request, 4 debug, 6 and above trace.
     #[arg(
         short = 'v',
         long = "v",
@@ -228,6 +242,15 @@ pub struct Args {
         global = true
     )]
     pub verbosity: u8,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// What to run instead of the proxy.

@@ -43,6 +43,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The audit settings, when any audit backend is on.
     pub audit: Option<AuditConfig>,
+    /// `--admin-address`.
+    pub admin: Option<SocketAddr>,
 }
 
 /// What to audit and where to send it.
@@ -276,6 +278,28 @@ impl Config {
             accept: PatternList::parse("accept-origins", &args.accept_origins)?,
         };
         let (access_token, generated_access_token) = access_token(args)?;
+        if let Listen::Tcp(address) = &listen
+            && !address.ip().is_loopback()
+            && access_token.is_none()
+            && !args.allow_unauthenticated_remote
+        {
+            return Err(StartupError::Flag {
+                flag: "address",
+                message: format!(
+                    "{} is reachable from other machines, and without an access token anyone who can reach it acts with kubegate's credentials; add --access-token-file or --generate-access-token, or pass --allow-unauthenticated-remote if that is really meant",
+                    address.ip()
+                ),
+            });
+        }
+        let admin = match &args.admin_address {
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| StartupError::Flag {
+                flag: "admin-address",
+                message: format!(
+                    "{text:?} is not HOST:PORT with an IP address; use e.g. 127.0.0.1:8002"
+                ),
+            })?),
+            None => None,
+        };
         Ok(Config {
             listen,
             routes,
@@ -287,6 +311,7 @@ impl Config {
             forward_client_credentials: args.forward_client_credentials,
             shutdown_grace: positive_duration("shutdown-grace", &args.shutdown_grace)?,
             audit: audit(args, timing).await?,
+            admin,
         })
     }
 }

@@ -15,6 +15,7 @@
 //! - [`cors`] (browser origins, CORS) and [`access`] (the local access
 //!   token): who may use kubegate at all.
 //! - [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
 //! - [`status`]: every failure as a `metav1.Status` response.
 //! - [`www`]: `--www` static files.
 //! - [`demo`]: the apiserver double behind `kubegate demo` and the tests.
@@ -48,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod cli;
@@ -79,6 +81,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     grace: std::time::Duration,
     keepalive: Option<std::time::Duration>,
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl Proxy {
@@ -118,9 +121,11 @@ impl Proxy {
                 forward_client_credentials: config.forward_client_credentials,
                 relays: upgrade::Relays::default(),
                 audit,
+                metrics: Arc::new(admin::Metrics::default()),
             }),
             grace: config.shutdown_grace,
             keepalive,
+            admin: config.admin,
         })
     }
 
@@ -134,6 +139,43 @@ impl Proxy {
         self.shared.upstream.h2_connections_opened()
     }
 
+    /// Binds `--admin-address`, if set, and serves `/healthz`, `/readyz`
+    /// and `/metrics` there; keeps readiness fresh by asking the apiserver
+    /// for `/version` when no request has in a while.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartupError`] if the admin address cannot be bound.
+    pub async fn start_admin(&self) -> Result<Option<std::net::SocketAddr>, StartupError> {
+        let Some(address) = self.admin else {
+            return Ok(None);
+        };
+        let listener = admin::bind(address)
+            .await
+            .map_err(|e| StartupError::Listen {
+                address: address.to_string(),
+                message: format!("{}; fix --admin-address", config::io_reason(&e)),
+            })?;
+        let bound = listener.local_addr().ok();
+        let shared = self.shared.clone();
+        admin::serve(listener, self.shared.metrics.clone(), move |metrics| {
+            let (written, lost) = shared
+                .audit
+                .as_ref()
+                .map_or((0, 0), |a| (a.written(), a.lost()));
+            let (refreshed, failed) = shared.upstream.credential_refreshes();
+            metrics.scrape(
+                written,
+                lost,
+                shared.upstream.h2_connections_opened() as u64,
+                refreshed,
+                failed,
+            );
+        });
+        tokio::spawn(keep_ready(self.shared.clone()));
+        Ok(bound)
+    }
+
     /// Serves `listener` until `shutdown` resolves, then drains connections
     /// for up to `--shutdown-grace`.
     pub async fn serve(&self, listener: Listener, shutdown: impl Future<Output = ()>) {
@@ -145,5 +187,36 @@ impl Proxy {
             self.keepalive,
         )
         .await;
+    }
+}
+
+/// Asks the apiserver for `/version` whenever nothing else has reached it
+/// for a while, so that `/readyz` of an idle sidecar stays truthful.
+async fn keep_ready(shared: Arc<Shared>) {
+    use http_body_util::{BodyExt, Either, Full};
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        if shared
+            .metrics
+            .answered_within(std::time::Duration::from_secs(15))
+        {
+            continue;
+        }
+        let Ok(uri) = shared
+            .upstream
+            .uri_for(http::uri::PathAndQuery::from_static("/version"))
+        else {
+            continue;
+        };
+        let body = Either::Right(Either::Left(Full::new(bytes::Bytes::new())));
+        let Ok(mut request) = http::Request::get(uri).body(body) else {
+            continue;
+        };
+        shared.upstream.authorize(request.headers_mut());
+        if let Ok(response) = shared.upstream.send(request).await {
+            shared.metrics.apiserver_answered();
+            let _ = response.into_body().collect().await;
+        }
     }
 }

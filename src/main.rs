@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubegate::cli::{Args, Command};
+use kubegate::cli::{Args, Command, LogFormat};
 use kubegate::config::{Config, Env, StartupError};
 use kubegate::listen::Listener;
 use kubegate::{Proxy, demo, shutdown};
@@ -11,7 +11,7 @@ use kubegate::{Proxy, demo, shutdown};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.verbosity);
+    init_tracing(args.verbosity, args.log_format);
     let result = match args.command {
         Some(Command::Demo) => demo::run(&args).await,
         None => run(&args).await,
@@ -34,22 +34,31 @@ async fn run(args: &Args) -> Result<(), StartupError> {
     }
     let proxy = Proxy::new(config).await?;
     let listener = Listener::bind(&listen).await?;
+    if let Some(admin) = proxy.start_admin().await? {
+        tracing::info!(%admin, "serving /healthz, /readyz and /metrics");
+    }
     // kubectl proxy's line; scripts read the port from it.
     println!("Starting to serve on {listener}");
     proxy.serve(listener, shutdown::signal()).await;
     Ok(())
 }
 
-fn init_tracing(verbosity: u8) {
+/// Logs to stderr. `-v` as kubectl counts: 0 start-up, refusals and
+/// warnings; 1 also one line per request; 4 debug; 6 and up trace.
+fn init_tracing(verbosity: u8, format: LogFormat) {
     let default = match verbosity {
-        0..=3 => "kubegate=info,warn",
+        0 => "kubegate=info,kubegate::request=off,warn",
+        1..=3 => "kubegate=info,warn",
         4..=5 => "kubegate=debug,info",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUBEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }

@@ -13,6 +13,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access::AccessToken;
+use crate::admin::{self, Decision, Metrics};
 use crate::audit::{Audit, Record};
 use crate::body::{Capture, ProxyBody};
 use crate::config::Routes;
@@ -42,6 +43,8 @@ pub struct Shared {
     pub relays: Relays,
     /// The audit trail, when on.
     pub audit: Option<Arc<Audit>>,
+    /// What `/metrics` and `/readyz` report.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The hyper service for one client connection.
@@ -58,6 +61,18 @@ impl ProxyService {
     }
 
     async fn handle(self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let began = std::time::Instant::now();
+        let upgrade = is_upgrade(request.headers());
+        let verb = admin::verb(
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+            upgrade,
+        );
+        // The request line (at -v=1 and up) needs the path after the request
+        // is gone; copy it only when that line is written.
+        let logged_path = tracing::enabled!(target: "kubegate::request", tracing::Level::INFO)
+            .then(|| request.uri().path().to_string());
         let method = request.method().clone();
         let origin = request.headers().get(header::ORIGIN).cloned();
         let record = match &self.shared.audit {
@@ -102,6 +117,18 @@ impl ProxyService {
             .as_ref()
             .err()
             .is_none_or(|e| !matches!(e, ProxyError::Denied(d) if d.flag == "accept-origins"));
+        let decision = match &result {
+            Err(ProxyError::Denied(_) | ProxyError::Unauthorized | ProxyError::BadPath(_)) => {
+                Decision::forbid
+            }
+            _ => Decision::allow,
+        };
+        if let Ok(response) = &result
+            && response.headers().contains_key(header::DATE)
+        {
+            // Only the apiserver's answers carry a Date; kubegate's own don't.
+            self.shared.metrics.apiserver_answered();
+        }
         let mut response = match result {
             Ok(response) => match &record {
                 Some(record) if response.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -127,6 +154,21 @@ impl ProxyService {
         };
         if let Some(id) = record.as_ref().and_then(Record::header) {
             response.headers_mut().insert("audit-id", id);
+        }
+        let elapsed = began.elapsed();
+        self.shared
+            .metrics
+            .request(verb, response.status(), decision, elapsed);
+        if let Some(path) = logged_path {
+            tracing::info!(
+                target: "kubegate::request",
+                method = %method,
+                path,
+                status = response.status().as_u16(),
+                ms = elapsed.as_secs_f64() * 1e3,
+                audit_id = record.as_ref().map_or("", |r| r.id()),
+                "request"
+            );
         }
         if let Some(origin) = origin.filter(|_| allowed)
             && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
@@ -176,6 +218,7 @@ impl ProxyService {
             return upgrade::relay(
                 &shared.upstream,
                 &shared.relays,
+                &shared.metrics,
                 &self.origin,
                 shared.forward_client_credentials,
                 request,

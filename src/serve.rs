@@ -74,7 +74,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
-    // Stop accepting (and remove a unix socket file) before draining.
+    // /readyz fails first, then kubegate stops accepting (and removes a unix
+    // socket file) and drains.
+    shared.metrics.shutting_down();
     drop(listener);
     let open = graceful.count();
     if open > 0 {

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{Metrics, StreamKind};
 use crate::audit::Record;
 use crate::body::{BoxError, ProxyBody};
 use crate::forward::{self, ClientOrigin};
@@ -81,9 +82,11 @@ impl Relays {
 ///
 /// A [`ProxyError`] if the apiserver cannot be reached; a refused upgrade
 /// is not an error but the apiserver's own response, passed through.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     upstream: &Upstream,
     relays: &Relays,
+    metrics: &Arc<Metrics>,
     origin: &ClientOrigin,
     forward_client_credentials: bool,
     mut request: Request<Incoming>,
@@ -147,6 +150,10 @@ pub async fn relay(
     }
     let began = std::time::Instant::now();
 
+    metrics.apiserver_answered();
+    let kind = stream_kind(&absolute);
+    metrics.stream(kind, 1);
+    let metrics = metrics.clone();
     let to_server = Arc::new(AtomicU64::new(0));
     let to_client = Arc::new(AtomicU64::new(0));
     let closing = relays.closing.clone();
@@ -176,6 +183,11 @@ pub async fn relay(
             }
             () = closing.cancelled() => tracing::debug!("relay closed at shutdown"),
         }
+        metrics.stream(kind, -1);
+        metrics.relayed(
+            to_server.load(Ordering::Relaxed),
+            to_client.load(Ordering::Relaxed),
+        );
         if let Some(record) = record {
             record.annotate(
                 "kubegate.io/duration",
@@ -194,6 +206,16 @@ pub async fn relay(
         open.fetch_sub(1, Ordering::AcqRel);
     });
     Ok(answer)
+}
+
+/// What kind of session a path opens, for the open-streams metric.
+fn stream_kind(uri: &http::Uri) -> StreamKind {
+    match uri.path().rsplit('/').next() {
+        Some("exec") => StreamKind::exec,
+        Some("attach") => StreamKind::attach,
+        Some("portforward") => StreamKind::portforward,
+        _ => StreamKind::other,
+    }
 }
 
 /// Counts the bytes read from one side of a splice: what it sent.

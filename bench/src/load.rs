@@ -57,14 +57,25 @@ impl Endpoint {
         request.body(Empty::new()).unwrap_or_default()
     }
 
-    async fn websocket(&self, path: &str, protocol: &str) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
-        let mut request = format!("ws://{}{path}", self.address).into_client_request().ok()?;
-        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().ok()?);
-        request.headers_mut().insert("host", "localhost".parse().ok()?);
+    async fn websocket(
+        &self,
+        path: &str,
+        protocol: &str,
+    ) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
+        let mut request = format!("ws://{}{path}", self.address)
+            .into_client_request()
+            .ok()?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().ok()?);
+        request
+            .headers_mut()
+            .insert("host", "localhost".parse().ok()?);
         for (name, value) in &self.headers {
-            request
-                .headers_mut()
-                .insert(http::HeaderName::from_bytes(name.as_bytes()).ok()?, value.parse().ok()?);
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                value.parse().ok()?,
+            );
         }
         let tcp = TcpStream::connect(&self.address).await.ok()?;
         let _ = tcp.set_nodelay(true);
@@ -95,8 +106,13 @@ pub async fn small_gets(endpoint: &Endpoint, concurrency: usize, duration: Durat
             };
             while Instant::now() < deadline {
                 let began = Instant::now();
-                let ok = match sender.send_request(endpoint.request("/api/v1/namespaces/default/pods")).await {
-                    Ok(response) => response.status() == 200 && response.into_body().collect().await.is_ok(),
+                let ok = match sender
+                    .send_request(endpoint.request("/api/v1/namespaces/default/pods"))
+                    .await
+                {
+                    Ok(response) => {
+                        response.status() == 200 && response.into_body().collect().await.is_ok()
+                    }
                     Err(_) => false,
                 };
                 if !ok {
@@ -134,7 +150,9 @@ pub async fn stream(endpoint: &Endpoint, bytes: u64) -> Figures {
     let began = Instant::now();
     let mut received = 0u64;
     if let Some(mut sender) = endpoint.connect().await
-        && let Ok(response) = sender.send_request(endpoint.request(&format!("/bytes?size={bytes}"))).await
+        && let Ok(response) = sender
+            .send_request(endpoint.request(&format!("/bytes?size={bytes}")))
+            .await
     {
         let mut body = response.into_body();
         while let Some(Ok(frame)) = body.frame().await {
@@ -145,7 +163,10 @@ pub async fn stream(endpoint: &Endpoint, bytes: u64) -> Figures {
         figures.errors += 1;
     }
     figures.set("bytes", received as f64);
-    figures.set("MiB/s", received as f64 / (1 << 20) as f64 / began.elapsed().as_secs_f64());
+    figures.set(
+        "MiB/s",
+        received as f64 / (1 << 20) as f64 / began.elapsed().as_secs_f64(),
+    );
     figures
 }
 
@@ -176,7 +197,9 @@ pub async fn exec_throughput(endpoint: &Endpoint, total: u64, message: usize) ->
     let mut received = 0u64;
     while received < total {
         match tokio::time::timeout(Duration::from_secs(30), incoming.next()).await {
-            Ok(Some(Ok(Message::Binary(data)))) if data.first() == Some(&1) => received += (data.len() - 1) as u64,
+            Ok(Some(Ok(Message::Binary(data)))) if data.first() == Some(&1) => {
+                received += (data.len() - 1) as u64
+            }
             Ok(Some(Ok(_))) => {}
             _ => break,
         }
@@ -189,7 +212,10 @@ pub async fn exec_throughput(endpoint: &Endpoint, total: u64, message: usize) ->
     if received < total {
         figures.errors += 1;
     }
-    figures.set("MiB/s", received as f64 / (1 << 20) as f64 / elapsed.as_secs_f64());
+    figures.set(
+        "MiB/s",
+        received as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
+    );
     figures.set("bytes", received as f64);
     figures
 }
@@ -211,7 +237,9 @@ pub async fn exec_round_trips(endpoint: &Endpoint, count: usize) -> Figures {
             break;
         }
         match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-            Ok(Some(Ok(Message::Binary(data)))) if data.len() == 2 => latencies.push(began.elapsed().as_micros() as u64),
+            Ok(Some(Ok(Message::Binary(data)))) if data.len() == 2 => {
+                latencies.push(began.elapsed().as_micros() as u64)
+            }
             _ => {
                 figures.errors += 1;
                 break;
@@ -241,7 +269,10 @@ pub async fn port_forwards(endpoint: &Endpoint, concurrency: usize, duration: Du
                     for _ in 0..2 {
                         socket.next().await?.ok()?;
                     }
-                    socket.send(Message::binary(vec![0u8, 1, 2, 3])).await.ok()?;
+                    socket
+                        .send(Message::binary(vec![0u8, 1, 2, 3]))
+                        .await
+                        .ok()?;
                     let echo = socket.next().await?.ok()?;
                     let _ = socket.close(None).await;
                     (echo.into_data().len() == 4).then_some(())
@@ -266,14 +297,20 @@ pub async fn port_forwards(endpoint: &Endpoint, concurrency: usize, duration: Du
 
 /// Opens `count` watches and holds them while `measure` runs; returns its
 /// value and the errors.
-pub async fn idle_watches(endpoint: &Endpoint, count: usize, measure: impl FnOnce() -> f64) -> (f64, u64) {
+pub async fn idle_watches(
+    endpoint: &Endpoint,
+    count: usize,
+    measure: impl FnOnce() -> f64,
+) -> (f64, u64) {
     let mut errors = 0;
     let opened = futures_util::future::join_all((0..count).map(|_| {
         let endpoint = endpoint.clone();
         async move {
             let mut sender = endpoint.connect().await?;
             let response = sender
-                .send_request(endpoint.request("/api/v1/namespaces/default/pods?watch=1&resourceVersion=0"))
+                .send_request(
+                    endpoint.request("/api/v1/namespaces/default/pods?watch=1&resourceVersion=0"),
+                )
                 .await
                 .ok()?;
             (response.status() == 200).then_some((sender, response))

@@ -53,43 +53,108 @@ type Results = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
 async fn main() {
     let args = Args::parse();
     let sizes = if args.smoke {
-        Sizes { get: Duration::from_millis(500), stream: 8 << 20, exec: 8 << 20, round_trips: 100, port_forward: Duration::from_millis(500), watches: 50 }
+        Sizes {
+            get: Duration::from_millis(500),
+            stream: 8 << 20,
+            exec: 8 << 20,
+            round_trips: 100,
+            port_forward: Duration::from_millis(500),
+            watches: 50,
+        }
     } else {
-        Sizes { get: Duration::from_secs(5), stream: 100 << 20, exec: 256 << 20, round_trips: 2000, port_forward: Duration::from_secs(5), watches: 1000 }
+        Sizes {
+            get: Duration::from_secs(5),
+            stream: 100 << 20,
+            exec: 256 << 20,
+            round_trips: 2000,
+            port_forward: Duration::from_secs(5),
+            watches: 1000,
+        }
     };
     let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
     let kubegate = proxies::kubegate_binary(args.kubegate.clone());
-    assert!(kubegate.exists(), "{} is missing: run `cargo build --release` first", kubegate.display());
+    assert!(
+        kubegate.exists(),
+        "{} is missing: run `cargo build --release` first",
+        kubegate.display()
+    );
 
     // The upstream: the double in fast mode, TLS with client certificates
     // (h2 and http/1.1), plus a plain port for the no-proxy ceiling.
     let scratch = tempfile::tempdir().expect("temp dir");
     let pki = Pki::new("bench-ca");
-    let options = Options { fast_streams: true, ..Options::default() };
-    let upstream = ApiServer::start(&pki, options).await.expect("upstream starts");
-    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("plain port");
+    let options = Options {
+        fast_streams: true,
+        ..Options::default()
+    };
+    let upstream = ApiServer::start(&pki, options)
+        .await
+        .expect("upstream starts");
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("plain port");
     let plain_address = plain.local_addr().expect("address").to_string();
-    upstream.serve_plain(plain, User { name: "bench".into(), groups: vec![] });
+    upstream.serve_plain(
+        plain,
+        User {
+            name: "bench".into(),
+            groups: vec![],
+        },
+    );
     seed(&upstream);
     let ca = scratch.path().join("ca.crt");
     std::fs::write(&ca, pki.ca_pem()).expect("ca");
-    let (cert, key) = pki.client("bench", &["system:masters"]).write(scratch.path(), "bench").expect("client cert");
+    let (cert, key) = pki
+        .client("bench", &["system:masters"])
+        .write(scratch.path(), "bench")
+        .expect("client cert");
     let kubeconfig = scratch.path().join("kubeconfig");
-    write_kubeconfig(&kubeconfig, &upstream.url(), &ca, KubeconfigUser::Certificate { cert: &cert, key: &key }).expect("kubeconfig");
+    write_kubeconfig(
+        &kubeconfig,
+        &upstream.url(),
+        &ca,
+        KubeconfigUser::Certificate {
+            cert: &cert,
+            key: &key,
+        },
+    )
+    .expect("kubeconfig");
 
-    let kubectl = std::process::Command::new("kubectl").arg("version").arg("--client").output().ok().filter(|o| o.status.success());
-    let kubectl_version = kubectl.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string());
+    let kubectl = std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let kubectl_version = kubectl.as_ref().map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    });
     if kubectl_version.is_none() {
-        eprintln!("kubectl is not on PATH: the kubectl proxy column is left out (install kubectl to compare)");
+        eprintln!(
+            "kubectl is not on PATH: the kubectl proxy column is left out (install kubectl to compare)"
+        );
     }
     let audit_log = scratch.path().join("audit.log");
     let mut kinds = vec![Kind::NoProxy];
     if kubectl_version.is_some() {
         kinds.push(Kind::Kubectl);
     }
-    kinds.push(Kind::Kubegate { label: "kubegate", flags: vec![] });
-    kinds.push(Kind::Kubegate { label: "kubegate + audit", flags: vec![format!("--audit-log-path={}", audit_log.display())] });
-    kinds.push(Kind::Kubegate { label: "kubegate + token", flags: vec!["--generate-access-token".into()] });
+    kinds.push(Kind::Kubegate {
+        label: "kubegate",
+        flags: vec![],
+    });
+    kinds.push(Kind::Kubegate {
+        label: "kubegate + audit",
+        flags: vec![format!("--audit-log-path={}", audit_log.display())],
+    });
+    kinds.push(Kind::Kubegate {
+        label: "kubegate + token",
+        flags: vec!["--generate-access-token".into()],
+    });
 
     let mut results: Results = BTreeMap::new();
     for round in 0..rounds {
@@ -97,7 +162,15 @@ async fn main() {
         order.rotate_left(round % kinds.len());
         for kind in order {
             eprintln!("round {}/{rounds}: {}", round + 1, kind.name());
-            let proxy = match Proxy::start(&kind, &kubeconfig, &kubegate, &plain_address, scratch.path()).await {
+            let proxy = match Proxy::start(
+                &kind,
+                &kubeconfig,
+                &kubegate,
+                &plain_address,
+                scratch.path(),
+            )
+            .await
+            {
                 Ok(proxy) => proxy,
                 Err(error) => panic!("cannot start {}: {error}", kind.name()),
             };
@@ -110,15 +183,38 @@ async fn main() {
             let _ = std::fs::remove_file(&audit_log);
         }
     }
-    let report = report(&results, &kinds, kubectl_version.as_deref(), rounds, args.smoke);
+    let report = report(
+        &results,
+        &kinds,
+        kubectl_version.as_deref(),
+        rounds,
+        args.smoke,
+    );
     println!("{report}");
-    let out = args.out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
     std::fs::create_dir_all(&out).expect("output directory");
     std::fs::write(out.join("BENCHMARKS.md"), &report).expect("BENCHMARKS.md");
     let json = json!({ "date": jiff::Timestamp::now().to_string(), "machine": machine(), "rounds": rounds, "results": medians(&results), "runs": results });
-    let json_path = if out.join("bench").is_dir() { out.join("bench/results.json") } else { out.join("results.json") };
-    std::fs::write(json_path, serde_json::to_string_pretty(&json).unwrap_or_default()).expect("results.json");
-    let errors: f64 = medians(&results).values().flat_map(|f| f.iter().filter(|(k, _)| k.ends_with("errors")).map(|(_, v)| *v)).sum();
+    let json_path = if out.join("bench").is_dir() {
+        out.join("bench/results.json")
+    } else {
+        out.join("results.json")
+    };
+    std::fs::write(
+        json_path,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )
+    .expect("results.json");
+    let errors: f64 = medians(&results)
+        .values()
+        .flat_map(|f| {
+            f.iter()
+                .filter(|(k, _)| k.ends_with("errors"))
+                .map(|(_, v)| *v)
+        })
+        .sum();
     if errors > 0.0 {
         eprintln!("some phases had errors; see the table");
         std::process::exit(1);
@@ -152,21 +248,41 @@ async fn run_phases(proxy: &Proxy, sizes: &Sizes) -> BTreeMap<String, f64> {
 
     for concurrency in [1usize, 16, 64] {
         let phase = format!("small GET c={concurrency}");
-        let (figures, cpu, peak) = measured(pid, load::small_gets(&endpoint, concurrency, sizes.get)).await;
-        let requests = figures.values.get("requests").copied().unwrap_or(0.0).max(1.0);
+        let (figures, cpu, peak) =
+            measured(pid, load::small_gets(&endpoint, concurrency, sizes.get)).await;
+        let requests = figures
+            .values
+            .get("requests")
+            .copied()
+            .unwrap_or(0.0)
+            .max(1.0);
         record(&mut out, &phase, &figures, cpu, peak);
         out.insert(format!("{phase}: CPU µs/request"), cpu * 1e6 / requests);
     }
     let (figures, cpu, peak) = measured(pid, load::stream(&endpoint, sizes.stream)).await;
     record(&mut out, "stream", &figures, cpu, peak);
-    out.insert("stream: CPU s/GiB".into(), cpu / (figures.values.get("bytes").copied().unwrap_or(1.0) / (1u64 << 30) as f64));
-    let (figures, cpu, peak) = measured(pid, load::exec_throughput(&endpoint, sizes.exec, 64 * 1024)).await;
+    out.insert(
+        "stream: CPU s/GiB".into(),
+        cpu / (figures.values.get("bytes").copied().unwrap_or(1.0) / (1u64 << 30) as f64),
+    );
+    let (figures, cpu, peak) =
+        measured(pid, load::exec_throughput(&endpoint, sizes.exec, 64 * 1024)).await;
     record(&mut out, "exec echo", &figures, cpu, peak);
-    out.insert("exec echo: CPU s/GiB".into(), cpu / (figures.values.get("bytes").copied().unwrap_or(1.0) / (1u64 << 30) as f64));
-    let (figures, cpu, peak) = measured(pid, load::exec_round_trips(&endpoint, sizes.round_trips)).await;
+    out.insert(
+        "exec echo: CPU s/GiB".into(),
+        cpu / (figures.values.get("bytes").copied().unwrap_or(1.0) / (1u64 << 30) as f64),
+    );
+    let (figures, cpu, peak) =
+        measured(pid, load::exec_round_trips(&endpoint, sizes.round_trips)).await;
     record(&mut out, "exec 1-byte", &figures, cpu, peak);
-    let (figures, cpu, peak) = measured(pid, load::port_forwards(&endpoint, 8, sizes.port_forward)).await;
-    let sessions = figures.values.get("sessions").copied().unwrap_or(0.0).max(1.0);
+    let (figures, cpu, peak) =
+        measured(pid, load::port_forwards(&endpoint, 8, sizes.port_forward)).await;
+    let sessions = figures
+        .values
+        .get("sessions")
+        .copied()
+        .unwrap_or(0.0)
+        .max(1.0);
     record(&mut out, "port-forward c=8", &figures, cpu, peak);
     out.insert("port-forward c=8: CPU ms/conn".into(), cpu * 1e3 / sessions);
     let (rss, errors) = load::idle_watches(&endpoint, sizes.watches, || rss_mib(pid)).await;
@@ -208,21 +324,43 @@ fn median(values: &[f64]) -> f64 {
 fn medians(results: &Results) -> BTreeMap<String, BTreeMap<String, f64>> {
     results
         .iter()
-        .map(|(kind, figures)| (kind.clone(), figures.iter().map(|(name, runs)| (name.clone(), median(runs))).collect()))
+        .map(|(kind, figures)| {
+            (
+                kind.clone(),
+                figures
+                    .iter()
+                    .map(|(name, runs)| (name.clone(), median(runs)))
+                    .collect(),
+            )
+        })
         .collect()
 }
 
 fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_default();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|info| info.lines().next().map(|l| l.trim_start_matches("MemTotal:").trim().to_string()))
+        .and_then(|info| {
+            info.lines()
+                .next()
+                .map(|l| l.trim_start_matches("MemTotal:").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     json!({ "cpu": cpu, "cores": cores, "memory": memory, "kernel": kernel })
 }
 
@@ -240,14 +378,22 @@ const TARGETS: &[(&str, bool, f64)] = &[
     ("port-forward c=8: CPU ms/conn", false, 1.0 / 3.0),
 ];
 
-fn report(results: &Results, kinds: &[Kind], kubectl: Option<&str>, rounds: usize, smoke: bool) -> String {
+fn report(
+    results: &Results,
+    kinds: &[Kind],
+    kubectl: Option<&str>,
+    rounds: usize,
+    smoke: bool,
+) -> String {
     let medians = medians(results);
     let names: Vec<&str> = kinds.iter().map(Kind::name).collect();
     let machine = machine();
     let mut out = String::new();
     out.push_str("# Benchmarks\n\n");
     if smoke {
-        out.push_str("**Smoke run** (short phases, one round): checks the harness, not the figures.\n\n");
+        out.push_str(
+            "**Smoke run** (short phases, one round): checks the harness, not the figures.\n\n",
+        );
     }
     out.push_str(&format!(
         "kubegate side by side with `kubectl proxy` and no proxy, one fast upstream (the apiserver double in fast mode: mutual TLS, HTTP/2, exec and port-forward echo in process), {rounds} round(s) in rotated order, medians.\n\n- date: {}\n- machine: {} × {}, {} memory, Linux {}\n- kubectl: {}\n- reproduce: `cargo build --release && cargo run --release -p kubegate-bench` (a few minutes; `--rounds N`)\n\n",
@@ -255,12 +401,25 @@ fn report(results: &Results, kinds: &[Kind], kubectl: Option<&str>, rounds: usiz
         machine["cores"], machine["cpu"].as_str().unwrap_or_default(), machine["memory"].as_str().unwrap_or_default(), machine["kernel"].as_str().unwrap_or_default(),
         kubectl.unwrap_or("not installed: no kubectl proxy column"),
     ));
-    out.push_str(&format!("| figure | {} | kubegate / kubectl proxy |\n|---|{}---|\n", names.join(" | "), "---|".repeat(names.len())));
-    let figures: Vec<&String> = medians.values().next().map(|f| f.keys().collect()).unwrap_or_default();
+    out.push_str(&format!(
+        "| figure | {} | kubegate / kubectl proxy |\n|---|{}---|\n",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    ));
+    let figures: Vec<&String> = medians
+        .values()
+        .next()
+        .map(|f| f.keys().collect())
+        .unwrap_or_default();
     for figure in figures {
         let cells: Vec<String> = names
             .iter()
-            .map(|name| medians.get(*name).and_then(|f| f.get(figure)).map_or("–".into(), |v| format_value(*v)))
+            .map(|name| {
+                medians
+                    .get(*name)
+                    .and_then(|f| f.get(figure))
+                    .map_or("–".into(), |v| format_value(*v))
+            })
             .collect();
         let ratio = ratio(&medians, figure).map_or("–".into(), |r| format!("{r:.2}×"));
         out.push_str(&format!("| {figure} | {} | {ratio} |\n", cells.join(" | ")));
@@ -276,9 +435,20 @@ fn report(results: &Results, kinds: &[Kind], kubectl: Option<&str>, rounds: usiz
             met.map_or("no kubectl", |m| if m { "met" } else { "missed" })
         ));
     }
-    let idle = medians.get("kubegate").and_then(|f| f.get("RSS idle: MiB")).copied().unwrap_or(0.0);
-    out.push_str(&format!("| RSS idle | ≤ 8 MiB | {idle:.1} MiB | {} |\n", if idle <= 8.0 { "met" } else { "missed" }));
-    if let Some(watches) = medians.get("kubegate").and_then(|f| f.keys().find(|k| k.ends_with("watches: RSS MiB"))).cloned() {
+    let idle = medians
+        .get("kubegate")
+        .and_then(|f| f.get("RSS idle: MiB"))
+        .copied()
+        .unwrap_or(0.0);
+    out.push_str(&format!(
+        "| RSS idle | ≤ 8 MiB | {idle:.1} MiB | {} |\n",
+        if idle <= 8.0 { "met" } else { "missed" }
+    ));
+    if let Some(watches) = medians
+        .get("kubegate")
+        .and_then(|f| f.keys().find(|k| k.ends_with("watches: RSS MiB")))
+        .cloned()
+    {
         let measured = ratio(&medians, &watches);
         out.push_str(&format!(
             "| {watches} vs kubectl proxy | ≤ 0.25× | {} | {} |\n",
@@ -286,14 +456,35 @@ fn report(results: &Results, kinds: &[Kind], kubectl: Option<&str>, rounds: usiz
             measured.map_or("no kubectl", |r| if r <= 0.25 { "met" } else { "missed" })
         ));
     }
-    let ceiling = medians.get("no proxy").and_then(|f| f.get("small GET c=64: req/s")).copied().unwrap_or(0.0);
-    let ours = medians.get("kubegate").and_then(|f| f.get("small GET c=64: req/s")).copied().unwrap_or(0.0);
+    let ceiling = medians
+        .get("no proxy")
+        .and_then(|f| f.get("small GET c=64: req/s"))
+        .copied()
+        .unwrap_or(0.0);
+    let ours = medians
+        .get("kubegate")
+        .and_then(|f| f.get("small GET c=64: req/s"))
+        .copied()
+        .unwrap_or(0.0);
     if ceiling > 0.0 {
         let share = ours / ceiling;
-        out.push_str(&format!("| small GET c=64 req/s vs no proxy | ≥ 0.50× | {share:.2}× | {} |\n", if share >= 0.5 { "met" } else { "missed" }));
+        out.push_str(&format!(
+            "| small GET c=64 req/s vs no proxy | ≥ 0.50× | {share:.2}× | {} |\n",
+            if share >= 0.5 { "met" } else { "missed" }
+        ));
     }
-    let errors: f64 = medians.values().flat_map(|f| f.iter().filter(|(k, _)| k.ends_with("errors")).map(|(_, v)| *v)).sum();
-    out.push_str(&format!("| errors, every phase | 0 | {errors} | {} |\n", if errors == 0.0 { "met" } else { "missed" }));
+    let errors: f64 = medians
+        .values()
+        .flat_map(|f| {
+            f.iter()
+                .filter(|(k, _)| k.ends_with("errors"))
+                .map(|(_, v)| *v)
+        })
+        .sum();
+    out.push_str(&format!(
+        "| errors, every phase | 0 | {errors} | {} |\n",
+        if errors == 0.0 { "met" } else { "missed" }
+    ));
     out.push_str("\nCPU is the proxy process's user + system time from `/proc/PID/stat` during the phase; RSS is `VmRSS` from `/proc/PID/status` (peak sampled every 20 ms). On 2 cores the load driver and the upstream share the machine with the proxy, so throughput alone mostly measures who got the CPU: compare CPU per unit of work.\n");
     out
 }

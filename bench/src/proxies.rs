@@ -54,7 +54,13 @@ impl Proxy {
     /// # Errors
     ///
     /// When the process does not start or print its address.
-    pub async fn start(kind: &Kind, kubeconfig: &Path, kubegate: &Path, plain: &str, scratch: &Path) -> Result<Proxy, String> {
+    pub async fn start(
+        kind: &Kind,
+        kubeconfig: &Path,
+        kubegate: &Path,
+        plain: &str,
+        scratch: &Path,
+    ) -> Result<Proxy, String> {
         let mut command = match kind {
             Kind::NoProxy => {
                 return Ok(Proxy {
@@ -82,8 +88,14 @@ impl Proxy {
                 command
             }
         };
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| format!("{}: {e}", kind.name()))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("{}: {e}", kind.name()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let mut headers = Vec::new();
@@ -127,12 +139,19 @@ impl Proxy {
 /// CPU seconds (user + system) a process has used.
 pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     // Fields after the command name, which may hold spaces: utime is the
     // 14th field overall, stime the 15th.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / clock_ticks()
 }
 
@@ -192,5 +211,6 @@ impl PeakRss {
 
 /// Where the release build of kubegate is.
 pub fn kubegate_binary(explicit: Option<PathBuf>) -> PathBuf {
-    explicit.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/kubegate"))
+    explicit
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/kubegate"))
 }

@@ -107,6 +107,13 @@ impl Audit {
                 .is_some_and(|log| log.health.failing.load(Ordering::Acquire))
     }
 
+    /// Lines lost to log write errors.
+    pub fn lost(&self) -> u64 {
+        self.log
+            .as_ref()
+            .map_or(0, |l| l.health.lost.load(Ordering::Relaxed))
+    }
+
     /// Lines the log backend has written.
     pub fn written(&self) -> u64 {
         self.log

@@ -147,6 +147,9 @@ pub async fn run(args: &Args) -> Result<(), StartupError> {
     let listen = config.listen.clone();
     let proxy = Proxy::new(config).await?;
     let listener = Listener::bind(&listen).await?;
+    if let Some(admin) = proxy.start_admin().await? {
+        println!("Health and metrics: http://{admin}/healthz /readyz /metrics");
+    }
     let base = format!("http://{listener}");
     println!(
         "kubegate demo: an apiserver double runs at {} with a throwaway CA; it only accepts\n\

@@ -25,11 +25,29 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// The current credential header, and the task that keeps it fresh.
 pub struct Credentials {
     header: Arc<ArcSwapOption<HeaderValue>>,
+    /// Refreshes that worked and that failed, for `/metrics`.
+    pub refreshes: Arc<Refreshes>,
     /// Where a fresh credential comes from, for a reload after a 401.
     reload: Reload,
     /// One reload at a time; a 401 burst runs the plugin once.
     reloading: tokio::sync::Mutex<()>,
     refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Counts of credential refreshes.
+#[derive(Debug, Default)]
+pub struct Refreshes {
+    /// Reloads and plugin runs that produced a credential.
+    pub succeeded: std::sync::atomic::AtomicU64,
+    /// Those that did not.
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+impl Refreshes {
+    fn count(&self, ok: bool) {
+        let counter = if ok { &self.succeeded } else { &self.failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What a reload after a 401 does.
@@ -61,6 +79,7 @@ impl Credentials {
         reload_interval: Duration,
     ) -> Result<(Credentials, Option<ClientIdentity>), StartupError> {
         let header = Arc::new(ArcSwapOption::empty());
+        let refreshes = Arc::new(Refreshes::default());
         let mut identity = None;
         let mut reload = Reload::Nothing;
         let refresher = match source {
@@ -83,6 +102,7 @@ impl Credentials {
                     path.clone(),
                     reload_interval,
                     header.clone(),
+                    refreshes.clone(),
                 )))
             }
             CredentialSource::Exec(exec) => {
@@ -99,12 +119,14 @@ impl Credentials {
                     server.clone(),
                     output.expires,
                     header.clone(),
+                    refreshes.clone(),
                 )))
             }
         };
         Ok((
             Credentials {
                 header,
+                refreshes,
                 reload,
                 reloading: tokio::sync::Mutex::new(()),
                 refresher,
@@ -139,9 +161,18 @@ impl Credentials {
             }),
         };
         match fresh.map(|token| bearer(&token)) {
-            Ok(Ok(value)) => self.header.store(Some(Arc::new(value))),
-            Ok(Err(error)) => tracing::warn!(%error, "cannot use the reloaded token"),
-            Err(error) => tracing::warn!(%error, "cannot reload the credential after a 401"),
+            Ok(Ok(value)) => {
+                self.header.store(Some(Arc::new(value)));
+                self.refreshes.count(true);
+            }
+            Ok(Err(error)) => {
+                self.refreshes.count(false);
+                tracing::warn!(%error, "cannot use the reloaded token");
+            }
+            Err(error) => {
+                self.refreshes.count(false);
+                tracing::warn!(%error, "cannot reload the credential after a 401");
+            }
         }
     }
 }
@@ -182,6 +213,7 @@ async fn watch_token_file(
     path: PathBuf,
     interval: Duration,
     header: Arc<ArcSwapOption<HeaderValue>>,
+    refreshes: Arc<Refreshes>,
 ) {
     loop {
         tokio::time::sleep(interval).await;
@@ -189,11 +221,18 @@ async fn watch_token_file(
             Ok(Ok(value)) => {
                 if header.load().as_deref() != Some(&value) {
                     header.store(Some(Arc::new(value)));
+                    refreshes.count(true);
                     tracing::info!(file = %path.display(), "token file changed; using the new token");
                 }
             }
-            Ok(Err(error)) => tracing::warn!(%error, "ignoring the new token"),
-            Err(error) => tracing::warn!(%error, "keeping the last good token"),
+            Ok(Err(error)) => {
+                refreshes.count(false);
+                tracing::warn!(%error, "ignoring the new token");
+            }
+            Err(error) => {
+                refreshes.count(false);
+                tracing::warn!(%error, "keeping the last good token");
+            }
         }
     }
 }
@@ -205,6 +244,7 @@ async fn refresh_exec(
     server: Uri,
     mut expires: Option<jiff::Timestamp>,
     header: Arc<ArcSwapOption<HeaderValue>>,
+    refreshes: Arc<Refreshes>,
 ) {
     loop {
         // A token without an expiry is refreshed only after a 401.
@@ -226,9 +266,11 @@ async fn refresh_exec(
                     header.store(Some(Arc::new(value)));
                 }
                 expires = output.expires;
+                refreshes.count(true);
                 tracing::info!("exec credential plugin refreshed the token");
             }
             Err(error) => {
+                refreshes.count(false);
                 tracing::warn!(%error, "exec credential plugin failed; keeping the last token");
                 expires = Some(jiff::Timestamp::now() + RETRY_AFTER_FAILURE + EXEC_REFRESH_MARGIN);
             }

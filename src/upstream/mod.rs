@@ -213,6 +213,16 @@ impl Upstream {
         }
     }
 
+    /// Credential refreshes that worked, and that failed.
+    pub fn credential_refreshes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let refreshes = &self.credentials.refreshes;
+        (
+            refreshes.succeeded.load(Relaxed),
+            refreshes.failed.load(Relaxed),
+        )
+    }
+
     /// How many HTTP/2 connections have been opened to the apiserver.
     pub fn h2_connections_opened(&self) -> usize {
         self.h2.as_ref().map_or(0, H2Pool::connections_opened)

@@ -125,6 +125,8 @@ impl Double {
 /// kubegate running in this process, stopped when dropped.
 pub struct Kubegate {
     pub address: SocketAddr,
+    /// `--admin-address`, when asked for.
+    pub admin: Option<SocketAddr>,
     pub listener_text: String,
     proxy: std::sync::Arc<kubegate::Proxy>,
     stop: Option<oneshot::Sender<()>>,
@@ -154,6 +156,7 @@ impl Kubegate {
         let listen = config.listen.clone();
         let proxy = std::sync::Arc::new(kubegate::Proxy::new(config).await?);
         let listener = Listener::bind(&listen).await?;
+        let admin = proxy.start_admin().await?;
         let listener_text = listener.to_string();
         let address = match &listener {
             Listener::Tcp(tcp) => tcp.local_addr().unwrap(),
@@ -170,6 +173,7 @@ impl Kubegate {
         });
         Ok(Kubegate {
             address,
+            admin,
             listener_text,
             proxy,
             stop: Some(stop),

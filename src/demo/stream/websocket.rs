@@ -240,7 +240,9 @@ pub async fn echo(socket: Socket, framing: Framing, port_forward: bool) {
     let reply_channel = if port_forward { 0 } else { STDOUT };
     if port_forward {
         for channel in [0u8, 1] {
-            let _ = sink.send(framing.encode(channel, &0u16.to_le_bytes())).await;
+            let _ = sink
+                .send(framing.encode(channel, &0u16.to_le_bytes()))
+                .await;
         }
     } else {
         let _ = sink.send(framing.encode(STDOUT, &[])).await;
@@ -250,10 +252,13 @@ pub async fn echo(socket: Socket, framing: Framing, port_forward: bool) {
             break;
         }
         match framing.decode(message) {
-            Some((STDIN, data)) => {
-                if sink.send(framing.encode(reply_channel, &data)).await.is_err() {
-                    return;
-                }
+            Some((STDIN, data))
+                if sink
+                    .send(framing.encode(reply_channel, &data))
+                    .await
+                    .is_err() =>
+            {
+                return;
             }
             Some((CLOSE, _)) if !port_forward => {
                 let status = exit_status(&[], Some(0)).to_string();

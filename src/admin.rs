@@ -1,0 +1,442 @@
+//! Operations, on a port of their own (`--admin-address`), since everything
+//! on the proxy port belongs to the apiserver: `/healthz` (kubegate is up),
+//! `/readyz` (the apiserver answered recently, and kubegate is not shutting
+//! down) and `/metrics` (Prometheus text format, with prometheus-client).
+//!
+//! Counters are atomics; a label set's first use takes a write lock once,
+//! later uses a shared read lock.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::body::ProxyBody;
+
+/// How recently the apiserver must have answered for `/readyz` to pass.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The Kubernetes verb, as a metric label.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum Verb {
+    get,
+    list,
+    watch,
+    create,
+    update,
+    patch,
+    delete,
+    deletecollection,
+    other,
+}
+
+/// Whether kubegate let a request through.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum Decision {
+    allow,
+    forbid,
+}
+
+/// What an upgraded stream is.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum StreamKind {
+    exec,
+    attach,
+    portforward,
+    other,
+}
+
+/// Which way bytes went.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum Direction {
+    to_apiserver,
+    to_client,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: Verb,
+    code: u16,
+    decision: Decision,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabels {
+    verb: Verb,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    kind: StreamKind,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// Everything kubegate counts.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<VerbLabels, Histogram>,
+    streams: Family<StreamLabels, Gauge>,
+    bytes: Family<DirectionLabels, Counter>,
+    upstream_connections: Gauge<i64, AtomicI64>,
+    credential_refreshes: Family<OutcomeLabels, Gauge<i64, AtomicI64>>,
+    audit_written: Gauge<i64, AtomicI64>,
+    audit_lost: Gauge<i64, AtomicI64>,
+    /// When the apiserver last answered, in seconds since kubegate started.
+    last_answer: AtomicU64,
+    started: std::time::Instant,
+    shutting_down: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kubegate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by Kubernetes verb, status code and kubegate's decision",
+            requests.clone(),
+        );
+        let latency = Family::<VerbLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by verb",
+            latency.clone(),
+        );
+        let streams = Family::<StreamLabels, Gauge>::default();
+        registry.register(
+            "upgraded_streams_open",
+            "Open exec, attach and port-forward sessions",
+            streams.clone(),
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "relayed_bytes",
+            "Bytes relayed through upgraded sessions",
+            bytes.clone(),
+        );
+        let upstream_connections = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "upstream_connections",
+            "HTTP/2 connections (each a TLS handshake) opened to the apiserver",
+            upstream_connections.clone(),
+        );
+        let credential_refreshes = Family::<OutcomeLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "credential_refreshes",
+            "Token reloads and exec plugin runs, by outcome",
+            credential_refreshes.clone(),
+        );
+        let audit_written = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "audit_events_written",
+            "Audit events written to the log",
+            audit_written.clone(),
+        );
+        let audit_lost = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "audit_events_lost",
+            "Audit events lost to log write errors",
+            audit_lost.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            streams,
+            bytes,
+            upstream_connections,
+            credential_refreshes,
+            audit_written,
+            audit_lost,
+            last_answer: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished request head.
+    pub fn request(&self, verb: Verb, code: StatusCode, decision: Decision, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                verb,
+                code: code.as_u16(),
+                decision,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&VerbLabels { verb })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The apiserver answered: kubegate is ready.
+    pub fn apiserver_answered(&self) {
+        self.last_answer
+            .store(self.started.elapsed().as_secs().max(1), Ordering::Relaxed);
+    }
+
+    /// An upgraded session opened (`+1`) or closed (`-1`).
+    pub fn stream(&self, kind: StreamKind, delta: i64) {
+        self.streams
+            .get_or_create(&StreamLabels { kind })
+            .inc_by(delta);
+    }
+
+    /// Bytes a finished session moved.
+    pub fn relayed(&self, to_apiserver: u64, to_client: u64) {
+        self.bytes
+            .get_or_create(&DirectionLabels {
+                direction: Direction::to_apiserver,
+            })
+            .inc_by(to_apiserver);
+        self.bytes
+            .get_or_create(&DirectionLabels {
+                direction: Direction::to_client,
+            })
+            .inc_by(to_client);
+    }
+
+    /// Counters owned elsewhere, read at scrape time: audit events written
+    /// and lost, connections opened, credential refreshes and failures.
+    pub fn scrape(&self, written: u64, lost: u64, connections: u64, refreshed: u64, failed: u64) {
+        self.audit_written.set(written as i64);
+        self.audit_lost.set(lost as i64);
+        self.upstream_connections.set(connections as i64);
+        self.credential_refreshes
+            .get_or_create(&OutcomeLabels { outcome: "success" })
+            .set(refreshed as i64);
+        self.credential_refreshes
+            .get_or_create(&OutcomeLabels { outcome: "failure" })
+            .set(failed as i64);
+    }
+
+    /// Whether the apiserver answered within `window`.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        let last = self.last_answer.load(Ordering::Relaxed);
+        last != 0 && self.started.elapsed().as_secs().saturating_sub(last) <= window.as_secs()
+    }
+
+    /// `/readyz` fails from now on.
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err("shutting down");
+        }
+        if !self.answered_within(READY_WITHIN) {
+            return Err("the apiserver has not answered in the last minute");
+        }
+        Ok(())
+    }
+
+    fn encode(&self) -> String {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// The verb of a request, read cheaply (no allocation) for the metric label.
+pub fn verb(method: &Method, path: &str, query: Option<&str>, upgrade: bool) -> Verb {
+    if upgrade {
+        return Verb::create;
+    }
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let rest = match segments.next() {
+        Some("api") => segments.skip(1),
+        Some("apis") => segments.skip(2),
+        _ => {
+            return if method == Method::GET || method == Method::HEAD {
+                Verb::get
+            } else {
+                Verb::other
+            };
+        }
+    };
+    let parts: usize = rest.clone().count();
+    let namespaced = rest.clone().next() == Some("namespaces") && parts > 2;
+    let has_name = if namespaced { parts >= 4 } else { parts >= 2 };
+    let watch = path.contains("/watch/")
+        || query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    match *method {
+        Method::GET | Method::HEAD if watch => Verb::watch,
+        Method::GET | Method::HEAD if has_name || parts == 0 => Verb::get,
+        Method::GET | Method::HEAD => Verb::list,
+        Method::POST => Verb::create,
+        Method::PUT => Verb::update,
+        Method::PATCH => Verb::patch,
+        Method::DELETE if has_name => Verb::delete,
+        Method::DELETE => Verb::deletecollection,
+        _ => Verb::other,
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the
+/// process ends. `scrape` updates the counters owned elsewhere first.
+pub fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    scrape: impl Fn(&Metrics) + Send + Sync + 'static,
+) {
+    let audit = Arc::new(scrape);
+    tokio::spawn(async move {
+        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+            TokioExecutor::new(),
+        ));
+        while let Ok((stream, _)) = listener.accept().await {
+            let (metrics, audit, builder) = (metrics.clone(), audit.clone(), builder.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let (metrics, audit) = (metrics.clone(), audit.clone());
+                    async move { Ok::<_, Infallible>(answer(&metrics, &*audit, request.uri().path())) }
+                });
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+fn answer(metrics: &Metrics, scrape: &dyn Fn(&Metrics), path: &str) -> Response<ProxyBody> {
+    let (code, content_type, body) = match path {
+        "/healthz" | "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => match metrics.ready() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        "/metrics" => {
+            scrape(metrics);
+            (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics.encode(),
+            )
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: the admin port serves /healthz, /readyz and /metrics\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = code;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Binds the admin address.
+///
+/// # Errors
+///
+/// The bind error, for a start-up message.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_are_read_without_parsing_much() {
+        let v = |m: Method, p: &str, q: Option<&str>| verb(&m, p, q, false);
+        assert_eq!(
+            v(Method::GET, "/api/v1/namespaces/d/pods", None),
+            Verb::list
+        );
+        assert_eq!(
+            v(Method::GET, "/api/v1/namespaces/d/pods/p", None),
+            Verb::get
+        );
+        assert_eq!(
+            v(Method::GET, "/api/v1/namespaces/d/pods/p/log", None),
+            Verb::get
+        );
+        assert_eq!(v(Method::GET, "/api/v1/pods", Some("watch=1")), Verb::watch);
+        assert_eq!(
+            v(Method::GET, "/apis/apps/v1/deployments", None),
+            Verb::list
+        );
+        assert_eq!(
+            v(Method::DELETE, "/api/v1/namespaces/d/pods", None),
+            Verb::deletecollection
+        );
+        assert_eq!(
+            v(Method::DELETE, "/api/v1/namespaces/d/pods/p", None),
+            Verb::delete
+        );
+        assert_eq!(v(Method::GET, "/api/v1/namespaces/d", None), Verb::get);
+        assert_eq!(v(Method::GET, "/version", None), Verb::get);
+        assert_eq!(
+            verb(&Method::GET, "/api/v1/namespaces/d/pods/p/exec", None, true),
+            Verb::create
+        );
+    }
+
+    #[test]
+    fn metrics_render_as_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.request(
+            Verb::list,
+            StatusCode::OK,
+            Decision::allow,
+            Duration::from_millis(3),
+        );
+        metrics.stream(StreamKind::exec, 1);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "kubegate_requests_total{verb=\"list\",code=\"200\",decision=\"allow\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubegate_upgraded_streams_open{kind=\"exec\"} 1"),
+            "{text}"
+        );
+        assert!(metrics.ready().is_err());
+        metrics.apiserver_answered();
+        assert!(metrics.ready().is_ok());
+        metrics.shutting_down();
+        assert!(metrics.ready().is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Operations: the admin port (health, readiness, metrics parsed by the
+//! Prometheus client's own parser), refusing an unprotected network
+//! listener, credentials that rotate under a live watch, the deploy
+//! manifests against the Kubernetes schemas, and the release binary as a
+//! non-root user.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::Method;
+use kubegate::demo::Options;
+use support::*;
+
+async fn scrape(admin: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    let text = get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(text.status, 200);
+    let mut command = tokio::process::Command::new("python3");
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/parse_metrics.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("python3 runs");
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, &text.body)
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = within("parser", child.wait_with_output()).await.unwrap();
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused /metrics (pip install prometheus-client; scripts/test does): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.rsplit_once(' ')
+                .map(|(name, value)| (name.to_string(), value.parse().unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_move_with_traffic() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, &["--admin-address=127.0.0.1:0"]).await;
+    let admin = kubegate.admin.expect("the admin port is bound");
+    assert_eq!(get(&format!("http://{admin}/healthz")).await.status, 200);
+    // Readiness needs an answer from the apiserver; kubegate asks for one.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    within("ready", async {
+        while get(&format!("http://{admin}/readyz")).await.status != 200 {
+            tick.tick().await;
+        }
+    })
+    .await;
+    assert_eq!(get(&format!("http://{admin}/nothing")).await.status, 404);
+
+    let before = scrape(admin).await;
+    let list = r#"kubegate_requests_total{code="200",decision="allow",verb="list"}"#;
+    assert_eq!(before.get(list).copied().unwrap_or(0.0), 0.0);
+    for _ in 0..3 {
+        assert_eq!(
+            get(&kubegate.url("/api/v1/namespaces/default/pods"))
+                .await
+                .status,
+            200
+        );
+    }
+    let refused = get(&kubegate.url("/api/v1/namespaces/default/pods/a%2Fb")).await;
+    assert_eq!(refused.status, 400);
+    let after = scrape(admin).await;
+    assert_eq!(after[list], 3.0);
+    assert_eq!(
+        after[r#"kubegate_requests_total{code="400",decision="forbid",verb="get"}"#],
+        1.0
+    );
+    assert!(after[r#"kubegate_request_duration_seconds_count{verb="list"}"#] >= 3.0);
+    assert!(after["kubegate_upstream_connections{}"] >= 1.0);
+    assert!(after.contains_key(r#"kubegate_credential_refreshes{outcome="failure"}"#));
+}
+
+#[tokio::test]
+async fn an_unprotected_network_listener_is_refused_at_start() {
+    let double = Double::start().await;
+    // A TEST-NET address: refused before anything is bound.
+    let error = Kubegate::try_start(&double.kubeconfig, &["--address=192.0.2.10"])
+        .await
+        .err()
+        .unwrap();
+    let message = error.to_string();
+    assert!(
+        message.contains("reachable from other machines")
+            && message.contains("--access-token-file"),
+        "{message}"
+    );
+    assert!(
+        message.contains("--allow-unauthenticated-remote"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_service_account_token_is_used_while_a_watch_stays_open() {
+    let double = Double::with(Options::default(), Identity::Token).await;
+    let account = double.path("serviceaccount");
+    std::fs::create_dir(&account).unwrap();
+    std::fs::copy(double.path("ca.crt"), account.join("ca.crt")).unwrap();
+    std::fs::write(account.join("token"), "token-1").unwrap();
+    std::fs::write(account.join("namespace"), "default").unwrap();
+    // In-cluster: no kubeconfig, the service host and port, the account dir.
+    let args = kubegate::cli::Args::try_parse_from([
+        "kubegate",
+        "--port=0",
+        "--token-reload-interval=50ms",
+        "--service-account-dir",
+        account.to_str().unwrap(),
+    ])
+    .unwrap();
+    let port = double.server.address().port().to_string();
+    let env = kubegate::config::Env::from_pairs([
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+        ("KUBERNETES_SERVICE_PORT", port.as_str()),
+    ]);
+    let config = kubegate::config::Config::load(&args, &env).await.unwrap();
+    let proxy = std::sync::Arc::new(kubegate::Proxy::new(config).await.unwrap());
+    let listener = kubegate::listen::Listener::bind(&kubegate::config::Listen::Tcp(
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let kubegate::listen::Listener::Tcp(tcp) = &listener else {
+        unreachable!()
+    };
+    let base = format!("http://{}", tcp.local_addr().unwrap());
+    let serving = proxy.clone();
+    let task = tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+
+    assert_eq!(
+        get(&format!("{base}/echo")).await.json()["user"]["username"],
+        "token-user"
+    );
+    let rv = double.store().resource_version();
+    let watch = send(
+        Method::GET,
+        &format!("{base}/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    let mut events = Lines::new(watch);
+    // The kubelet rotates the token; the old one stops working.
+    std::fs::write(account.join("token"), "token-2").unwrap();
+    double.server.state().revoke_token("token-1");
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    within("the new token in use", async {
+        while get(&format!("{base}/echo")).await.json()["user"]["username"] != "rotated-user" {
+            tick.tick().await;
+        }
+    })
+    .await;
+    double
+        .store()
+        .create("default", pod("after-rotation"))
+        .unwrap();
+    let event = events.next().await.expect("the watch is still open");
+    assert!(event.contains("after-rotation"), "{event}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_deploy_manifests_validate_against_the_kubernetes_schemas() {
+    let validator = std::process::Command::new("sh")
+        .args(["-c", "command -v kubernetes-validate"])
+        .output()
+        .unwrap();
+    assert!(
+        validator.status.success(),
+        "kubernetes-validate is missing; pip install kubernetes-validate (scripts/test does)"
+    );
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/sidecar.yaml");
+    let output = tokio::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.31.0"])
+        .arg(&manifest)
+        .output();
+    let output = within("kubernetes-validate", output).await.unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{printed}");
+    assert_eq!(
+        printed.matches("INFO").count(),
+        4,
+        "four documents validated: {printed}"
+    );
+}
+
+#[tokio::test]
+async fn the_release_binary_runs_as_a_non_root_user() {
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/kubegate");
+    assert!(
+        binary.exists(),
+        "{} is missing; cargo build --release --locked (scripts/test does)",
+        binary.display()
+    );
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile"))
+            .unwrap();
+    assert!(
+        dockerfile.contains("cargo build --release --locked --bin kubegate"),
+        "the Dockerfile builds as scripts/test does"
+    );
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    // As the distroless image's user 65532, in a demo of its own.
+    let mut command = tokio::process::Command::new("setpriv");
+    command
+        .args(["--reuid=65532", "--regid=65532", "--clear-groups"])
+        .arg(&binary)
+        .args(["demo", "-p", "0"])
+        .env("HOME", home.path())
+        .env("TMPDIR", home.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("setpriv (util-linux) runs");
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let address = within("start-up line", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(address) = line.strip_prefix("Starting to serve on ") {
+                return address.to_string();
+            }
+        }
+        panic!("kubegate did not start as user 65532");
+    })
+    .await;
+    let uid = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+    assert!(
+        uid.lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65532")),
+        "{uid}"
+    );
+    let pods = get(&format!("http://{address}/api/v1/namespaces/default/pods")).await;
+    assert_eq!(pods.json()["kind"], "PodList");
+}
