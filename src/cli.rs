@@ -223,7 +223,8 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_name = "DURATION", global = true)]
     pub connect_timeout: String,
 
-    /// kubegate: how often a token file is checked for a new token.
+    /// kubegate: how often credential files (a token file, client
+    /// certificate and key files, --tls-cert-file) are checked for changes.
     #[arg(long, default_value = "10s", value_name = "DURATION", global = true)]
     pub token_reload_interval: String,
 

@@ -135,6 +135,9 @@ pub struct ClientIdentity {
     pub key: PrivateKeyDer<'static>,
     /// Where it came from, for messages.
     pub origin: String,
+    /// The certificate and key files, when it came from files (then it is
+    /// re-read when they change).
+    pub files: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for ClientIdentity {
@@ -716,7 +719,17 @@ fn client_identity(auth: &AuthInfo, user: &str) -> Result<Option<ClientIdentity>
         }
         (Some(cert), Some(key)) => (cert, key),
     };
-    let identity = parse_identity(&cert.0, &cert.1, &key.0, &key.1)?;
+    let mut identity = parse_identity(&cert.0, &cert.1, &key.0, &key.1)?;
+    let no_data = |data: &Option<String>| data.as_deref().is_none_or(str::is_empty);
+    if no_data(&auth.client_certificate_data)
+        && auth
+            .client_key_data
+            .as_ref()
+            .is_none_or(|k| k.expose_secret().is_empty())
+        && let (Some(cert), Some(key)) = (&auth.client_certificate, &auth.client_key)
+    {
+        identity.files = Some((PathBuf::from(cert), PathBuf::from(key)));
+    }
     Ok(Some(identity))
 }
 
@@ -754,6 +767,7 @@ pub fn parse_identity(
         chain,
         key,
         origin: format!("{cert_origin} and {key_origin}"),
+        files: None,
     })
 }
 

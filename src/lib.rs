@@ -52,6 +52,7 @@ pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod cors;

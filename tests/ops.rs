@@ -257,3 +257,60 @@ async fn the_release_binary_runs_as_a_non_root_user() {
     let pods = get(&format!("http://{address}/api/v1/namespaces/default/pods")).await;
     assert_eq!(pods.json()["kind"], "PodList");
 }
+
+#[tokio::test]
+async fn rotated_client_certificate_files_are_presented_on_the_next_connection() {
+    let double = Double::start().await;
+    let kubegate = Kubegate::start(&double, &["--token-reload-interval=20ms"]).await;
+    assert_eq!(
+        get(&kubegate.url("/echo")).await.json()["user"]["username"],
+        "alice"
+    );
+    let rv = double.store().resource_version();
+    let watch = send(
+        Method::GET,
+        &kubegate.url(&format!(
+            "/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}"
+        )),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    let mut events = Lines::new(watch);
+    // The files are replaced (as a secret update or cert-manager would).
+    double
+        .pki
+        .client("bob", &["ops"])
+        .write(double.dir.path(), "alice")
+        .unwrap();
+    // An upgrade always opens a new connection; /echo answers it with 200
+    // and the identity it saw.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    within("the new certificate presented", async {
+        loop {
+            let echo = call(
+                Method::GET,
+                &kubegate.url("/echo"),
+                &[("connection", "upgrade"), ("upgrade", "websocket")],
+                Bytes::new(),
+            )
+            .await;
+            if echo.json()["user"]["username"] == "bob" {
+                break;
+            }
+            tick.tick().await;
+        }
+    })
+    .await;
+    double
+        .store()
+        .create("default", pod("after-rotation"))
+        .unwrap();
+    assert!(
+        events
+            .next()
+            .await
+            .expect("the watch is still open")
+            .contains("after-rotation")
+    );
+}

@@ -12,6 +12,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::certs::FilePair;
 use crate::config::{ClientIdentity, StartupError, UpstreamSettings};
 
 /// The one crypto provider kubegate uses, everywhere.
@@ -29,6 +30,18 @@ pub fn client_config(
     settings: &UpstreamSettings,
     identity: Option<&ClientIdentity>,
 ) -> Result<Arc<ClientConfig>, StartupError> {
+    // Certificate files are watched, so that a rotated pair is presented
+    // on the next connection (with a fresh session cache, since a resumed
+    // session presents no certificate).
+    if let Some(identity) = identity
+        && let Some((cert, key)) = &identity.files
+    {
+        let pair = FilePair::watch(cert, key, settings.token_reload_interval, &provider())?;
+        let mut config = build(settings, None)?;
+        config.client_auth_cert_resolver = pair.clone();
+        config.resumption = Resumption::store(pair);
+        return Ok(Arc::new(config));
+    }
     let mut config = build(settings, identity)?;
     config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(256)));
     Ok(Arc::new(config))

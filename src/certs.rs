@@ -1,0 +1,204 @@
+//! A certificate and key read from files and read again when they change
+//! (cert-manager, the kubelet's certificate rotation, a renewed secret):
+//! the client certificate kubegate presents upstream and the one it serves
+//! with `--tls-cert-file`. Connections already open keep theirs; the next
+//! handshake gets the new pair. Reading the current pair is lock-free.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{SignatureScheme, client::ClientSessionMemoryCache};
+
+use crate::config::{StartupError, io_reason};
+
+/// A certificate and key from two files, kept current.
+#[derive(Debug)]
+pub struct FilePair {
+    current: ArcSwap<CertifiedKey>,
+    /// Cleared when the pair changes, so no session resumes with the old
+    /// certificate (a resumed TLS session presents none).
+    sessions: ArcSwap<ClientSessionMemoryCache>,
+}
+
+impl FilePair {
+    /// Reads the pair now, and starts watching both files every `interval`.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartupError`] naming the file that cannot be used.
+    pub fn watch(
+        cert: &Path,
+        key: &Path,
+        interval: Duration,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Arc<FilePair>, StartupError> {
+        let pair = Arc::new(FilePair {
+            current: ArcSwap::from_pointee(load(cert, key, provider)?),
+            sessions: ArcSwap::from_pointee(ClientSessionMemoryCache::new(256)),
+        });
+        let (watched, provider, cert, key) = (
+            Arc::downgrade(&pair),
+            provider.clone(),
+            cert.to_path_buf(),
+            key.to_path_buf(),
+        );
+        tokio::spawn(async move {
+            let mut seen = modified(&cert, &key);
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(pair) = watched.upgrade() else {
+                    return;
+                };
+                let now = modified(&cert, &key);
+                if now == seen {
+                    continue;
+                }
+                match load(&cert, &key, &provider) {
+                    Ok(fresh) => {
+                        pair.current.store(Arc::new(fresh));
+                        pair.sessions
+                            .store(Arc::new(ClientSessionMemoryCache::new(256)));
+                        seen = now;
+                        tracing::info!(cert = %cert.display(), "certificate files changed; new connections use the new pair");
+                    }
+                    // Half-written files: keep the old pair, try again.
+                    Err(error) => tracing::warn!(%error, "keeping the previous certificate"),
+                }
+            }
+        });
+        Ok(pair)
+    }
+
+    /// The current pair.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// The session cache for connections using this pair.
+    pub fn sessions(&self) -> Arc<ClientSessionMemoryCache> {
+        self.sessions.load_full()
+    }
+}
+
+fn modified(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
+    let time = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    (time(cert), time(key))
+}
+
+fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, StartupError> {
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|e| StartupError::File {
+            what,
+            path: path.display().to_string(),
+            message: io_reason(&e),
+        })
+    };
+    let fail = |what: &'static str, path: &PathBuf, message: String| StartupError::File {
+        what,
+        path: path.display().to_string(),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read("certificate", cert)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                fail(
+                    "certificate",
+                    &cert.to_path_buf(),
+                    format!("is not PEM ({e})"),
+                )
+            })?;
+    if chain.is_empty() {
+        return Err(fail(
+            "certificate",
+            &cert.to_path_buf(),
+            "holds no PEM certificate".into(),
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_slice(&read("key", key)?)
+        .map_err(|_| fail("key", &key.to_path_buf(), "holds no PEM private key".into()))?;
+    CertifiedKey::from_der(chain, private, provider).map_err(|e| {
+        let reason = match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "does not belong to the certificate {}; give the matching pair",
+                cert.display()
+            ),
+            other => format!("cannot be used with {} ({other})", cert.display()),
+        };
+        fail("key", &key.to_path_buf(), reason)
+    })
+}
+
+impl ResolvesClientCert for FilePair {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl ResolvesServerCert for FilePair {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// TLS sessions to the apiserver, forgotten whenever the client
+/// certificate changes.
+impl rustls::client::ClientSessionStore for FilePair {
+    fn set_kx_hint(
+        &self,
+        server: rustls::pki_types::ServerName<'static>,
+        group: rustls::NamedGroup,
+    ) {
+        self.sessions().set_kx_hint(server, group);
+    }
+
+    fn kx_hint(&self, server: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.sessions().kx_hint(server)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.sessions().set_tls12_session(server, value);
+    }
+
+    fn tls12_session(
+        &self,
+        server: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.sessions().tls12_session(server)
+    }
+
+    fn remove_tls12_session(&self, server: &rustls::pki_types::ServerName<'static>) {
+        self.sessions().remove_tls12_session(server);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.sessions().insert_tls13_ticket(server, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.sessions().take_tls13_ticket(server)
+    }
+}
