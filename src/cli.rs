@@ -204,6 +204,20 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
 
+    /// kubegate: serve HTTPS with this certificate (PEM, chain first);
+    /// re-read when it changes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls_private_key_file",
+        global = true
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// kubegate: the private key for --tls-cert-file (PEM).
+    #[arg(long, value_name = "PATH", requires = "tls_cert_file", global = true)]
+    pub tls_private_key_file: Option<PathBuf>,
+
     /// kubegate: listen on a non-loopback --address without an access token,
     /// letting anyone who can reach the port act with kubegate's identity.
     #[arg(long, global = true)]

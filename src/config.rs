@@ -45,6 +45,10 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// `--admin-address`.
     pub admin: Option<SocketAddr>,
+    /// `--tls-cert-file` and `--tls-private-key-file`.
+    pub serve_tls: Option<(PathBuf, PathBuf)>,
+    /// `--token-reload-interval`, for the serving certificate too.
+    pub reload_interval: Duration,
 }
 
 /// What to audit and where to send it.
@@ -281,15 +285,20 @@ impl Config {
             accept: PatternList::parse("accept-origins", &args.accept_origins)?,
         };
         let (access_token, generated_access_token) = access_token(args)?;
+        let serve_tls = args
+            .tls_cert_file
+            .clone()
+            .zip(args.tls_private_key_file.clone());
         if let Listen::Tcp(address) = &listen
             && !address.ip().is_loopback()
             && access_token.is_none()
+            && serve_tls.is_none()
             && !args.allow_unauthenticated_remote
         {
             return Err(StartupError::Flag {
                 flag: "address",
                 message: format!(
-                    "{} is reachable from other machines, and without an access token anyone who can reach it acts with kubegate's credentials; add --access-token-file or --generate-access-token, or pass --allow-unauthenticated-remote if that is really meant",
+                    "{} is reachable from other machines, and without TLS or an access token anyone who can reach it acts with kubegate's credentials; add --access-token-file (or --generate-access-token) and --tls-cert-file, or pass --allow-unauthenticated-remote if that is really meant",
                     address.ip()
                 ),
             });
@@ -315,6 +324,8 @@ impl Config {
             shutdown_grace: positive_duration("shutdown-grace", &args.shutdown_grace)?,
             audit: audit(args, timing).await?,
             admin,
+            serve_tls,
+            reload_interval: timing.token_reload_interval,
         })
     }
 }

@@ -80,6 +80,8 @@ use upstream::Upstream;
 /// A configured proxy, ready to serve.
 pub struct Proxy {
     shared: Arc<Shared>,
+    /// `--tls-cert-file`: TLS for every accepted TCP connection.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     grace: std::time::Duration,
     keepalive: Option<std::time::Duration>,
     admin: Option<std::net::SocketAddr>,
@@ -99,6 +101,10 @@ impl Proxy {
             );
         }
         let keepalive = config.upstream.keepalive;
+        let tls = match &config.serve_tls {
+            Some((cert, key)) => Some(serve_tls(cert, key, config.reload_interval)?),
+            None => None,
+        };
         let fallback_user = config
             .upstream
             .client_identity
@@ -113,6 +119,7 @@ impl Proxy {
             None => None,
         };
         Ok(Proxy {
+            tls,
             shared: Arc::new(Shared {
                 routes: config.routes,
                 policy: config.policy,
@@ -180,15 +187,37 @@ impl Proxy {
     /// Serves `listener` until `shutdown` resolves, then drains connections
     /// for up to `--shutdown-grace`.
     pub async fn serve(&self, listener: Listener, shutdown: impl Future<Output = ()>) {
+        let connections = serve::Connections {
+            keepalive: self.keepalive,
+            tls: self.tls.clone(),
+        };
         serve::serve(
             listener,
             self.shared.clone(),
             shutdown,
             self.grace,
-            self.keepalive,
+            connections,
         )
         .await;
     }
+}
+
+/// The TLS acceptor for `--tls-cert-file`: HTTP/2 and HTTP/1.1 by ALPN,
+/// the certificate re-read when its files change.
+fn serve_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    interval: std::time::Duration,
+) -> Result<tokio_rustls::TlsAcceptor, StartupError> {
+    let provider = upstream::tls::provider();
+    let pair = certs::FilePair::watch(cert, key, interval, &provider)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartupError::Credential(format!("TLS setup failed: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(pair);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Asks the apiserver for `/version` whenever nothing else has reached it

@@ -18,19 +18,31 @@ use crate::audit::Peer;
 use crate::forward::ClientOrigin;
 use crate::listen::{Accepted, Listener};
 use crate::proxy::{ProxyService, Shared};
+use tokio_rustls::TlsAcceptor;
 
 /// How long to pause accepting after an accept error such as EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How accepted TCP connections are set up.
+pub struct Connections {
+    /// TCP keep-alive, so that a quiet exec session an hour long still
+    /// notices a vanished peer.
+    pub keepalive: Option<Duration>,
+    /// `--tls-cert-file`: a TLS handshake first (in the connection's task).
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts and serves connections until `shutdown` resolves, then drains
-/// them for up to `grace`. Accepted TCP connections get `keepalive`, so a
-/// quiet exec session an hour long still notices a vanished peer.
+/// them for up to `grace`.
 pub async fn serve(
     listener: Listener,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    keepalive: Option<Duration>,
+    connections: Connections,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -48,14 +60,18 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
-                    if let Some(period) = keepalive {
+                    if let Some(period) = connections.keepalive {
                         let probe = socket2::TcpKeepalive::new().with_time(period).with_interval(period);
                         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probe) {
                             tracing::debug!(%error, "cannot set TCP keep-alive");
                         }
                     }
-                    let service = ProxyService::new(shared.clone(), tcp_origin(peer));
-                    spawn_connection(&builder, &graceful, stream, service);
+                    let tls = connections.tls.is_some();
+                    let service = ProxyService::new(shared.clone(), tcp_origin(peer, tls));
+                    match &connections.tls {
+                        Some(acceptor) => spawn_tls_connection(&builder, &graceful, acceptor.clone(), stream, service),
+                        None => spawn_connection(&builder, &graceful, stream, service),
+                    }
                 }
                 Ok(Accepted::Unix(stream)) => {
                     let description = match stream.peer_cred() {
@@ -99,16 +115,40 @@ pub async fn serve(
     }
 }
 
-fn tcp_origin(peer: SocketAddr) -> ClientOrigin {
+fn tcp_origin(peer: SocketAddr, tls: bool) -> ClientOrigin {
     let ip = peer.ip().to_string();
     ClientOrigin {
         forwarded_for: HeaderValue::try_from(ip.as_str()).ok(),
-        proto: HeaderValue::from_static("http"),
+        proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         peer: Peer {
             ip: Some(ip),
             description: format!("tcp {peer}"),
         },
     }
+}
+
+/// Like [`spawn_connection`], after a TLS handshake done in the
+/// connection's own task (a slow client never holds up the accept loop).
+fn spawn_tls_connection(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    service: ProxyService,
+) {
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => return tracing::debug!(%error, "client TLS handshake failed"),
+            Err(_) => return tracing::debug!("client TLS handshake timed out"),
+        };
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::debug!(%error, "client connection ended with an error");
+        }
+    });
 }
 
 fn spawn_connection<I>(

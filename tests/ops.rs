@@ -314,3 +314,80 @@ async fn rotated_client_certificate_files_are_presented_on_the_next_connection()
             .contains("after-rotation")
     );
 }
+
+#[tokio::test]
+async fn kubegate_serves_https_with_its_certificate_files() {
+    let double = Double::start().await;
+    let (cert, key) = double
+        .pki
+        .server()
+        .write(double.dir.path(), "serving")
+        .unwrap();
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-private-key-file",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}/echo", kubegate.address.port());
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--cacert",
+            double.path("ca.crt").to_str().unwrap(),
+            &url,
+        ])
+        .output();
+    let output = within("curl", output).await.expect("curl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let echo: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(echo["user"]["username"], "alice");
+    // Plain HTTP to the TLS port gets nowhere.
+    let plain = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{}/api", kubegate.address.port()),
+        ])
+        .output();
+    assert!(!within("curl", plain).await.unwrap().status.success());
+}
+
+#[tokio::test]
+async fn tls_makes_a_network_address_acceptable() {
+    let double = Double::start().await;
+    let (cert, key) = double
+        .pki
+        .server()
+        .write(double.dir.path(), "serving")
+        .unwrap();
+    // Refused without TLS (see above); with it, only binding can fail.
+    let error = Kubegate::try_start(
+        &double.kubeconfig,
+        &[
+            "--address=192.0.2.10",
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-private-key-file",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        error.to_string().contains("cannot listen on 192.0.2.10"),
+        "{error}"
+    );
+}
