@@ -108,6 +108,7 @@ pub struct Metrics {
     credential_refreshes: Family<OutcomeLabels, Gauge<i64, AtomicI64>>,
     audit_written: Gauge<i64, AtomicI64>,
     audit_lost: Gauge<i64, AtomicI64>,
+    audit_waiting: Gauge<i64, AtomicI64>,
     /// When the apiserver last answered, in seconds since kubegate started.
     last_answer: AtomicU64,
     started: std::time::Instant,
@@ -146,7 +147,7 @@ impl Default for Metrics {
         let upstream_connections = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "upstream_connections",
-            "HTTP/2 connections (each a TLS handshake) opened to the apiserver",
+            "Connections (each a TLS handshake to a TLS apiserver) opened to the apiserver",
             upstream_connections.clone(),
         );
         let credential_refreshes = Family::<OutcomeLabels, Gauge<i64, AtomicI64>>::default();
@@ -167,6 +168,12 @@ impl Default for Metrics {
             "Audit events lost to log write errors",
             audit_lost.clone(),
         );
+        let audit_waiting = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "audit_events_waiting",
+            "Audit events queued for the log writer",
+            audit_waiting.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -177,6 +184,7 @@ impl Default for Metrics {
             credential_refreshes,
             audit_written,
             audit_lost,
+            audit_waiting,
             last_answer: AtomicU64::new(0),
             started: std::time::Instant::now(),
             shutting_down: AtomicBool::new(false),
@@ -226,11 +234,21 @@ impl Metrics {
             .inc_by(to_client);
     }
 
-    /// Counters owned elsewhere, read at scrape time: audit events written
-    /// and lost, connections opened, credential refreshes and failures.
-    pub fn scrape(&self, written: u64, lost: u64, connections: u64, refreshed: u64, failed: u64) {
+    /// Counters owned elsewhere, read at scrape time: audit events written,
+    /// lost and waiting, connections opened, credential refreshes and
+    /// failures.
+    pub fn scrape(
+        &self,
+        written: u64,
+        lost: u64,
+        waiting: u64,
+        connections: u64,
+        refreshed: u64,
+        failed: u64,
+    ) {
         self.audit_written.set(written as i64);
         self.audit_lost.set(lost as i64);
+        self.audit_waiting.set(waiting as i64);
         self.upstream_connections.set(connections as i64);
         self.credential_refreshes
             .get_or_create(&OutcomeLabels { outcome: "success" })

@@ -172,13 +172,9 @@ impl Proxy {
                 .as_ref()
                 .map_or((0, 0), |a| (a.written(), a.lost()));
             let (refreshed, failed) = shared.upstream.credential_refreshes();
-            metrics.scrape(
-                written,
-                lost,
-                shared.upstream.h2_connections_opened() as u64,
-                refreshed,
-                failed,
-            );
+            let waiting = shared.audit.as_ref().map_or(0, |a| a.waiting());
+            let connections = shared.upstream.connections_opened();
+            metrics.scrape(written, lost, waiting, connections, refreshed, failed);
         });
         tokio::spawn(keep_ready(self.shared.clone()));
         Ok(bound)

@@ -687,3 +687,38 @@ async fn an_open_exec_session_is_closed_after_the_grace_period() {
         }
     }
 }
+
+#[tokio::test]
+async fn sigterm_under_load_resets_no_request_in_flight() {
+    let double = Double::start().await;
+    let running = start(
+        double.dir.path(),
+        &[
+            "--kubeconfig",
+            double.kubeconfig.to_str().unwrap(),
+            "-p",
+            "0",
+        ],
+    )
+    .await;
+    let requests = &double.server.state().stats.requests;
+    let before = requests.load(std::sync::atomic::Ordering::Acquire);
+    let in_flight: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(get_owned(running.url("/faults/slow?ms=400"))))
+        .collect();
+    within("16 requests in flight", async {
+        while requests.load(std::sync::atomic::Ordering::Acquire) < before + 16 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    running.signal("TERM");
+    for request in in_flight {
+        assert_eq!(
+            within("request", request).await.unwrap().status,
+            200,
+            "an in-flight request was cut"
+        );
+    }
+    assert_eq!(running.exit_code().await, 0);
+}

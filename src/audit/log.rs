@@ -77,6 +77,13 @@ impl LogBackend {
         })
     }
 
+    /// Lines queued and not yet written.
+    pub fn waiting(&self) -> u64 {
+        self.sender.load().as_ref().map_or(0, |sender| {
+            (sender.max_capacity() - sender.capacity()) as u64
+        })
+    }
+
     /// Queues a line, waiting while the queue is full.
     pub async fn send(&self, line: Vec<u8>) {
         let sender = self.sender.load_full();

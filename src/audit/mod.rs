@@ -107,6 +107,11 @@ impl Audit {
                 .is_some_and(|log| log.health.failing.load(Ordering::Acquire))
     }
 
+    /// Lines queued for the log writer now.
+    pub fn waiting(&self) -> u64 {
+        self.log.as_ref().map_or(0, log::LogBackend::waiting)
+    }
+
     /// Lines lost to log write errors.
     pub fn lost(&self) -> u64 {
         self.log

@@ -28,16 +28,21 @@ pub type UpstreamIo = MaybeHttpsStream<TokioIo<TcpStream>>;
 pub struct Connector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
+    /// Connections opened (each a TLS handshake to a TLS apiserver),
+    /// shared by every clone, for `/metrics`.
+    opened: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Connector {
-    /// A connector using `tls`, offering HTTP/2 in ALPN when `offer_h2`.
+    /// A connector using `tls`, offering HTTP/2 in ALPN when `offer_h2`,
+    /// counting the connections it opens in `opened`.
     pub fn new(
         tls: &ClientConfig,
         offer_h2: bool,
         server_name: Option<ServerName<'static>>,
         keepalive: Option<Duration>,
         timeout: Duration,
+        opened: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -55,7 +60,11 @@ impl Connector {
             true => builder.enable_all_versions().wrap_connector(http),
             false => builder.enable_http1().wrap_connector(http),
         };
-        Connector { inner, timeout }
+        Connector {
+            inner,
+            timeout,
+            opened,
+        }
     }
 
     /// Opens one connection to `uri`'s host.
@@ -67,13 +76,24 @@ impl Connector {
     pub async fn connect(&self, uri: &Uri) -> Result<UpstreamIo, ProxyError> {
         let mut inner = self.inner.clone();
         match tokio::time::timeout(self.timeout, inner.call(uri.clone())).await {
-            Ok(Ok(io)) => Ok(io),
+            Ok(Ok(io)) => {
+                self.opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(io)
+            }
             Ok(Err(error)) => Err(classify(uri, error.as_ref())),
             Err(_) => Err(ProxyError::ConnectTimeout {
                 server: authority(uri),
                 seconds: self.timeout.as_secs(),
             }),
         }
+    }
+}
+
+impl Connector {
+    /// Connections this connector (and its clones) opened.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

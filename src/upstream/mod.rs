@@ -12,7 +12,8 @@ pub mod credentials;
 pub mod pool;
 pub mod tls;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -47,6 +48,8 @@ pub struct Upstream {
     http1: Client<Connector, UpstreamBody>,
     /// Opens HTTP/1.1-only connections for upgrades.
     upgrade_connector: Connector,
+    /// Every connection opened to the apiserver, whatever for.
+    connections_opened: Arc<AtomicU64>,
     credentials: Credentials,
     impersonate: Vec<(HeaderName, HeaderValue)>,
 }
@@ -75,6 +78,7 @@ impl Upstream {
             })?),
             None => None,
         };
+        let opened = Arc::new(AtomicU64::new(0));
         let connector = |offer_h2| {
             Connector::new(
                 &tls,
@@ -82,6 +86,7 @@ impl Upstream {
                 server_name.clone(),
                 settings.keepalive,
                 settings.connect_timeout,
+                opened.clone(),
             )
         };
         let scheme = settings.server.scheme().cloned().unwrap_or(Scheme::HTTPS);
@@ -107,6 +112,7 @@ impl Upstream {
             http1_only: AtomicBool::new(false),
             http1,
             upgrade_connector: connector(false),
+            connections_opened: opened.clone(),
             credentials,
             impersonate: settings.impersonate,
         })
@@ -221,6 +227,12 @@ impl Upstream {
             refreshes.succeeded.load(Relaxed),
             refreshes.failed.load(Relaxed),
         )
+    }
+
+    /// How many connections (TCP, and TLS handshakes to a TLS apiserver)
+    /// have been opened to the apiserver: pooled, HTTP/1.1 and upgrades.
+    pub fn connections_opened(&self) -> u64 {
+        self.connections_opened.load(Ordering::Relaxed)
     }
 
     /// How many HTTP/2 connections have been opened to the apiserver.
