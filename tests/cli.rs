@@ -210,54 +210,43 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
     let double = Double::start().await;
     let home = double.dir.path();
     let kubeconfig = double.kubeconfig.to_str().unwrap();
-    refuses_to_start(
-        home,
-        &[],
-        &["no kubeconfig found", "--kubeconfig", "kubegate demo"],
-    )
-    .await;
-    refuses_to_start(
-        home,
-        &["--kubeconfig", "/nonexistent/config"],
-        &["/nonexistent/config", "no such file"],
-    )
-    .await;
-    refuses_to_start(
-        home,
-        &["--kubeconfig", kubeconfig, "--context", "prod"],
-        &["\"prod\"", "get-contexts"],
-    )
-    .await;
-    refuses_to_start(
-        home,
-        &["--kubeconfig", kubeconfig, "--user", "mallory"],
-        &["\"mallory\"", "get-users"],
-    )
-    .await;
-    refuses_to_start(
-        home,
-        &["--kubeconfig", kubeconfig, "--reject-paths", "^/ok,(bad"],
-        &["--reject-paths", "(bad"],
-    )
-    .await;
-    refuses_to_start(
-        home,
-        &["--kubeconfig", kubeconfig, "--address", "localhost"],
-        &["--address", "IP address"],
-    )
-    .await;
-    refuses_to_start(
-        home,
-        &["--kubeconfig", kubeconfig, "--keepalive", "soon"],
-        &["--keepalive", "10s"],
-    )
-    .await;
-    refuses_to_start(
-        home,
-        &["--kubeconfig", kubeconfig, "-u", "/tmp/x.sock", "-p", "9"],
-        &["--unix-socket", "--port"],
-    )
-    .await;
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &[],
+            &["no kubeconfig found", "--kubeconfig", "kubegate demo"],
+        ),
+        (
+            &["--kubeconfig", "/nonexistent/config"],
+            &["/nonexistent/config", "no such file"],
+        ),
+        (
+            &["--kubeconfig", kubeconfig, "--context", "prod"],
+            &["\"prod\"", "get-contexts"],
+        ),
+        (
+            &["--kubeconfig", kubeconfig, "--user", "mallory"],
+            &["\"mallory\"", "get-users"],
+        ),
+        (
+            &["--kubeconfig", kubeconfig, "--reject-paths", "^/ok,(bad"],
+            &["--reject-paths", "(bad"],
+        ),
+        (
+            &["--kubeconfig", kubeconfig, "--address", "localhost"],
+            &["--address", "IP address"],
+        ),
+        (
+            &["--kubeconfig", kubeconfig, "--keepalive", "soon"],
+            &["--keepalive", "10s"],
+        ),
+        (
+            &["--kubeconfig", kubeconfig, "-u", "/tmp/x.sock", "-p", "9"],
+            &["--unix-socket", "--port"],
+        ),
+    ];
+    for (args, words) in cases {
+        refuses_to_start(home, args, words).await;
+    }
 
     let ca = double.path("ca.crt");
     let write = |name: &str, user: &str, ca_line: &str| {
@@ -483,7 +472,6 @@ async fn get_owned(url: String) -> Answer {
 
 #[tokio::test]
 async fn a_gibibyte_each_way_streams_in_constant_memory() {
-    use http_body_util::BodyExt;
     let double = Double::start().await;
     let running = start(
         double.dir.path(),
@@ -496,33 +484,14 @@ async fn a_gibibyte_each_way_streams_in_constant_memory() {
     )
     .await;
     const GIB: u64 = 1 << 30;
-    let download = send(
-        http::Method::GET,
-        &running.url(&format!("/bytes?size={GIB}")),
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await;
-    let mut body = download.into_body();
-    let mut received = 0u64;
-    while let Some(frame) = within("download", body.frame()).await {
-        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
-    }
-    assert_eq!(received, GIB);
-
-    let chunk = bytes::Bytes::from(vec![1u8; 1 << 20]);
-    let frames = futures_util::stream::iter(
-        (0..1024).map(move |_| Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone()))),
+    assert_eq!(
+        download_length(&running.url(&format!("/bytes?size={GIB}"))).await,
+        GIB
     );
-    let request = http::Request::post(running.url("/echo"))
-        .body(http_body_util::StreamBody::new(frames))
-        .unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let response = within("upload", client.request(request)).await.unwrap();
-    let echo: serde_json::Value =
-        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(echo["bodyBytes"], GIB);
+    assert_eq!(
+        upload_mib(&running.url("/echo"), 1024).await["bodyBytes"],
+        GIB
+    );
 
     let peak = running.peak_rss_kib();
     assert!(

@@ -264,34 +264,14 @@ async fn a_large_body_streams_both_ways() {
     let double = Double::start().await;
     let kubegate = Kubegate::start(&double, &[]).await;
     const SIZE: u64 = 256 << 20;
-    let download = send(
-        Method::GET,
-        &kubegate.url(&format!("/bytes?size={SIZE}")),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    let mut body = download.into_body();
-    let mut received = 0u64;
-    while let Some(frame) = within("download", body.frame()).await {
-        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
-    }
-    assert_eq!(received, SIZE);
-
-    let chunk = Bytes::from(vec![7u8; 1 << 20]);
-    let stream = futures_util::stream::iter(
-        (0..256).map(move |_| Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone()))),
+    assert_eq!(
+        download_length(&kubegate.url(&format!("/bytes?size={SIZE}"))).await,
+        SIZE
     );
-    let upload = http_body_util::StreamBody::new(stream);
-    let request = http::Request::post(kubegate.url("/echo"))
-        .body(upload)
-        .unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let response = within("upload", client.request(request)).await.unwrap();
-    let echo: serde_json::Value =
-        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(echo["bodyBytes"], SIZE);
+    assert_eq!(
+        upload_mib(&kubegate.url("/echo"), 256).await["bodyBytes"],
+        SIZE
+    );
 }
 
 #[tokio::test]

@@ -429,3 +429,37 @@ impl Drop for Site {
         self.task.abort();
     }
 }
+
+/// Downloads `url` to the end, counting the bytes, never holding them.
+pub async fn download_length(url: &str) -> u64 {
+    let mut body = send(Method::GET, url, &[], Bytes::new()).await.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = within("download", body.frame()).await {
+        received += frame
+            .expect("the body streams")
+            .data_ref()
+            .map_or(0, |d| d.len() as u64);
+    }
+    received
+}
+
+/// Uploads `mib` mebibytes to `url` in 1 MiB frames (never all in memory)
+/// and returns the JSON answer (the double's `/echo` counts them).
+pub async fn upload_mib(url: &str, mib: usize) -> Value {
+    let chunk = Bytes::from(vec![7u8; 1 << 20]);
+    let frames = futures_util::stream::iter(
+        (0..mib).map(move |_| Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone()))),
+    );
+    let request = Request::post(url)
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = within("upload", client.request(request))
+        .await
+        .expect("upload sent");
+    let body = within("answer", response.into_body().collect())
+        .await
+        .expect("answer")
+        .to_bytes();
+    serde_json::from_slice(&body).expect("a JSON answer")
+}
