@@ -37,7 +37,12 @@ struct Running {
 }
 
 async fn start(home: &Path, args: &[&str]) -> Running {
-    let mut child = kubegate(home, args).spawn().expect("kubegate runs");
+    run(kubegate(home, args)).await
+}
+
+/// Spawns a prepared command and waits for its start-up line.
+async fn run(mut command: Command) -> Running {
+    let mut child = command.spawn().expect("kubegate runs");
     let mut stderr_pipe = child.stderr.take().unwrap();
     let stderr = tokio::spawn(async move {
         let mut text = String::new();
@@ -158,15 +163,9 @@ async fn kubeconfig_is_found_through_the_kubeconfig_variable_with_several_files(
     );
     let mut command = kubegate(double.dir.path(), &["-p", "0"]);
     command.env("KUBECONFIG", list);
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = within("start-up line", lines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-    let address = line.strip_prefix("Starting to serve on ").unwrap();
+    let running = run(command).await;
     assert_eq!(
-        get(&format!("http://{address}/echo")).await.json()["user"]["username"],
+        get(&running.url("/echo")).await.json()["user"]["username"],
         "alice"
     );
 }
@@ -192,15 +191,9 @@ async fn in_cluster_credentials_are_used_without_a_kubeconfig() {
         "KUBERNETES_SERVICE_PORT",
         double.server.address().port().to_string(),
     );
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = within("start-up line", lines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-    let address = line.strip_prefix("Starting to serve on ").unwrap();
+    let running = run(command).await;
     assert_eq!(
-        get(&format!("http://{address}/echo")).await.json()["user"]["username"],
+        get(&running.url("/echo")).await.json()["user"]["username"],
         "token-user"
     );
 }
