@@ -37,9 +37,10 @@ async fn run(args: &Args) -> Result<(), StartupError> {
     if let Some(admin) = proxy.start_admin().await? {
         tracing::info!(%admin, "serving /healthz, /readyz and /metrics");
     }
+    let stop = shutdown::signal();
     // kubectl proxy's line; scripts read the port from it.
     println!("Starting to serve on {listener}");
-    proxy.serve(listener, shutdown::signal()).await;
+    proxy.serve(listener, stop).await;
     Ok(())
 }
 

@@ -40,6 +40,18 @@ async fn start(home: &Path, args: &[&str]) -> Running {
     run(kubegate(home, args)).await
 }
 
+/// The binary in front of `double`, on a free port, with `extra` flags.
+async fn start_for(double: &Double, extra: &[&str]) -> Running {
+    let mut args = vec![
+        "--kubeconfig",
+        double.kubeconfig.to_str().unwrap(),
+        "-p",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    start(double.dir.path(), &args).await
+}
+
 /// Spawns a prepared command and waits for its start-up line.
 async fn run(mut command: Command) -> Running {
     let mut child = command.spawn().expect("kubegate runs");
@@ -132,16 +144,7 @@ async fn refuses_to_start(home: &Path, args: &[&str], words: &[&str]) {
 #[tokio::test]
 async fn port_zero_prints_the_real_port_and_serves_there() {
     let double = Double::start().await;
-    let running = start(
-        double.dir.path(),
-        &[
-            "--kubeconfig",
-            double.kubeconfig.to_str().unwrap(),
-            "-p",
-            "0",
-        ],
-    )
-    .await;
+    let running = start_for(&double, &[]).await;
     assert!(running.served_on.starts_with("127.0.0.1:"));
     assert_ne!(running.served_on, "127.0.0.1:0");
     assert_eq!(
@@ -318,18 +321,7 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
 #[tokio::test]
 async fn no_credential_appears_in_the_log_at_any_level() {
     let double = Double::with(kubegate::demo::Options::default(), Identity::Token).await;
-    let running = start(
-        double.dir.path(),
-        &[
-            "--kubeconfig",
-            double.kubeconfig.to_str().unwrap(),
-            "-p",
-            "0",
-            "-v",
-            "9",
-        ],
-    )
-    .await;
+    let running = start_for(&double, &["-v", "9"]).await;
     for path in ["/echo", "/api/./x", "/api"] {
         get(&running.url(path)).await;
     }
@@ -399,16 +391,7 @@ async fn the_unix_socket_is_private_serves_and_is_removed_on_exit() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     let double = Double::start().await;
-    let running = start(
-        double.dir.path(),
-        &[
-            "--kubeconfig",
-            double.kubeconfig.to_str().unwrap(),
-            "-p",
-            "0",
-        ],
-    )
-    .await;
+    let running = start_for(&double, &[]).await;
     let slow = tokio::spawn(get_owned(running.url("/faults/slow?ms=1500")));
     // The request is in flight once the double has counted it.
     within("request reaches the double", async {
@@ -433,18 +416,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
 #[tokio::test]
 async fn the_grace_period_bounds_the_drain() {
     let double = Double::start().await;
-    let running = start(
-        double.dir.path(),
-        &[
-            "--kubeconfig",
-            double.kubeconfig.to_str().unwrap(),
-            "-p",
-            "0",
-            "--shutdown-grace",
-            "200ms",
-        ],
-    )
-    .await;
+    let running = start_for(&double, &["--shutdown-grace", "200ms"]).await;
     // A watch never finishes by itself.
     let watch = send(
         http::Method::GET,
@@ -466,16 +438,7 @@ async fn get_owned(url: String) -> Answer {
 #[tokio::test]
 async fn a_gibibyte_each_way_streams_in_constant_memory() {
     let double = Double::start().await;
-    let running = start(
-        double.dir.path(),
-        &[
-            "--kubeconfig",
-            double.kubeconfig.to_str().unwrap(),
-            "-p",
-            "0",
-        ],
-    )
-    .await;
+    let running = start_for(&double, &[]).await;
     const GIB: u64 = 1 << 30;
     assert_eq!(
         download_length(&running.url(&format!("/bytes?size={GIB}"))).await,
@@ -581,18 +544,7 @@ async fn a_generated_access_token_is_printed_once_and_required() {
 async fn sigterm_flushes_every_audit_event_before_exit() {
     let double = Double::start().await;
     let log = double.path("audit.log");
-    let running = start(
-        double.dir.path(),
-        &[
-            "--kubeconfig",
-            double.kubeconfig.to_str().unwrap(),
-            "-p",
-            "0",
-            "--audit-log-path",
-            log.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let running = start_for(&double, &["--audit-log-path", log.to_str().unwrap()]).await;
     for _ in 0..200 {
         assert_eq!(get(&running.url("/api")).await.status, 200);
     }
@@ -612,18 +564,7 @@ async fn an_open_exec_session_is_closed_after_the_grace_period() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let double = Double::start().await;
     double.store().create("default", pod("box")).unwrap();
-    let running = start(
-        double.dir.path(),
-        &[
-            "--kubeconfig",
-            double.kubeconfig.to_str().unwrap(),
-            "-p",
-            "0",
-            "--shutdown-grace",
-            "300ms",
-        ],
-    )
-    .await;
+    let running = start_for(&double, &["--shutdown-grace", "300ms"]).await;
     let path = "/api/v1/namespaces/default/pods/box/exec?command=cat&stdin=true&stdout=true";
     let mut request = format!("ws://{}{path}", running.served_on)
         .into_client_request()
@@ -653,16 +594,7 @@ async fn an_open_exec_session_is_closed_after_the_grace_period() {
 #[tokio::test]
 async fn sigterm_under_load_resets_no_request_in_flight() {
     let double = Double::start().await;
-    let running = start(
-        double.dir.path(),
-        &[
-            "--kubeconfig",
-            double.kubeconfig.to_str().unwrap(),
-            "-p",
-            "0",
-        ],
-    )
-    .await;
+    let running = start_for(&double, &[]).await;
     let requests = &double.server.state().stats.requests;
     let before = requests.load(std::sync::atomic::Ordering::Acquire);
     let in_flight: Vec<_> = (0..16)

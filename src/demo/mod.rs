@@ -164,8 +164,9 @@ pub async fn run(args: &Args) -> Result<(), StartupError> {
         double.url(),
         kubeconfig.display(),
     );
+    let stop = shutdown::signal();
     println!("Starting to serve on {listener}");
-    proxy.serve(listener, shutdown::signal()).await;
+    proxy.serve(listener, stop).await;
     ticker.abort();
     Ok(())
 }
