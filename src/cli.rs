@@ -237,6 +237,12 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_name = "DURATION", global = true)]
     pub connect_timeout: String,
 
+    /// kubegate: worker threads; 1 (the default) is the most CPU-efficient,
+    /// 0 means one per core, for the most throughput on a busy many-core
+    /// machine.
+    #[arg(long, default_value_t = 1, global = true)]
+    pub threads: usize,
+
     /// kubegate: how often credential files (a token file, client
     /// certificate and key files, --tls-cert-file) are checked for changes.
     #[arg(long, default_value = "10s", value_name = "DURATION", global = true)]

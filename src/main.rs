@@ -8,14 +8,30 @@ use kubegate::config::{Config, Env, StartupError};
 use kubegate::listen::Listener;
 use kubegate::{Proxy, demo, shutdown};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.verbosity, args.log_format);
-    let result = match args.command {
-        Some(Command::Demo) => demo::run(&args).await,
-        None => run(&args).await,
+    // One thread by default: a proxy's work is mostly waiting on sockets,
+    // and handing each request between threads costs more CPU than it
+    // saves on a sidecar's fraction of a core (see BENCHMARKS.md).
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kubegate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Some(Command::Demo) => demo::run(&args).await,
+            None => run(&args).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
