@@ -6,7 +6,8 @@
 //!
 //! - [`cli`]: the command line (kubectl proxy's flags first).
 //! - [`config`]: command line and kubeconfig into a typed [`config::Config`].
-//! - [`listen`] and [`serve`]: sockets, connections, graceful shutdown.
+//! - [`listen`], [`serve`] and [`shutdown`]: sockets, connections (TLS
+//!   with [`certs`], reloaded from files), signals and draining.
 //! - [`proxy`]: the request handler, which uses
 //!   [`policy`] (path canonicalisation and filters),
 //!   [`forward`] (header rewriting),
@@ -17,6 +18,8 @@
 //! - [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
 //! - [`status`]: every failure as a `metav1.Status` response.
+//! - [`body`]: the one response body type, and the tee audit uses.
+//! - [`query`]: decoding query components.
 //! - [`www`]: `--www` static files.
 //! - [`demo`]: the apiserver double behind `kubegate demo` and the tests.
 //!
