@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use crate::body::ProxyBody;
 
 /// How recently the apiserver must have answered for `/readyz` to pass.
-const READY_WITHIN: Duration = Duration::from_secs(60);
+pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// The Kubernetes verb, as a metric label.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -109,9 +109,9 @@ pub struct Metrics {
     audit_written: Gauge<i64, AtomicI64>,
     audit_lost: Gauge<i64, AtomicI64>,
     audit_waiting: Gauge<i64, AtomicI64>,
-    /// When the apiserver last answered, in seconds since kubegate started.
-    last_answer: AtomicU64,
-    started: std::time::Instant,
+    /// Whether the apiserver answered in the last minute, as of the last
+    /// scrape (the upstream owns the fact; this mirrors it).
+    apiserver_up: AtomicBool,
     shutting_down: AtomicBool,
 }
 
@@ -185,8 +185,7 @@ impl Default for Metrics {
             audit_written,
             audit_lost,
             audit_waiting,
-            last_answer: AtomicU64::new(0),
-            started: std::time::Instant::now(),
+            apiserver_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -205,12 +204,6 @@ impl Metrics {
         self.latency
             .get_or_create(&VerbLabels { verb })
             .observe(elapsed.as_secs_f64());
-    }
-
-    /// The apiserver answered: kubegate is ready.
-    pub fn apiserver_answered(&self) {
-        self.last_answer
-            .store(self.started.elapsed().as_secs().max(1), Ordering::Relaxed);
     }
 
     /// An upgraded session opened (`+1`) or closed (`-1`).
@@ -258,10 +251,9 @@ impl Metrics {
             .set(failed as i64);
     }
 
-    /// Whether the apiserver answered within `window`.
-    pub fn answered_within(&self, window: Duration) -> bool {
-        let last = self.last_answer.load(Ordering::Relaxed);
-        last != 0 && self.started.elapsed().as_secs().saturating_sub(last) <= window.as_secs()
+    /// Whether the apiserver answered recently (set by the scrape hook).
+    pub fn apiserver_up(&self, up: bool) {
+        self.apiserver_up.store(up, Ordering::Relaxed);
     }
 
     /// `/readyz` fails from now on.
@@ -273,7 +265,7 @@ impl Metrics {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err("shutting down");
         }
-        if !self.answered_within(READY_WITHIN) {
+        if !self.apiserver_up.load(Ordering::Relaxed) {
             return Err("the apiserver has not answered in the last minute");
         }
         Ok(())
@@ -322,7 +314,8 @@ pub fn verb(method: &Method, path: &str, query: Option<&str>, upgrade: bool) -> 
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the
-/// process ends. `scrape` updates the counters owned elsewhere first.
+/// process ends. `scrape` first updates what is owned elsewhere (counters,
+/// whether the apiserver answered recently), for `/metrics` and `/readyz`.
 pub fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
@@ -349,6 +342,9 @@ pub fn serve(
 }
 
 fn answer(metrics: &Metrics, scrape: &dyn Fn(&Metrics), path: &str) -> Response<ProxyBody> {
+    if path == "/readyz" || path == "/metrics" {
+        scrape(metrics);
+    }
     let (code, content_type, body) = match path {
         "/healthz" | "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" => match metrics.ready() {
@@ -359,14 +355,11 @@ fn answer(metrics: &Metrics, scrape: &dyn Fn(&Metrics), path: &str) -> Response<
                 format!("not ready: {reason}\n"),
             ),
         },
-        "/metrics" => {
-            scrape(metrics);
-            (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics.encode(),
-            )
-        }
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -452,7 +445,7 @@ mod tests {
             "{text}"
         );
         assert!(metrics.ready().is_err());
-        metrics.apiserver_answered();
+        metrics.apiserver_up(true);
         assert!(metrics.ready().is_ok());
         metrics.shutting_down();
         assert!(metrics.ready().is_err());

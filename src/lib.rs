@@ -178,6 +178,7 @@ impl Proxy {
             let waiting = shared.audit.as_ref().map_or(0, |a| a.waiting());
             let connections = shared.upstream.connections_opened();
             metrics.scrape(written, lost, waiting, connections, refreshed, failed);
+            metrics.apiserver_up(shared.upstream.answered_within(admin::READY_WITHIN));
         });
         tokio::spawn(keep_ready(self.shared.clone()));
         Ok(bound)
@@ -227,7 +228,7 @@ async fn keep_ready(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         if shared
-            .metrics
+            .upstream
             .answered_within(std::time::Duration::from_secs(15))
         {
             continue;
@@ -243,8 +244,8 @@ async fn keep_ready(shared: Arc<Shared>) {
             continue;
         };
         shared.upstream.authorize(request.headers_mut());
+        // `send` records the answer; the body is read so the stream closes.
         if let Ok(response) = shared.upstream.send(request).await {
-            shared.metrics.apiserver_answered();
             let _ = response.into_body().collect().await;
         }
     }

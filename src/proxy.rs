@@ -123,12 +123,6 @@ impl ProxyService {
             }
             _ => Decision::allow,
         };
-        if let Ok(response) = &result
-            && response.headers().contains_key(header::DATE)
-        {
-            // Only the apiserver's answers carry a Date; kubegate's own don't.
-            self.shared.metrics.apiserver_answered();
-        }
         let mut response = match result {
             Ok(response) => match &record {
                 Some(record) if response.status() != http::StatusCode::SWITCHING_PROTOCOLS => {

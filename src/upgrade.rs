@@ -134,6 +134,7 @@ pub async fn relay(
         .send_request(upstream_request)
         .await
         .map_err(|e| classify(&absolute, &e))?;
+    upstream.answered();
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // A refused upgrade: the apiserver's status and body, as they are.
@@ -150,7 +151,6 @@ pub async fn relay(
     }
     let began = std::time::Instant::now();
 
-    metrics.apiserver_answered();
     let kind = stream_kind(&absolute);
     metrics.stream(kind, 1);
     let metrics = metrics.clone();

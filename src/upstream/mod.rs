@@ -50,6 +50,10 @@ pub struct Upstream {
     upgrade_connector: Connector,
     /// Every connection opened to the apiserver, whatever for.
     connections_opened: Arc<AtomicU64>,
+    /// When the apiserver last answered anything: seconds since `started`
+    /// plus one (0: never). For `/readyz`.
+    last_answer: AtomicU64,
+    started: std::time::Instant,
     credentials: Credentials,
     impersonate: Vec<(HeaderName, HeaderValue)>,
 }
@@ -113,6 +117,8 @@ impl Upstream {
             http1,
             upgrade_connector: connector(false),
             connections_opened: opened.clone(),
+            last_answer: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             credentials,
             impersonate: settings.impersonate,
         })
@@ -198,6 +204,7 @@ impl Upstream {
                 response.map(|body| ProxyBody::Upstream(body, None))
             }
         };
+        self.answered();
         if response.status() == StatusCode::UNAUTHORIZED {
             self.credentials.rejected(sent.as_ref()).await;
         }
@@ -227,6 +234,19 @@ impl Upstream {
             refreshes.succeeded.load(Relaxed),
             refreshes.failed.load(Relaxed),
         )
+    }
+
+    /// Records that the apiserver answered (any status counts: it is up).
+    pub fn answered(&self) {
+        let now = self.started.elapsed().as_secs() + 1;
+        self.last_answer.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether the apiserver answered anything within `window`.
+    pub fn answered_within(&self, window: std::time::Duration) -> bool {
+        let last = self.last_answer.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_secs() + 1;
+        last != 0 && now.saturating_sub(last) <= window.as_secs()
     }
 
     /// How many connections (TCP, and TLS handshakes to a TLS apiserver)
