@@ -104,6 +104,16 @@ async fn collect(socket: &mut Socket) -> [Vec<u8>; 5] {
     channels
 }
 
+/// Waits until no session is open in the double and no relay in kubegate.
+async fn nothing_left_open(double: &Double, kubegate: &Kubegate) {
+    let stats = &double.server.state().stats;
+    eventually("sessions closed in the double", || {
+        stats.open_streams.load(Ordering::Acquire) == 0
+    })
+    .await;
+    eventually("relays closed in kubegate", || kubegate.open_relays() == 0).await;
+}
+
 async fn double_with_box() -> (Double, Kubegate) {
     let double = Double::start().await;
     double.store().create("default", pod("box")).unwrap();
@@ -313,12 +323,7 @@ async fn a_hundred_concurrent_sessions_all_finish_and_leave_nothing_open() {
     for session in sessions {
         within("session", session).await.unwrap();
     }
-    let stats = &double.server.state().stats;
-    eventually("sessions closed in the double", || {
-        stats.open_streams.load(Ordering::Acquire) == 0
-    })
-    .await;
-    eventually("relays closed in kubegate", || kubegate.open_relays() == 0).await;
+    nothing_left_open(&double, &kubegate).await;
 }
 
 #[tokio::test]
@@ -346,11 +351,7 @@ async fn a_client_that_vanishes_closes_the_session_upstream() {
     assert_eq!(stats.open_streams.load(Ordering::Acquire), 1);
     assert_eq!(kubegate.open_relays(), 1);
     drop(socket);
-    eventually("session closed in the double", || {
-        stats.open_streams.load(Ordering::Acquire) == 0
-    })
-    .await;
-    eventually("relay closed in kubegate", || kubegate.open_relays() == 0).await;
+    nothing_left_open(&double, &kubegate).await;
 }
 
 #[tokio::test]

@@ -207,14 +207,7 @@ async fn main() {
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     )
     .expect("results.json");
-    let errors: f64 = medians(&results)
-        .values()
-        .flat_map(|f| {
-            f.iter()
-                .filter(|(k, _)| k.ends_with("errors"))
-                .map(|(_, v)| *v)
-        })
-        .sum();
+    let errors = total_errors(&medians(&results));
     if errors > 0.0 {
         eprintln!("some phases had errors; see the table");
         std::process::exit(1);
@@ -473,20 +466,26 @@ fn report(
             if share >= 0.5 { "met" } else { "missed" }
         ));
     }
-    let errors: f64 = medians
-        .values()
-        .flat_map(|f| {
-            f.iter()
-                .filter(|(k, _)| k.ends_with("errors"))
-                .map(|(_, v)| *v)
-        })
-        .sum();
+    let errors = total_errors(&medians);
     out.push_str(&format!(
         "| errors, every phase | 0 | {errors} | {} |\n",
         if errors == 0.0 { "met" } else { "missed" }
     ));
     out.push_str("\nCPU is the proxy process's user + system time from `/proc/PID/stat` during the phase; RSS is `VmRSS` from `/proc/PID/status` (peak sampled every 20 ms). On 2 cores the load driver and the upstream share the machine with the proxy, so throughput alone mostly measures who got the CPU: compare CPU per unit of work.\n");
     out
+}
+
+/// Errors summed over every phase and proxy.
+fn total_errors(medians: &BTreeMap<String, BTreeMap<String, f64>>) -> f64 {
+    medians
+        .values()
+        .flat_map(|figures| {
+            figures
+                .iter()
+                .filter(|(name, _)| name.ends_with("errors"))
+                .map(|(_, v)| *v)
+        })
+        .sum()
 }
 
 fn ratio(medians: &BTreeMap<String, BTreeMap<String, f64>>, figure: &str) -> Option<f64> {
