@@ -15,8 +15,11 @@ use http::header::{self, HeaderMap};
 use ring::digest::{SHA256, digest};
 use subtle::ConstantTimeEq;
 
-use crate::config::{StartupError, io_reason};
-use crate::upgrade::BEARER_SUBPROTOCOL_PREFIX;
+use crate::error::{StartupError, io_reason};
+
+/// The WebSocket subprotocol prefix that carries a bearer token, where a
+/// browser cannot set `Authorization`.
+pub const BEARER_SUBPROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
 /// The token, kept only as its SHA-256 digest so that comparisons take the
 /// same time whatever the length or content of a guess.
@@ -68,6 +71,28 @@ impl AccessToken {
             ));
         }
         Ok((AccessToken::new(token), token.to_string()))
+    }
+
+    /// Writes a generated `token` to `path`, readable by this user only.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartupError`] naming the file when it cannot be written.
+    pub fn write(path: &Path, token: &str) -> Result<(), StartupError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
+            .map_err(|e| StartupError::File {
+                what: "access token file",
+                path: path.display().to_string(),
+                message: format!("{}; give a writable path", io_reason(&e)),
+            })
     }
 
     /// A fresh random token: 32 bytes, base64url.

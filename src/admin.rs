@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,23 +27,16 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::body::ProxyBody;
+use crate::request::Verb;
 
 /// How recently the apiserver must have answered for `/readyz` to pass.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
-/// The Kubernetes verb, as a metric label.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types, missing_docs)]
-pub enum Verb {
-    get,
-    list,
-    watch,
-    create,
-    update,
-    patch,
-    delete,
-    deletecollection,
-    other,
+/// The verb, as the metric label `verb`.
+impl EncodeLabelValue for Verb {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 /// Whether kubegate let a request through.
@@ -278,41 +273,6 @@ impl Metrics {
     }
 }
 
-/// The verb of a request, read cheaply (no allocation) for the metric label.
-pub fn verb(method: &Method, path: &str, query: Option<&str>, upgrade: bool) -> Verb {
-    if upgrade {
-        return Verb::create;
-    }
-    let mut segments = path.split('/').filter(|s| !s.is_empty());
-    let rest = match segments.next() {
-        Some("api") => segments.skip(1),
-        Some("apis") => segments.skip(2),
-        _ => {
-            return if method == Method::GET || method == Method::HEAD {
-                Verb::get
-            } else {
-                Verb::other
-            };
-        }
-    };
-    let parts: usize = rest.clone().count();
-    let namespaced = rest.clone().next() == Some("namespaces") && parts > 2;
-    let has_name = if namespaced { parts >= 4 } else { parts >= 2 };
-    let watch = path.contains("/watch/")
-        || query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
-    match *method {
-        Method::GET | Method::HEAD if watch => Verb::watch,
-        Method::GET | Method::HEAD if has_name || parts == 0 => Verb::get,
-        Method::GET | Method::HEAD => Verb::list,
-        Method::POST => Verb::create,
-        Method::PUT => Verb::update,
-        Method::PATCH => Verb::patch,
-        Method::DELETE if has_name => Verb::delete,
-        Method::DELETE => Verb::deletecollection,
-        _ => Verb::other,
-    }
-}
-
 /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the
 /// process ends. `scrape` first updates what is owned elsewhere (counters,
 /// whether the apiserver answered recently), for `/metrics` and `/readyz`.
@@ -388,46 +348,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verbs_are_read_without_parsing_much() {
-        let v = |m: Method, p: &str, q: Option<&str>| verb(&m, p, q, false);
-        assert_eq!(
-            v(Method::GET, "/api/v1/namespaces/d/pods", None),
-            Verb::list
-        );
-        assert_eq!(
-            v(Method::GET, "/api/v1/namespaces/d/pods/p", None),
-            Verb::get
-        );
-        assert_eq!(
-            v(Method::GET, "/api/v1/namespaces/d/pods/p/log", None),
-            Verb::get
-        );
-        assert_eq!(v(Method::GET, "/api/v1/pods", Some("watch=1")), Verb::watch);
-        assert_eq!(
-            v(Method::GET, "/apis/apps/v1/deployments", None),
-            Verb::list
-        );
-        assert_eq!(
-            v(Method::DELETE, "/api/v1/namespaces/d/pods", None),
-            Verb::deletecollection
-        );
-        assert_eq!(
-            v(Method::DELETE, "/api/v1/namespaces/d/pods/p", None),
-            Verb::delete
-        );
-        assert_eq!(v(Method::GET, "/api/v1/namespaces/d", None), Verb::get);
-        assert_eq!(v(Method::GET, "/version", None), Verb::get);
-        assert_eq!(
-            verb(&Method::GET, "/api/v1/namespaces/d/pods/p/exec", None, true),
-            Verb::create
-        );
-    }
-
-    #[test]
     fn metrics_render_as_prometheus_text() {
         let metrics = Metrics::default();
         metrics.request(
-            Verb::list,
+            Verb::List,
             StatusCode::OK,
             Decision::allow,
             Duration::from_millis(3),

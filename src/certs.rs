@@ -17,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{SignatureScheme, client::ClientSessionMemoryCache};
 
-use crate::config::{StartupError, io_reason};
+use crate::error::{StartupError, io_reason};
 
 /// A certificate and key from two files, kept current.
 #[derive(Debug)]

@@ -12,6 +12,17 @@ pub const DEFAULT_ACCEPT_HOSTS: &str = r"^localhost$,^127\.0\.0\.1$,^\[::1\]$";
 /// The in-cluster service-account directory.
 pub const DEFAULT_SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+/// `--version`: which build this is, since only the default build has the
+/// `demo` command.
+const VERSION: &str = if cfg!(feature = "demo") {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (with the demo apiserver double)"
+    )
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (production build)")
+};
+
 const ABOUT: &str = "Creates a proxy server or application-level gateway between localhost and \
 the Kubernetes API server, like `kubectl proxy`, but safe to leave exec, attach and \
 port-forward on.";
@@ -37,7 +48,7 @@ Differences from kubectl proxy are listed in the README.";
 
 /// `kubegate`: an authenticating reverse proxy for the Kubernetes API.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kubegate", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(name = "kubegate", version = VERSION, about = ABOUT, after_help = AFTER_HELP)]
 pub struct Args {
     /// Run something other than the proxy.
     #[command(subcommand)]
@@ -164,8 +175,8 @@ pub struct Args {
 
     /// Audit: when the log cannot be written, refuse requests with 503, or
     /// continue (events are lost, and kubegate says so loudly).
-    #[arg(long, value_enum, default_value = "refuse", global = true)]
-    pub audit_failure: crate::audit::FailureMode,
+    #[arg(long, default_value = "refuse", value_parser = ["refuse", "continue"], global = true)]
+    pub audit_failure: String,
 
     /// Audit: largest request or response body recorded at levels Request
     /// and RequestResponse; a larger one is marked truncated.

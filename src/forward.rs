@@ -3,7 +3,30 @@
 //! `X-Forwarded-*` set from the connection and never copied from the client,
 //! kubegate's credentials in. Bodies are not touched here: they stream.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
+
+use crate::client::ClientOrigin;
+use crate::upstream::Upstream;
+
+/// Where a request goes upstream and for whom: what both ways out (the
+/// forwarder and the upgrade relay) need to rewrite a request.
+pub struct Outbound<'a> {
+    /// The apiserver.
+    pub upstream: &'a Upstream,
+    /// The client's connection.
+    pub client: &'a ClientOrigin,
+    /// `--forward-client-credentials`.
+    pub forward_client_credentials: bool,
+}
+
+impl Outbound<'_> {
+    /// Rewrites a request's headers for the apiserver and adds kubegate's
+    /// credentials.
+    pub fn request_headers(&self, headers: &mut HeaderMap) {
+        request_headers(headers, self.client, self.forward_client_credentials);
+        self.upstream.authorize(headers);
+    }
+}
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -26,25 +49,6 @@ const CLIENT_ORIGIN: [HeaderName; 5] = [
     HeaderName::from_static("x-real-ip"),
     header::FORWARDED,
 ];
-
-/// What kubegate knows about the client's connection, computed once per
-/// connection so that requests only clone it.
-#[derive(Debug, Clone)]
-pub struct ClientOrigin {
-    /// The peer's IP for `X-Forwarded-For`; none on a unix socket.
-    pub forwarded_for: Option<HeaderValue>,
-    /// `http` or `https`.
-    pub proto: HeaderValue,
-    /// The client as audit names it.
-    pub peer: crate::audit::Peer,
-}
-
-impl ClientOrigin {
-    /// kubegate's own scheme on this connection: `http` or `https`.
-    pub fn proto_str(&self) -> &str {
-        self.proto.to_str().unwrap_or("http")
-    }
-}
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -107,12 +111,13 @@ pub fn response_headers(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn origin() -> ClientOrigin {
         ClientOrigin {
             forwarded_for: Some(HeaderValue::from_static("127.0.0.1")),
             proto: HeaderValue::from_static("http"),
-            peer: crate::audit::Peer::default(),
+            peer: crate::client::Peer::default(),
         }
     }
 

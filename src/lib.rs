@@ -4,24 +4,40 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (kubectl proxy's flags first).
-//! - [`config`]: command line and kubeconfig into a typed [`config::Config`].
-//! - [`listen`], [`serve`] and [`shutdown`]: sockets, connections (TLS
-//!   with [`certs`], reloaded from files), signals and draining.
-//! - [`proxy`]: the request handler, which uses
-//!   [`policy`] (path canonicalisation and filters),
-//!   [`forward`] (header rewriting),
-//!   [`upgrade`] (exec, attach, port-forward: the byte splice) and
-//!   [`upstream`] (TLS, credentials, pooled HTTP/2 to the apiserver).
-//! - [`cors`] (browser origins, CORS) and [`access`] (the local access
-//!   token): who may use kubegate at all.
-//! - [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
-//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
-//! - [`status`]: every failure as a `metav1.Status` response.
-//! - [`body`]: the one response body type, and the tee audit uses.
-//! - [`query`]: decoding query components.
-//! - [`www`]: `--www` static files.
-//! - [`demo`]: the apiserver double behind `kubegate demo` and the tests.
+//! Modules from the leaves up: each uses only modules listed before it, so
+//! there are no cycles (`cargo test --test layout` checks it). The
+//! library's public surface is what `main` and the tests use; everything
+//! else is crate-private.
+//!
+//! 1. [`error`]: start-up errors, one line naming the file or flag.
+//! 2. [`cli`]: the command line (kubectl proxy's flags first); clap only.
+//! 3. [`body`]: the one response body type, and the tee audit uses.
+//! 4. [`pattern`]: kubectl's comma-separated regex lists.
+//! 5. [`request`]: the one reading of a request: canonical path, verb,
+//!    resource, namespace, name, as the apiserver reads them.
+//! 6. [`policy`]: the host, path and method filters.
+//! 7. [`status`]: every failure as a `metav1.Status` response.
+//! 8. [`client`]: who is at the other end of a connection.
+//! 9. [`cors`]: browser origins and CORS.
+//! 10. [`access`]: the local access token.
+//! 11. [`certs`]: certificate and key files, reloaded when they change.
+//! 12. [`upstream`]: the apiserver: settings from a kubeconfig, TLS,
+//!     credentials, pooled HTTP/2.
+//! 13. [`forward`]: header rewriting on the way to and from the apiserver.
+//! 14. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
+//! 15. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
+//! 16. [`upgrade`]: exec, attach, port-forward: the byte splice.
+//! 17. [`www`]: `--www` static files.
+//! 18. [`listen`]: TCP and unix sockets.
+//! 19. [`proxy`]: the request handler, in stages.
+//! 20. [`serve`]: connections, TLS, graceful shutdown.
+//! 21. [`shutdown`]: the signals.
+//! 22. [`config`]: command line and kubeconfig into a typed
+//!     [`config::Config`].
+//!
+//! The crate root ties them together ([`Proxy`]); the binary adds `main`
+//! and, with the default `demo` feature, `kubegate demo` (src/demo.rs) on
+//! the apiserver double, which is a crate of its own (`kubegate-double`).
 //!
 //! # Life of a request
 //!
@@ -30,11 +46,12 @@
 //! 2. A browser's `Origin` must be kubegate's own or match
 //!    `--accept-origins` ([`cors`]); preflights are answered here. With an
 //!    access token configured, the request must carry it ([`access`]).
-//!    Then [`proxy`] routes the path: `--www-prefix` to [`www`], `--api-prefix`
-//!    on, anything else 404.
-//! 3. [`policy::normalize`] decodes the path once and refuses any spelling
-//!    that could be read two ways; [`policy::Policy::check`] applies the
-//!    host, path and method filters to that canonical path.
+//!    Before that, [`proxy`] has read the request once ([`request`]): the
+//!    path decoded once, any spelling that could be read two ways refused,
+//!    and its verb, resource and namespace worked out as the apiserver
+//!    will; and routed it: `--www-prefix` to [`www`], `--api-prefix` on,
+//!    anything else 404.
+//! 3. [`policy`] applies the host, path and method filters to that reading.
 //! 4. [`forward`] drops hop-by-hop headers and client credentials and sets
 //!    `X-Forwarded-*`; [`upstream`] adds kubegate's credential and sends the
 //!    request over a pooled connection, bodies streaming both ways.
@@ -51,31 +68,34 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod access;
-pub mod admin;
-pub mod audit;
-pub mod body;
-pub mod certs;
+pub(crate) mod access;
+pub(crate) mod admin;
+pub(crate) mod audit;
+pub(crate) mod body;
+pub(crate) mod certs;
 pub mod cli;
+pub(crate) mod client;
 pub mod config;
-pub mod cors;
-pub mod demo;
-pub mod forward;
+pub(crate) mod cors;
+pub mod error;
+pub(crate) mod forward;
 pub mod listen;
-pub mod policy;
-pub mod proxy;
-pub mod query;
-pub mod serve;
+pub(crate) mod pattern;
+pub(crate) mod policy;
+pub(crate) mod proxy;
+pub(crate) mod request;
+pub(crate) mod serve;
 pub mod shutdown;
-pub mod status;
-pub mod upgrade;
-pub mod upstream;
-pub mod www;
+pub(crate) mod status;
+pub(crate) mod upgrade;
+pub(crate) mod upstream;
+pub(crate) mod www;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use config::{Config, StartupError};
+use config::Config;
+use error::StartupError;
 use listen::Listener;
 use proxy::Shared;
 use upstream::Upstream;
@@ -117,10 +137,11 @@ impl Proxy {
         let upstream = Upstream::new(config.upstream).await?;
         let audit = match config.audit {
             Some(settings) => Some(Arc::new(
-                audit::identity::start(settings, &upstream, fallback_user).await?,
+                audit::Audit::start(settings, &upstream, fallback_user).await?,
             )),
             None => None,
         };
+        let metrics = Arc::new(admin::Metrics::default());
         Ok(Proxy {
             tls,
             shared: Arc::new(Shared {
@@ -130,9 +151,9 @@ impl Proxy {
                 access_token: config.access_token,
                 upstream,
                 forward_client_credentials: config.forward_client_credentials,
-                relays: upgrade::Relays::default(),
+                relays: upgrade::Relays::new(metrics.clone()),
                 audit,
-                metrics: Arc::new(admin::Metrics::default()),
+                metrics,
             }),
             grace: config.shutdown_grace,
             keepalive,
@@ -165,7 +186,7 @@ impl Proxy {
             .await
             .map_err(|e| StartupError::Listen {
                 address: address.to_string(),
-                message: format!("{}; fix --admin-address", config::io_reason(&e)),
+                message: format!("{}; fix --admin-address", error::io_reason(&e)),
             })?;
         let bound = listener.local_addr().ok();
         let shared = self.shared.clone();

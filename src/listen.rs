@@ -8,7 +8,16 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::config::{Listen, StartupError};
+use crate::error::StartupError;
+
+/// Where kubegate listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// `--address` and `--port`.
+    Tcp(SocketAddr),
+    /// `--unix-socket`.
+    Unix(PathBuf),
+}
 
 /// A bound listening socket.
 #[derive(Debug)]
@@ -112,7 +121,7 @@ fn listen_error(address: &str, error: &std::io::Error) -> StartupError {
         std::io::ErrorKind::AddrInUse => "the address is already in use; stop what is using it or pick another --port (0 picks a free one)".to_string(),
         std::io::ErrorKind::AddrNotAvailable => "no interface has this address; check --address".to_string(),
         std::io::ErrorKind::PermissionDenied => "permission denied; use a port above 1023 or a writable socket path".to_string(),
-        _ => crate::config::io_reason(error),
+        _ => crate::error::io_reason(error),
     };
     StartupError::Listen {
         address: address.to_string(),

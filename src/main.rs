@@ -4,9 +4,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kubegate::cli::{Args, Command, LogFormat};
-use kubegate::config::{Config, Env, StartupError};
+use kubegate::config::{Config, Env};
+use kubegate::error::StartupError;
 use kubegate::listen::Listener;
-use kubegate::{Proxy, demo, shutdown};
+use kubegate::{Proxy, shutdown};
+
+#[cfg(feature = "demo")]
+mod demo;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -35,8 +39,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match args.command {
-            Some(Command::Demo) => demo::run(&args).await,
-            None => run(&args).await,
+            Some(Command::Demo) => run_demo(&args).await,
+            None => run(&args, &Env::process(), |_| None).await,
         }
     });
     match result {
@@ -48,8 +52,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args) -> Result<(), StartupError> {
-    let mut config = Config::load(args, &Env::process()).await?;
+/// Serves until a signal; `banner` may name what to try once the address
+/// is known.
+async fn run(
+    args: &Args,
+    env: &Env,
+    banner: impl FnOnce(&Listener) -> Option<String>,
+) -> Result<(), StartupError> {
+    let mut config = Config::load(args, env).await?;
     let listen = config.listen.clone();
     if let Some(token) = config.generated_access_token.take() {
         // Shown once, like a notebook server's: the user's to keep.
@@ -60,11 +70,30 @@ async fn run(args: &Args) -> Result<(), StartupError> {
     if let Some(admin) = proxy.start_admin().await? {
         tracing::info!(%admin, "serving /healthz, /readyz and /metrics");
     }
+    if let Some(banner) = banner(&listener) {
+        println!("{banner}");
+    }
     let stop = shutdown::signal();
     // kubectl proxy's line; scripts read the port from it.
     println!("Starting to serve on {listener}");
     proxy.serve(listener, stop).await;
     Ok(())
+}
+
+#[cfg(feature = "demo")]
+async fn run_demo(args: &Args) -> Result<(), StartupError> {
+    let demo = demo::Demo::start().await?;
+    run(&demo.args(args), &Env::default(), |listener| {
+        Some(demo.banner(&format!("http://{listener}")))
+    })
+    .await
+}
+
+#[cfg(not(feature = "demo"))]
+async fn run_demo(_: &Args) -> Result<(), StartupError> {
+    Err(StartupError::Unsupported(
+        "this build of kubegate has no apiserver double (it was built without the `demo` feature, as the container image is); run `cargo run --release -- demo` from the source tree".into(),
+    ))
 }
 
 /// Logs to stderr. `-v` as kubectl counts: 0 start-up, refusals and

@@ -1,29 +1,48 @@
-//! The request handler: route, canonicalise, check, forward; every failure
+//! The request handler, in stages: read the request once
+//! ([`crate::request`]), admit it (origin, preflight, access token), route
+//! it (`--www-prefix`, `--api-prefix`), check the filters, forward or relay
+//! it, and finish (audit, metrics, the request line, CORS). Every failure is
 //! answered through [`crate::status`]. One [`Shared`] (read-only after
 //! start-up) serves every connection.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
+use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access::AccessToken;
-use crate::admin::{self, Decision, Metrics};
+use crate::admin::{Decision, Metrics};
 use crate::audit::{Audit, Record};
 use crate::body::{Capture, ProxyBody};
-use crate::config::Routes;
+use crate::client::ClientOrigin;
 use crate::cors::{self, OriginPolicy};
-use crate::forward::{self, ClientOrigin};
-use crate::policy::{NormalPath, Policy, normalize};
+use crate::forward::{self, Outbound};
+use crate::policy::Policy;
+use crate::request::{PathError, RequestInfo, Verb};
 use crate::status::ProxyError;
-use crate::upgrade::{self, Relays, is_upgrade};
+use crate::upgrade::{Relays, is_upgrade};
 use crate::upstream::Upstream;
 use crate::www;
+
+/// How request paths are split between the API and static files.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// `--api-prefix`, always ending in `/`.
+    pub api_prefix: String,
+    /// Whether the prefix is removed before filtering and forwarding; kubectl
+    /// keeps prefixes that start with `/api`.
+    pub strip_api_prefix: bool,
+    /// `--www` and `--www-prefix` (ending in `/`).
+    pub www: Option<(PathBuf, String)>,
+}
 
 /// Everything a request needs, built once and never changed.
 pub struct Shared {
@@ -54,78 +73,214 @@ pub struct ProxyService {
     origin: ClientOrigin,
 }
 
+/// Where a request goes, read from its path once.
+enum Target<'a> {
+    /// A `--www` file: the directory and the path under `--www-prefix`.
+    Www(&'a PathBuf, &'a str),
+    /// The API, as the apiserver will read the request.
+    Api(RequestInfo<'a>),
+    /// An API path kubegate cannot read as the apiserver would.
+    Unreadable(PathError),
+    /// Outside both prefixes.
+    NotFound,
+}
+
+impl<'a> Target<'a> {
+    fn read(routes: &'a Routes, method: &'a Method, uri: &'a Uri, upgrade: bool) -> Self {
+        let raw = uri.path();
+        if let Some((dir, prefix)) = &routes.www
+            && let Some(rest) = raw.strip_prefix(prefix.as_str())
+        {
+            // Keep the prefix's closing slash: the file path is absolute.
+            return Target::Www(dir, &raw[raw.len() - rest.len() - 1..]);
+        }
+        let Some(rest) = raw.strip_prefix(routes.api_prefix.as_str()) else {
+            return Target::NotFound;
+        };
+        // kubectl strips the prefix but keeps the slash after it, and keeps
+        // prefixes that start with /api whole.
+        let api_path = match routes.strip_api_prefix {
+            true => &raw[raw.len() - rest.len() - 1..],
+            false => raw,
+        };
+        match RequestInfo::read(method.as_str(), api_path, uri.query(), upgrade) {
+            Ok(info) => Target::Api(info),
+            Err(error) => Target::Unreadable(error),
+        }
+    }
+
+    fn info(&self) -> Option<&RequestInfo<'a>> {
+        match self {
+            Target::Api(info) => Some(info),
+            _ => None,
+        }
+    }
+
+    /// The verb metrics count the request under: for a request that is
+    /// not one the apiserver could read, its method.
+    fn verb(&self, method: &Method) -> Verb {
+        self.info()
+            .map_or_else(|| Verb::of_method(method.as_str()), RequestInfo::verb)
+    }
+}
+
+/// What the finishing stage needs once the request itself is gone.
+struct Exchange {
+    began: Instant,
+    method: Method,
+    verb: Verb,
+    origin: Option<HeaderValue>,
+    record: Option<Record>,
+    /// The path for the request line, copied only when that line is on.
+    logged_path: Option<String>,
+}
+
 impl ProxyService {
     /// A service for a connection from `origin`.
     pub fn new(shared: Arc<Shared>, origin: ClientOrigin) -> Self {
         ProxyService { shared, origin }
     }
 
-    async fn handle(self, mut request: Request<Incoming>) -> Response<ProxyBody> {
-        let began = std::time::Instant::now();
-        let upgrade = is_upgrade(request.headers());
-        let verb = admin::verb(
-            request.method(),
-            request.uri().path(),
-            request.uri().query(),
-            upgrade,
+    async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let began = Instant::now();
+        let (mut head, body) = request.into_parts();
+        // The request is read from its own copy of the method and URI, so
+        // that the head can move on while the reading is in use.
+        let uri = std::mem::take(&mut head.uri);
+        let method = head.method.clone();
+        let target = Target::read(
+            &self.shared.routes,
+            &method,
+            &uri,
+            is_upgrade(&head.headers),
         );
-        // The request line (at -v=1 and up) needs the path after the request
-        // is gone; copy it only when that line is written.
-        let logged_path = tracing::enabled!(target: "kubegate::request", tracing::Level::INFO)
-            .then(|| request.uri().path().to_string());
-        let method = request.method().clone();
-        let origin = request.headers().get(header::ORIGIN).cloned();
         let record = match &self.shared.audit {
             Some(audit) => {
                 audit
-                    .begin(&request, &self.origin.peer, is_upgrade(request.headers()))
+                    .begin(&head, &uri, target.info(), &self.origin.peer)
                     .await
             }
             None => None,
         };
-        if let Some(record) = &record {
+        let exchange = Exchange {
+            began,
+            verb: target.verb(&method),
+            origin: head.headers.get(header::ORIGIN).cloned(),
+            logged_path: tracing::enabled!(target: "kubegate::request", tracing::Level::INFO)
+                .then(|| uri.path().to_string()),
+            method: method.clone(),
+            record,
+        };
+        let result = self
+            .respond(head, body, &uri, target, exchange.record.as_ref())
+            .await;
+        self.finish(exchange, result).await
+    }
+
+    /// Every stage between reading the request and finishing it.
+    async fn respond(
+        &self,
+        mut head: Parts,
+        body: Incoming,
+        uri: &Uri,
+        target: Target<'_>,
+        record: Option<&Record>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let host = host(&head.headers, uri);
+        if let Some(preflight) = self.admit(&head, host)? {
+            return Ok(preflight);
+        }
+        let info = match target {
+            Target::Www(dir, path) => return www::serve(dir, path, &head.method).await,
+            _ if !self.authenticated(&head.headers) => return Err(ProxyError::Unauthorized),
+            Target::NotFound => return Err(ProxyError::NotFound(uri.path().to_string())),
+            Target::Unreadable(error) => return Err(error.into()),
+            Target::Api(info) => info,
+        };
+        self.shared
+            .policy
+            .check(head.method.as_str(), host, &info)?;
+        let path_and_query = upstream_path(&info, uri)?;
+        if self.shared.access_token.is_some() {
+            // The access token is kubegate's own; it never goes upstream.
+            head.headers.remove(header::AUTHORIZATION);
+        }
+        if let Some(record) = record {
             // kubegate's audit ID goes upstream, where the apiserver adopts
             // it, so both logs join on one ID; the client's is annotated.
-            request.headers_mut().remove("audit-id");
+            head.headers.remove("audit-id");
             if let Some(id) = record.header() {
-                request.headers_mut().insert("audit-id", id);
+                head.headers.insert("audit-id", id);
             }
-            request.extensions_mut().insert(record.clone());
         }
-        let checked = match &origin {
-            Some(origin) => {
-                self.shared
-                    .origins
-                    .check(origin, host(&request), self.origin.proto_str())
-            }
-            None => Ok(()),
+        let outbound = Outbound {
+            upstream: &self.shared.upstream,
+            client: &self.origin,
+            forward_client_credentials: self.shared.forward_client_credentials,
         };
-        let refusing = self
-            .shared
-            .audit
-            .as_ref()
-            .is_some_and(|audit| audit.refusing());
-        let result = match (checked, &origin) {
-            _ if refusing => Err(ProxyError::AuditUnavailable),
-            (Err(denial), _) => Err(ProxyError::from(denial)),
-            (Ok(()), Some(origin)) if cors::is_preflight(&method, request.headers()) => {
-                Ok(cors::preflight(origin, request.headers()))
-            }
-            (Ok(()), _) => self.route(request).await,
+        if info.upgrade() {
+            let record = record.cloned();
+            return self
+                .shared
+                .relays
+                .relay(&outbound, head, path_and_query, record)
+                .await;
+        }
+        forward(&outbound, head, body, path_and_query, record).await
+    }
+
+    /// Admission: audit able to record, a browser origin allowed, and a
+    /// preflight answered here (`Some`).
+    fn admit(
+        &self,
+        head: &Parts,
+        host: Option<&str>,
+    ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
+        if self.shared.audit.as_ref().is_some_and(|a| a.refusing()) {
+            return Err(ProxyError::AuditUnavailable);
+        }
+        let Some(origin) = head.headers.get(header::ORIGIN) else {
+            return Ok(None);
         };
-        let allowed = result
+        self.shared
+            .origins
+            .check(origin, host, self.origin.proto_str())?;
+        Ok(cors::is_preflight(&head.method, &head.headers)
+            .then(|| cors::preflight(origin, &head.headers)))
+    }
+
+    /// Whether the request carries the local access token, when one is
+    /// required.
+    fn authenticated(&self, headers: &HeaderMap) -> bool {
+        self.shared
+            .access_token
             .as_ref()
-            .err()
-            .is_none_or(|e| !matches!(e, ProxyError::Denied(d) if d.flag == "accept-origins"));
+            .is_none_or(|token| token.presented(headers))
+    }
+
+    /// The last stage: audit's answer, metrics, the request line and CORS.
+    async fn finish(
+        &self,
+        exchange: Exchange,
+        result: Result<Response<ProxyBody>, ProxyError>,
+    ) -> Response<ProxyBody> {
+        let Exchange {
+            began,
+            method,
+            verb,
+            origin,
+            record,
+            logged_path,
+        } = exchange;
+        let refused_origin =
+            matches!(&result, Err(ProxyError::Denied(d)) if d.flag == "accept-origins");
         let decision = match &result {
-            Err(ProxyError::Denied(_) | ProxyError::Unauthorized | ProxyError::BadPath(_)) => {
-                Decision::forbid
-            }
+            Err(error) if error.is_refusal() => Decision::forbid,
             _ => Decision::allow,
         };
         let mut response = match result {
             Ok(response) => match &record {
-                Some(record) if response.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
+                Some(record) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
                     record.allowed();
                     let code = response.status();
                     record.started(code).await;
@@ -158,127 +313,69 @@ impl ProxyService {
                 target: "kubegate::request",
                 method = %method,
                 path,
+                verb = verb.as_str(),
                 status = response.status().as_u16(),
                 ms = elapsed.as_secs_f64() * 1e3,
                 audit_id = record.as_ref().map_or("", |r| r.id()),
                 "request"
             );
         }
-        if let Some(origin) = origin.filter(|_| allowed)
-            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        if let Some(origin) = origin.filter(|_| !refused_origin)
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
         {
             cors::allow(response.headers_mut(), &origin);
         }
         response
     }
+}
 
-    async fn route(
-        &self,
-        mut request: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let routes = &self.shared.routes;
-        let raw = request.uri().path();
-        if let Some((dir, prefix)) = &routes.www
-            && raw.starts_with(prefix.as_str())
-        {
-            return www::serve(dir, &raw[prefix.len() - 1..], request.method()).await;
+/// Sends an ordinary request to the apiserver and streams its answer back.
+async fn forward(
+    outbound: &Outbound<'_>,
+    mut head: Parts,
+    body: Incoming,
+    path_and_query: PathAndQuery,
+    record: Option<&Record>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    head.uri = outbound.upstream.uri_for(path_and_query)?;
+    outbound.request_headers(&mut head.headers);
+    // At levels Request and above, audit keeps a bounded copy of the body
+    // as it streams past.
+    let body = match record {
+        Some(record) if record.wants_request_body() => {
+            let record = record.clone();
+            let limit = record.max_body_bytes();
+            let done = Box::new(move |seen| record.request_body(seen));
+            Either::Right(Either::Right(Capture::new(body, limit, done)))
         }
-        if let Some(token) = &self.shared.access_token {
-            if !token.presented(request.headers()) {
-                return Err(ProxyError::Unauthorized);
-            }
-            // The access token is kubegate's own; it never goes upstream.
-            request.headers_mut().remove(header::AUTHORIZATION);
-        }
-        let raw = request.uri().path();
-        let Some(rest) = raw.strip_prefix(routes.api_prefix.as_str()) else {
-            return Err(ProxyError::NotFound(raw.to_string()));
-        };
-        // kubectl strips the prefix but keeps the slash after it, and keeps
-        // prefixes that start with /api whole.
-        let api_path = match routes.strip_api_prefix {
-            true => &raw[raw.len() - rest.len() - 1..],
-            false => raw,
-        };
-        let path = normalize(api_path)?;
-        let host = host(&request);
-        let upgrade = is_upgrade(request.headers());
-        self.shared
-            .policy
-            .check(request.method().as_str(), upgrade, host, &path)?;
-        let path_and_query = upstream_path(&path, request.uri().query(), api_path, request.uri())?;
-        if upgrade {
-            let shared = &self.shared;
-            return upgrade::relay(
-                &shared.upstream,
-                &shared.relays,
-                &shared.metrics,
-                &self.origin,
-                shared.forward_client_credentials,
-                request,
-                path_and_query,
-            )
-            .await;
-        }
-        self.forward(request, path_and_query).await
-    }
-
-    async fn forward(
-        &self,
-        request: Request<Incoming>,
-        path_and_query: PathAndQuery,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let upstream = &self.shared.upstream;
-        let (mut parts, body) = request.into_parts();
-        parts.uri = upstream.uri_for(path_and_query)?;
-        forward::request_headers(
-            &mut parts.headers,
-            &self.origin,
-            self.shared.forward_client_credentials,
-        );
-        upstream.authorize(&mut parts.headers);
-        // At levels Request and above, audit keeps a bounded copy of the body
-        // as it streams past.
-        let body = match parts.extensions.get::<Record>() {
-            Some(record) if record.wants_request_body() => {
-                let record = record.clone();
-                let limit = record.max_body_bytes();
-                let done = Box::new(move |seen| record.request_body(seen));
-                Either::Right(Either::Right(Capture::new(body, limit, done)))
-            }
-            _ => Either::Left(body),
-        };
-        let mut response = upstream.send(Request::from_parts(parts, body)).await?;
-        forward::response_headers(response.headers_mut());
-        Ok(response)
-    }
+        _ => Either::Left(body),
+    };
+    let mut response = outbound
+        .upstream
+        .send(Request::from_parts(head, body))
+        .await?;
+    forward::response_headers(response.headers_mut());
+    Ok(response)
 }
 
 /// The `Host` header, or the HTTP/2 `:authority`.
-fn host(request: &Request<Incoming>) -> Option<&str> {
-    request
-        .headers()
+fn host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
 /// The path and query to send: the request's own when it was already
 /// canonical and unprefixed (no allocation), else rebuilt.
-fn upstream_path(
-    path: &NormalPath<'_>,
-    query: Option<&str>,
-    api_path: &str,
-    uri: &http::Uri,
-) -> Result<PathAndQuery, ProxyError> {
-    let encoded = path.encoded();
+fn upstream_path(info: &RequestInfo<'_>, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+    let encoded = info.path().encoded();
     if encoded == uri.path()
-        && encoded == api_path
         && let Some(original) = uri.path_and_query()
     {
         return Ok(original.clone());
     }
-    let text = match query {
+    let text = match uri.query() {
         Some(query) => format!("{encoded}?{query}"),
         None => encoded.into_owned(),
     };

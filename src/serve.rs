@@ -14,8 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::audit::Peer;
-use crate::forward::ClientOrigin;
+use crate::client::{ClientOrigin, Peer};
 use crate::listen::{Accepted, Listener};
 use crate::proxy::{ProxyService, Shared};
 use tokio_rustls::TlsAcceptor;

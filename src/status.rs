@@ -6,7 +6,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
 use crate::body::ProxyBody;
-use crate::policy::{Denial, PathError};
+use crate::policy::Denial;
+use crate::request::PathError;
 
 /// Why a request was not served. Grouped by side, as the log reads them.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,11 @@ pub enum ProxyError {
         "this kubegate requires its access token: send \"Authorization: Bearer TOKEN\" or, for a WebSocket, the subprotocol base64url.bearer.authorization.k8s.io.BASE64URL(TOKEN); the token is in --access-token-file or was printed when kubegate started"
     )]
     Unauthorized,
+    /// An upgrade on a connection that cannot switch protocols (HTTP/1.0).
+    #[error(
+        "this connection cannot switch protocols; send exec, attach and port-forward over HTTP/1.1"
+    )]
+    NotUpgradable,
     /// The path is outside `--api-prefix` and `--www-prefix`.
     #[error("the path {0} is not served here (see --api-prefix and --www-prefix)")]
     NotFound(String),
@@ -49,12 +55,13 @@ pub enum ProxyError {
         seconds: u64,
     },
     /// The TLS handshake with the apiserver failed.
-    #[error("TLS with the apiserver at {server} failed: {reason}; {hint}")]
+    #[error("TLS with the apiserver at {server} failed: {source}; {hint}")]
     Tls {
         /// The apiserver address.
         server: String,
-        /// The TLS error.
-        reason: String,
+        /// The TLS error, kept typed until the message is rendered.
+        #[source]
+        source: rustls::Error,
         /// What the user can change.
         hint: &'static str,
     },
@@ -71,9 +78,6 @@ pub enum ProxyError {
         "the audit log cannot be written, so kubegate refuses requests (--audit-failure=refuse); free disk space or fix --audit-log-path"
     )]
     AuditUnavailable,
-    /// kubegate has no usable credential to send.
-    #[error("kubegate has no usable credential for the apiserver: {0}")]
-    Credentials(String),
 }
 
 /// The `metav1.Status` body, written by kubegate.
@@ -98,7 +102,7 @@ impl ProxyError {
         use ProxyError as E;
         use StatusCode as S;
         match self {
-            E::BadPath(_) => (S::BAD_REQUEST, "BadRequest"),
+            E::BadPath(_) | E::NotUpgradable => (S::BAD_REQUEST, "BadRequest"),
             E::Denied(_) => (S::FORBIDDEN, "Forbidden"),
             E::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
             E::NotFound(_) => (S::NOT_FOUND, "NotFound"),
@@ -106,9 +110,20 @@ impl ProxyError {
             E::ConnectTimeout { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             E::Tls { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Upstream { .. } => (S::BAD_GATEWAY, "InternalError"),
-            E::Credentials(_) => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             E::AuditUnavailable => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         }
+    }
+
+    /// Whether kubegate itself refused the request (a filter, the access
+    /// token, an unreadable path), rather than failing to serve it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Denied(_)
+                | ProxyError::Unauthorized
+                | ProxyError::BadPath(_)
+                | ProxyError::NotUpgradable
+        )
     }
 
     /// The response a client gets for this error.

@@ -15,50 +15,63 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::BEARER_SUBPROTOCOL_PREFIX;
 use crate::admin::{Metrics, StreamKind};
 use crate::audit::Record;
 use crate::body::{BoxError, ProxyBody};
-use crate::forward::{self, ClientOrigin};
+use crate::forward::{self, Outbound};
+use crate::request::query_pairs;
 use crate::status::ProxyError;
-use crate::upstream::Upstream;
 use crate::upstream::connect::classify;
-
-/// The WebSocket subprotocol prefix that carries a bearer token.
-pub const BEARER_SUBPROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
 /// Splice buffer per direction: large, so a bulk transfer moves in few
 /// system calls.
 const SPLICE_BUFFER: usize = 64 * 1024;
 
 /// Whether the request asks to switch protocols: `Connection` names
-/// `upgrade` (what the apiserver checks; the `Upgrade` value is not).
+/// `upgrade` (what the apiserver checks) and there is an `Upgrade` header
+/// to switch to (without one, HTTP/1.1 cannot switch, and the request is an
+/// ordinary one).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// The relays in flight: counted, and closed together at shutdown.
-#[derive(Default)]
 pub struct Relays {
     tracker: TaskTracker,
     closing: CancellationToken,
     open: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl Relays {
+    /// No relays yet; sessions will be counted in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Relays {
+            tracker: TaskTracker::new(),
+            closing: CancellationToken::new(),
+            open: Arc::default(),
+            metrics,
+        }
+    }
+
     /// How many upgraded connections are being relayed now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
@@ -74,138 +87,147 @@ impl Relays {
     pub fn close_all(&self) {
         self.closing.cancel();
     }
+
+    /// Relays an upgrade request to the apiserver at `path_and_query`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProxyError`] if the apiserver cannot be reached; a refused
+    /// upgrade is not an error but the apiserver's own response, passed
+    /// through.
+    pub async fn relay(
+        &self,
+        outbound: &Outbound<'_>,
+        mut head: Parts,
+        path_and_query: PathAndQuery,
+        record: Option<Record>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let client_upgrade = head
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(ProxyError::NotUpgradable)?;
+        let upstream = outbound.upstream;
+        let absolute = upstream.uri_for(path_and_query)?;
+        let query = absolute.query().unwrap_or_default().to_string();
+        let upgrade = head.headers.get(header::UPGRADE).cloned();
+        outbound.request_headers(&mut head.headers);
+        drop_bearer_subprotocol(&mut head.headers);
+        if let Some(upgrade) = upgrade {
+            head.headers.insert(header::UPGRADE, upgrade);
+        }
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
+            head.headers.insert(header::HOST, host);
+        }
+        head.version = Version::HTTP_11;
+        head.uri = absolute
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+            .into();
+
+        let io = upstream.upgrade_connector().connect(&absolute).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| classify(&absolute, &e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "apiserver upgrade connection ended");
+            }
+        });
+        let upstream_request = Request::from_parts(
+            head,
+            Either::<Empty<bytes::Bytes>, Incoming>::Left(Empty::new()),
+        );
+        let mut response = sender
+            .send_request(upstream_request)
+            .await
+            .map_err(|e| classify(&absolute, &e))?;
+        upstream.answered();
+
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // A refused upgrade: the apiserver's status and body, as they are.
+            forward::response_headers(response.headers_mut());
+            return Ok(response.map(|body| ProxyBody::Upstream(body, None)));
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let mut answer = Response::new(ProxyBody::empty());
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *answer.headers_mut() = std::mem::take(response.headers_mut());
+        if let Some(record) = &record {
+            annotate_session(record, answer.headers(), &query);
+            record.started(StatusCode::SWITCHING_PROTOCOLS).await;
+        }
+        let session = Session {
+            kind: stream_kind(&absolute),
+            record,
+            began: std::time::Instant::now(),
+            to_server: Arc::default(),
+            to_client: Arc::default(),
+        };
+        self.metrics.stream(session.kind, 1);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let (closing, open, metrics) = (
+            self.closing.clone(),
+            self.open.clone(),
+            self.metrics.clone(),
+        );
+        // The client's side of the upgrade only completes after this
+        // response has been written, so the splice runs in its own task.
+        self.tracker.spawn(async move {
+            let splice = async {
+                let (client, server) = tokio::try_join!(client_upgrade, upstream_upgrade)?;
+                let mut client = Counted::new(TokioIo::new(client), session.to_server.clone());
+                let mut server = Counted::new(TokioIo::new(server), session.to_client.clone());
+                tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut server,
+                    SPLICE_BUFFER,
+                    SPLICE_BUFFER,
+                )
+                .await?;
+                Ok::<_, BoxError>(())
+            };
+            tokio::select! {
+                result = splice => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "relay ended with an error");
+                    }
+                }
+                () = closing.cancelled() => tracing::debug!("relay closed at shutdown"),
+            }
+            session.end(&metrics).await;
+            open.fetch_sub(1, Ordering::AcqRel);
+        });
+        Ok(answer)
+    }
 }
 
-/// Relays an upgrade request to the apiserver.
-///
-/// # Errors
-///
-/// A [`ProxyError`] if the apiserver cannot be reached; a refused upgrade
-/// is not an error but the apiserver's own response, passed through.
-#[allow(clippy::too_many_arguments)]
-pub async fn relay(
-    upstream: &Upstream,
-    relays: &Relays,
-    metrics: &Arc<Metrics>,
-    origin: &ClientOrigin,
-    forward_client_credentials: bool,
-    mut request: Request<Incoming>,
-    path_and_query: PathAndQuery,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let client_upgrade = hyper::upgrade::on(&mut request);
-    let (mut parts, _body) = request.into_parts();
-    let record = parts.extensions.remove::<Record>();
-    let query = parts.uri.query().unwrap_or_default().to_string();
-    let absolute = upstream.uri_for(path_and_query)?;
-    let upgrade = parts.headers.get(header::UPGRADE).cloned();
-    forward::request_headers(&mut parts.headers, origin, forward_client_credentials);
-    drop_bearer_subprotocol(&mut parts.headers);
-    upstream.authorize(&mut parts.headers);
-    if let Some(upgrade) = upgrade {
-        parts.headers.insert(header::UPGRADE, upgrade);
-    }
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
-        parts.headers.insert(header::HOST, host);
-    }
-    parts.version = Version::HTTP_11;
-    parts.uri = absolute
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"))
-        .into();
+/// One relayed session: what it is and what it moved.
+struct Session {
+    kind: StreamKind,
+    record: Option<Record>,
+    began: std::time::Instant,
+    to_server: Arc<AtomicU64>,
+    to_client: Arc<AtomicU64>,
+}
 
-    let io = upstream.upgrade_connector().connect(&absolute).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| classify(&absolute, &e))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "apiserver upgrade connection ended");
-        }
-    });
-    let upstream_request = Request::from_parts(
-        parts,
-        Either::<Empty<bytes::Bytes>, Incoming>::Left(Empty::new()),
-    );
-    let mut response = sender
-        .send_request(upstream_request)
-        .await
-        .map_err(|e| classify(&absolute, &e))?;
-    upstream.answered();
-
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // A refused upgrade: the apiserver's status and body, as they are.
-        forward::response_headers(response.headers_mut());
-        return Ok(response.map(|body| ProxyBody::Upstream(body, None)));
-    }
-    let upstream_upgrade = hyper::upgrade::on(&mut response);
-    let mut answer = Response::new(ProxyBody::empty());
-    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *answer.headers_mut() = std::mem::take(response.headers_mut());
-    if let Some(record) = &record {
-        annotate_session(record, answer.headers(), &query);
-        record.started(StatusCode::SWITCHING_PROTOCOLS).await;
-    }
-    let began = std::time::Instant::now();
-
-    let kind = stream_kind(&absolute);
-    metrics.stream(kind, 1);
-    let metrics = metrics.clone();
-    let to_server = Arc::new(AtomicU64::new(0));
-    let to_client = Arc::new(AtomicU64::new(0));
-    let closing = relays.closing.clone();
-    let open = relays.open.clone();
-    open.fetch_add(1, Ordering::AcqRel);
-    // The client's side of the upgrade only completes after this response
-    // has been written, so the splice runs in its own task.
-    relays.tracker.spawn(async move {
-        let splice = async {
-            let (client, server) = tokio::try_join!(client_upgrade, upstream_upgrade)?;
-            let mut client = Counted::new(TokioIo::new(client), to_server.clone());
-            let mut server = Counted::new(TokioIo::new(server), to_client.clone());
-            tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut server,
-                SPLICE_BUFFER,
-                SPLICE_BUFFER,
-            )
-            .await?;
-            Ok::<_, BoxError>(())
-        };
-        tokio::select! {
-            result = splice => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "relay ended with an error");
-                }
-            }
-            () = closing.cancelled() => tracing::debug!("relay closed at shutdown"),
-        }
-        metrics.stream(kind, -1);
-        metrics.relayed(
-            to_server.load(Ordering::Relaxed),
-            to_client.load(Ordering::Relaxed),
-        );
-        if let Some(record) = record {
-            record.annotate(
-                "kubegate.io/duration",
-                format!("{:.3}s", began.elapsed().as_secs_f64()),
-            );
-            record.annotate(
-                "kubegate.io/bytes-to-server",
-                to_server.load(Ordering::Relaxed).to_string(),
-            );
-            record.annotate(
-                "kubegate.io/bytes-to-client",
-                to_client.load(Ordering::Relaxed).to_string(),
-            );
+impl Session {
+    /// Counts the session's bytes and writes its `ResponseComplete`.
+    async fn end(self, metrics: &Metrics) {
+        let to_server = self.to_server.load(Ordering::Relaxed);
+        let to_client = self.to_client.load(Ordering::Relaxed);
+        metrics.stream(self.kind, -1);
+        metrics.relayed(to_server, to_client);
+        if let Some(record) = self.record {
+            let duration = format!("{:.3}s", self.began.elapsed().as_secs_f64());
+            record.annotate("kubegate.io/duration", duration);
+            record.annotate("kubegate.io/bytes-to-server", to_server.to_string());
+            record.annotate("kubegate.io/bytes-to-client", to_client.to_string());
             record.complete(StatusCode::SWITCHING_PROTOCOLS).await;
         }
-        open.fetch_sub(1, Ordering::AcqRel);
-    });
-    Ok(answer)
+    }
 }
 
 /// What kind of session a path opens, for the open-streams metric.
@@ -280,9 +302,9 @@ fn annotate_session(record: &Record, answer: &HeaderMap, query: &str) {
         format!("{upgrade} {protocol}").trim().to_string(),
     );
     let mut command = Vec::new();
-    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
-        let value = crate::query::decode(value);
-        match key {
+    for (key, value) in query_pairs(Some(query)) {
+        let value = value.into_owned();
+        match key.as_ref() {
             "command" => command.push(value),
             "container" => record.annotate("kubegate.io/container", value),
             "ports" => record.annotate("kubegate.io/ports", value),

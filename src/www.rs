@@ -7,7 +7,7 @@ use std::path::Path;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use crate::body::ProxyBody;
-use crate::policy::normalize;
+use crate::request::normalize;
 use crate::status::{ProxyError, status_response};
 
 /// Serves `path` (beginning with `/`, the prefix removed) from `dir`.

@@ -482,7 +482,7 @@ struct Collector {
 }
 
 impl Collector {
-    async fn start(pki: &kubegate::demo::Pki, listener: tokio::net::TcpListener) -> Collector {
+    async fn start(pki: &kubegate_double::Pki, listener: tokio::net::TcpListener) -> Collector {
         use hyper::service::service_fn;
         use rustls::pki_types::pem::PemObject;
         let server = pki.server();
@@ -491,13 +491,14 @@ impl Collector {
             .unwrap();
         let key =
             rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
-        let config =
-            rustls::ServerConfig::builder_with_provider(kubegate::upstream::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let events = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = events.clone();

@@ -175,7 +175,7 @@ async fn kubeconfig_is_found_through_the_kubeconfig_variable_with_several_files(
 
 #[tokio::test]
 async fn in_cluster_credentials_are_used_without_a_kubeconfig() {
-    let double = Double::with(kubegate::demo::Options::default(), Identity::Token).await;
+    let double = Double::with(kubegate_double::Options::default(), Identity::Token).await;
     let account = double.path("serviceaccount");
     std::fs::create_dir(&account).unwrap();
     std::fs::copy(double.path("ca.crt"), account.join("ca.crt")).unwrap();
@@ -320,7 +320,7 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
 
 #[tokio::test]
 async fn no_credential_appears_in_the_log_at_any_level() {
-    let double = Double::with(kubegate::demo::Options::default(), Identity::Token).await;
+    let double = Double::with(kubegate_double::Options::default(), Identity::Token).await;
     let running = start_for(&double, &["-v", "9"]).await;
     for path in ["/echo", "/api/./x", "/api"] {
         get(&running.url(path)).await;

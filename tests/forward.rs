@@ -6,7 +6,7 @@ mod support;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::BodyExt;
-use kubegate::demo::Options;
+use kubegate_double::Options;
 use support::*;
 
 #[tokio::test]
@@ -362,7 +362,7 @@ async fn append_server_path_prefixes_every_request() {
         "prefixed",
         &format!("{}/k8s/clusters/c-1", double.server.url()),
         &ca,
-        kubegate::demo::KubeconfigUser::Certificate {
+        kubegate_double::KubeconfigUser::Certificate {
             cert: &cert,
             key: &key,
         },

@@ -7,12 +7,13 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use bytes::Bytes;
 use clap::Parser;
 use http::Method;
-use kubegate::demo::Options;
+use kubegate_double::Options;
 use support::*;
 
 async fn scrape(admin: std::net::SocketAddr) -> BTreeMap<String, f64> {
@@ -133,7 +134,7 @@ async fn a_rotated_service_account_token_is_used_while_a_watch_stays_open() {
     ]);
     let config = kubegate::config::Config::load(&args, &env).await.unwrap();
     let proxy = std::sync::Arc::new(kubegate::Proxy::new(config).await.unwrap());
-    let listener = kubegate::listen::Listener::bind(&kubegate::config::Listen::Tcp(
+    let listener = kubegate::listen::Listener::bind(&kubegate::listen::Listen::Tcp(
         "127.0.0.1:0".parse().unwrap(),
     ))
     .await
@@ -203,35 +204,49 @@ async fn the_deploy_manifests_validate_against_the_kubernetes_schemas() {
     );
 }
 
+/// How deploy/Dockerfile and scripts/test build the binary that ships.
+const PRODUCTION_BUILD: &str =
+    "cargo build --release --locked --no-default-features --bin kubegate";
+
 #[tokio::test]
-async fn the_release_binary_runs_as_a_non_root_user() {
+async fn the_production_binary_runs_as_a_non_root_user_without_the_double() {
     let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/kubegate");
     assert!(
         binary.exists(),
-        "{} is missing; cargo build --release --locked (scripts/test does)",
+        "{} is missing; cargo build --release --locked --no-default-features --bin kubegate (scripts/test does)",
         binary.display()
     );
     let dockerfile =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile"))
             .unwrap();
     assert!(
-        dockerfile.contains("cargo build --release --locked --bin kubegate"),
+        dockerfile.contains(PRODUCTION_BUILD),
         "the Dockerfile builds as scripts/test does"
     );
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        home.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
-    // As the distroless image's user 65532, in a demo of its own.
+    // The production build carries no apiserver double.
+    let demo = std::process::Command::new(&binary)
+        .args(["demo", "-p", "0"])
+        .output()
+        .unwrap();
+    assert!(!demo.status.success());
+    assert!(
+        String::from_utf8_lossy(&demo.stderr).contains("no apiserver double"),
+        "{demo:?}"
+    );
+    // As the distroless image's user 65532, with a kubeconfig it can read.
+    let double = Double::start().await;
+    for entry in std::fs::read_dir(double.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(double.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
     let mut command = tokio::process::Command::new("setpriv");
     command
         .args(["--reuid=65532", "--regid=65532", "--clear-groups"])
         .arg(&binary)
-        .args(["demo", "-p", "0"])
-        .env("HOME", home.path())
-        .env("TMPDIR", home.path())
+        .arg(format!("--kubeconfig={}", double.kubeconfig.display()))
+        .args(["-p", "0"])
+        .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
-use kubegate::demo::Options;
+use kubegate_double::Options;
 use support::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

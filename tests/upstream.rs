@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use kubegate::demo::{ApiServer, Options, Pki};
+use kubegate_double::{ApiServer, Options, Pki};
 use support::*;
 
 /// A kubeconfig with a raw `cluster` and `user` body.

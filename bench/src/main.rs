@@ -4,7 +4,8 @@
 //! table of medians and writes `BENCHMARKS.md` and `bench/results.json`.
 //!
 //! ```sh
-//! cargo build --release && cargo run --release -p kubegate-bench
+//! cargo build --release --no-default-features --bin kubegate
+//! cargo run --release -p kubegate-bench
 //! ```
 
 mod load;
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use kubegate::demo::{ApiServer, KubeconfigUser, Options, Pki, User, write_kubeconfig};
+use kubegate_double::{ApiServer, KubeconfigUser, Options, Pki, User, write_kubeconfig};
 use load::{Endpoint, Figures};
 use proxies::{Kind, PeakRss, Proxy, cpu_seconds, rss_mib};
 use serde_json::json;
@@ -49,6 +50,9 @@ struct Sizes {
 
 type Results = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
 
+/// The build that ships (deploy/Dockerfile), which is the one measured.
+const PRODUCTION_BUILD: &str = "cargo build --release --no-default-features --bin kubegate";
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -75,7 +79,16 @@ async fn main() {
     let kubegate = proxies::kubegate_binary(args.kubegate.clone());
     assert!(
         kubegate.exists(),
-        "{} is missing: run `cargo build --release` first",
+        "{} is missing: run `{PRODUCTION_BUILD}` first",
+        kubegate.display()
+    );
+    let version = std::process::Command::new(&kubegate)
+        .arg("--version")
+        .output()
+        .expect("kubegate --version runs");
+    assert!(
+        !String::from_utf8_lossy(&version.stdout).contains("demo"),
+        "{} is the demo build, which carries the apiserver double; measure the production build: `{PRODUCTION_BUILD}`",
         kubegate.display()
     );
 
@@ -389,7 +402,7 @@ fn report(
         );
     }
     out.push_str(&format!(
-        "kubegate side by side with `kubectl proxy` and no proxy, one fast upstream (the apiserver double in fast mode: mutual TLS, HTTP/2, exec and port-forward echo in process), {rounds} round(s) in rotated order, medians.\n\n- date: {}\n- machine: {} × {}, {} memory, Linux {}\n- kubectl: {}\n- reproduce: `cargo build --release && cargo run --release -p kubegate-bench` (a few minutes; `--rounds N`)\n\n",
+        "kubegate side by side with `kubectl proxy` and no proxy, one fast upstream (the apiserver double in fast mode: mutual TLS, HTTP/2, exec and port-forward echo in process), {rounds} round(s) in rotated order, medians.\n\n- date: {}\n- machine: {} × {}, {} memory, Linux {}\n- kubectl: {}\n- reproduce: `{PRODUCTION_BUILD} && cargo run --release -p kubegate-bench` (a few minutes; `--rounds N`)\n\n",
         jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         machine["cores"], machine["cpu"].as_str().unwrap_or_default(), machine["memory"].as_str().unwrap_or_default(), machine["kernel"].as_str().unwrap_or_default(),
         kubectl.unwrap_or("not installed: no kubectl proxy column"),

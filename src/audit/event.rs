@@ -1,12 +1,12 @@
 //! The `audit.k8s.io/v1` `Event`, as kube-apiserver writes it
-//! (k8s.io/apiserver/pkg/apis/audit/v1/types.go), and the request
-//! attributes (verb, object) read from a request the way the apiserver's
-//! RequestInfoFactory reads them.
+//! (k8s.io/apiserver/pkg/apis/audit/v1/types.go).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::request::Resource;
 
 /// How much of a request is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -146,174 +146,22 @@ pub fn timestamp(at: jiff::Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
 }
 
-/// The verb and object of a request, as the apiserver's RequestInfoFactory
-/// reads them; `None` for the object means a non-resource request.
-pub fn request_info(
-    method: &str,
-    path: &str,
-    query: Option<&str>,
-    upgrade: bool,
-) -> (String, Option<ObjectRef>) {
-    let watch_param = query
-        .unwrap_or_default()
-        .split('&')
-        .any(|p| matches!(p, "watch=true" | "watch=1" | "watch"));
-    let parts: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let (api_group, api_version, rest) = match parts.as_slice() {
-        ["api", version, rest @ ..] => ("", *version, rest),
-        ["apis", group, version, rest @ ..] => (*group, *version, rest),
-        _ => return (method.to_ascii_lowercase(), None),
-    };
-    if rest.is_empty() {
-        // Discovery (`/api/v1`, `/apis/apps/v1`) is a non-resource request.
-        return (method.to_ascii_lowercase(), None);
-    }
-    let (watch_prefix, rest) = match rest {
-        ["watch", rest @ ..] => (true, rest),
-        _ => (false, rest),
-    };
-    let mut object = ObjectRef {
-        api_group: api_group.to_string(),
-        api_version: api_version.to_string(),
-        ..ObjectRef::default()
-    };
-    let rest = match rest {
-        ["namespaces", namespace, more @ ..] if !more.is_empty() => {
-            object.namespace = namespace.to_string();
-            more
-        }
-        ["namespaces", namespace] => {
-            object.resource = "namespaces".into();
-            object.name = namespace.to_string();
-            &[][..]
-        }
-        other => other,
-    };
-    if let [resource, more @ ..] = rest {
-        object.resource = resource.to_string();
-        if let [name, sub @ ..] = more {
-            object.name = name.to_string();
-            object.subresource = sub.join("/");
+impl From<Resource<'_>> for ObjectRef {
+    fn from(resource: Resource<'_>) -> Self {
+        ObjectRef {
+            resource: resource.resource.to_string(),
+            namespace: resource.namespace.to_string(),
+            name: resource.name.to_string(),
+            api_group: resource.group.to_string(),
+            api_version: resource.version.to_string(),
+            subresource: resource.subresource.to_string(),
         }
     }
-    let verb = match method {
-        _ if upgrade => "create",
-        "GET" | "HEAD" if watch_prefix || watch_param => "watch",
-        "GET" | "HEAD" if object.name.is_empty() => "list",
-        "GET" | "HEAD" => "get",
-        "POST" => "create",
-        "PUT" => "update",
-        "PATCH" => "patch",
-        "DELETE" if object.name.is_empty() => "deletecollection",
-        "DELETE" => "delete",
-        other => return (other.to_ascii_lowercase(), Some(object)),
-    };
-    (verb.to_string(), Some(object))
-}
-
-/// Whether kube-apiserver treats the request as long-running (it then
-/// writes a `ResponseStarted` event).
-pub fn long_running(verb: &str, object: Option<&ObjectRef>) -> bool {
-    verb == "watch"
-        || verb == "proxy"
-        || object.is_some_and(|o| {
-            matches!(
-                o.subresource.as_str(),
-                "attach" | "exec" | "proxy" | "log" | "portforward"
-            )
-        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info(method: &str, path: &str, query: Option<&str>) -> (String, Option<ObjectRef>) {
-        request_info(method, path, query, false)
-    }
-
-    #[test]
-    fn verbs_and_objects_read_like_the_apiservers() {
-        let (verb, object) = info("GET", "/api/v1/namespaces/default/pods", None);
-        assert_eq!(verb, "list");
-        let object = object.unwrap();
-        assert_eq!(
-            (
-                object.resource.as_str(),
-                object.namespace.as_str(),
-                object.api_version.as_str()
-            ),
-            ("pods", "default", "v1")
-        );
-        assert_eq!(
-            info("GET", "/api/v1/namespaces/default/pods", Some("watch=true")).0,
-            "watch"
-        );
-        assert_eq!(
-            info("GET", "/api/v1/watch/namespaces/default/pods", None).0,
-            "watch"
-        );
-        assert_eq!(
-            info("GET", "/api/v1/namespaces/default/pods/web", None).0,
-            "get"
-        );
-        assert_eq!(
-            info("POST", "/api/v1/namespaces/default/pods", None).0,
-            "create"
-        );
-        assert_eq!(
-            info("PUT", "/api/v1/namespaces/default/pods/web", None).0,
-            "update"
-        );
-        assert_eq!(
-            info("PATCH", "/api/v1/namespaces/default/pods/web", None).0,
-            "patch"
-        );
-        assert_eq!(
-            info("DELETE", "/api/v1/namespaces/default/pods/web", None).0,
-            "delete"
-        );
-        assert_eq!(
-            info("DELETE", "/api/v1/namespaces/default/pods", None).0,
-            "deletecollection"
-        );
-        let (verb, object) = info(
-            "GET",
-            "/apis/apps/v1/namespaces/ns/deployments/d/scale",
-            None,
-        );
-        let object = object.unwrap();
-        assert_eq!(verb, "get");
-        assert_eq!(
-            (
-                object.api_group.as_str(),
-                object.subresource.as_str(),
-                object.name.as_str()
-            ),
-            ("apps", "scale", "d")
-        );
-        let (verb, object) = info("GET", "/api/v1/namespaces/kube-system", None);
-        assert_eq!(
-            (verb.as_str(), object.unwrap().resource.as_str()),
-            ("get", "namespaces")
-        );
-        assert_eq!(info("GET", "/version", None), ("get".to_string(), None));
-        assert_eq!(info("GET", "/api", None), ("get".to_string(), None));
-        let (verb, object) = request_info(
-            "GET",
-            "/api/v1/namespaces/d/pods/p/exec",
-            Some("command=sh"),
-            true,
-        );
-        assert_eq!(
-            (verb.as_str(), object.unwrap().subresource.as_str()),
-            ("create", "exec")
-        );
-    }
 
     #[test]
     fn timestamps_have_microseconds() {

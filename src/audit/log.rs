@@ -36,6 +36,15 @@ pub enum Target {
     },
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Stdout => f.write_str("-"),
+            Target::File { path, .. } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// Counters and health of the backend, shared with the request path.
 #[derive(Debug, Default)]
 pub struct Health {

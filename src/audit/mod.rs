@@ -18,15 +18,21 @@ pub mod log;
 pub mod policy;
 pub mod webhook;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::{HeaderValue, Request, StatusCode, header};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, Uri, header};
 use serde_json::value::RawValue;
 
 use crate::body::{Captured, ProxyBody};
+use crate::client::Peer;
+use crate::error::{StartupError, io_reason};
+use crate::request::RequestInfo;
 use crate::status::ProxyError;
+use crate::upstream::Upstream;
 use event::{Event, Level, ObjectRef, ResponseStatus, Stage, UserInfo};
 
 /// Annotation: the policy decision, as the apiserver's authorizer writes it.
@@ -35,7 +41,7 @@ pub const DECISION: &str = "authorization.k8s.io/decision";
 pub const REASON: &str = "authorization.k8s.io/reason";
 
 /// What to do when the log cannot be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureMode {
     /// Answer 503 until the log can be written again.
     Refuse,
@@ -43,7 +49,7 @@ pub enum FailureMode {
     Continue,
 }
 
-/// The audit settings, from the command line.
+/// What to audit and where to send it, from the command line.
 #[derive(Debug)]
 pub struct Settings {
     /// The log backend, if `--audit-log-path` is set.
@@ -69,24 +75,42 @@ pub struct Audit {
     ids: Ids,
 }
 
-/// What the client connection tells audit.
-#[derive(Debug, Clone, Default)]
-pub struct Peer {
-    /// The peer's IP, for `sourceIPs`.
-    pub ip: Option<String>,
-    /// How to name the client in the `kubegate.io/client` annotation.
-    pub description: String,
-}
-
 impl Audit {
-    /// Starts the backends.
+    /// Starts the backends, learning first who kubegate is upstream (from a
+    /// `SelfSubjectReview`, else `fallback`, the client certificate's user).
     ///
     /// # Errors
     ///
-    /// The error opening the log file.
-    pub fn start(settings: Settings, user: UserInfo) -> std::io::Result<Audit> {
-        let log = settings.log.map(log::LogBackend::start).transpose()?;
-        let webhook = settings.webhook.map(webhook::WebhookBackend::start);
+    /// A [`StartupError`] when the log cannot be opened or the webhook's
+    /// collector cannot be used.
+    pub async fn start(
+        settings: Settings,
+        upstream: &Upstream,
+        fallback: UserInfo,
+    ) -> Result<Audit, StartupError> {
+        let user = match identity::self_subject_review(upstream).await {
+            Some(user) => user,
+            None => {
+                tracing::info!(
+                    "the apiserver answered no SelfSubjectReview; audit events name the client certificate's user"
+                );
+                fallback
+            }
+        };
+        let webhook = match settings.webhook {
+            Some(webhook) => Some(webhook::WebhookBackend::start(webhook).await?),
+            None => None,
+        };
+        let log = match settings.log {
+            Some(target) => Some(log::LogBackend::start(target.clone()).map_err(|error| {
+                StartupError::File {
+                    what: "audit log",
+                    path: target.to_string(),
+                    message: format!("{}; fix --audit-log-path", io_reason(&error)),
+                }
+            })?),
+            None => None,
+        };
         Ok(Audit {
             policy: settings.policy,
             log,
@@ -127,25 +151,27 @@ impl Audit {
     }
 
     /// Opens the record of a request and writes its `RequestReceived`
-    /// event; `None` when the policy says level `None`.
-    pub async fn begin<B>(
+    /// event; `None` when the policy says level `None`. `info` is the
+    /// request as the apiserver will read it, when it is an API request
+    /// kubegate could read.
+    pub async fn begin(
         self: &Arc<Self>,
-        request: &Request<B>,
+        head: &Parts,
+        uri: &Uri,
+        info: Option<&RequestInfo<'_>>,
         peer: &Peer,
-        upgrade: bool,
     ) -> Option<Record> {
-        let path = request.uri().path();
-        let (verb, object) = event::request_info(
-            request.method().as_str(),
-            path,
-            request.uri().query(),
-            upgrade,
-        );
+        let path = info.map_or(uri.path(), |info| info.path().as_str());
+        let verb = match info {
+            Some(info) => info.verb_text(),
+            None => Cow::Owned(head.method.as_str().to_ascii_lowercase()),
+        };
+        let resource = info.and_then(RequestInfo::resource);
         let (level, omit) = match &self.policy {
             Some(policy) => policy.decide(&policy::Attributes {
                 user: &self.user,
                 verb: &verb,
-                object: object.as_ref(),
+                resource,
                 path,
             }),
             None => (Level::Metadata, Vec::new()),
@@ -156,28 +182,23 @@ impl Audit {
         let received = jiff::Timestamp::now();
         let mut annotations = BTreeMap::new();
         annotations.insert("kubegate.io/client", peer.description.clone());
-        if let Some(client_id) = request
-            .headers()
-            .get("audit-id")
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(client_id) = head.headers.get("audit-id").and_then(|v| v.to_str().ok()) {
             annotations.insert("kubegate.io/client-audit-id", client_id.to_string());
         }
         let record = Record(Arc::new(RecordInner {
             audit: self.clone(),
             level,
             omit,
-            long_running: event::long_running(&verb, object.as_ref()),
+            long_running: info.is_some_and(RequestInfo::long_running),
             id: self.ids.next(),
-            request_uri: request
-                .uri()
+            request_uri: uri
                 .path_and_query()
                 .map_or_else(|| path.to_string(), |pq| pq.to_string()),
-            verb,
-            object,
+            verb: verb.into_owned(),
+            object: resource.map(ObjectRef::from),
             source_ips: peer.ip.iter().cloned().collect(),
-            user_agent: request
-                .headers()
+            user_agent: head
+                .headers
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
@@ -305,11 +326,6 @@ impl Record {
         self.0.audit.max_body_bytes
     }
 
-    /// Whether the apiserver would write `ResponseStarted` for it.
-    pub fn long_running(&self) -> bool {
-        self.0.long_running
-    }
-
     fn state(&self) -> std::sync::MutexGuard<'_, RecordState> {
         self.0
             .state
@@ -338,11 +354,7 @@ impl Record {
     /// Records a refusal (or failure) and writes `ResponseComplete` for it.
     pub async fn refused(&self, error: &ProxyError) {
         let (code, reason) = error.code_and_reason();
-        let forbidden = matches!(
-            error,
-            ProxyError::Denied(_) | ProxyError::Unauthorized | ProxyError::BadPath(_)
-        );
-        if forbidden {
+        if error.is_refusal() {
             self.annotate(DECISION, "forbid");
             self.annotate(REASON, format!("kubegate: {error}"));
         } else {

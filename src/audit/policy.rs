@@ -4,7 +4,8 @@
 
 use serde::Deserialize;
 
-use super::event::{Level, ObjectRef, Stage, UserInfo};
+use super::event::{Level, Stage, UserInfo};
+use crate::request::Resource;
 
 /// A policy file.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,7 +76,7 @@ pub struct Attributes<'a> {
     /// The Kubernetes verb.
     pub verb: &'a str,
     /// The object, for resource requests.
-    pub object: Option<&'a ObjectRef>,
+    pub resource: Option<Resource<'a>>,
     /// The path, for non-resource requests.
     pub path: &'a str,
 }
@@ -88,6 +89,12 @@ impl Policy {
     /// The parser's message.
     pub fn parse(yaml: &str) -> Result<Policy, String> {
         let policy: Policy = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        if !policy.api_version.is_empty() && policy.api_version != "audit.k8s.io/v1" {
+            return Err(format!(
+                "apiVersion is {:?}, not audit.k8s.io/v1",
+                policy.api_version
+            ));
+        }
         if !policy.kind.is_empty() && policy.kind != "Policy" {
             return Err(format!("kind is {:?}, not Policy", policy.kind));
         }
@@ -122,10 +129,12 @@ impl Rule {
             return false;
         }
         if !self.namespaces.is_empty() || !self.resources.is_empty() {
-            return a.object.is_some_and(|object| self.matches_resource(object));
+            return a
+                .resource
+                .is_some_and(|resource| self.matches_resource(&resource));
         }
         if !self.non_resource_urls.is_empty() {
-            return a.object.is_none()
+            return a.resource.is_none()
                 && self
                     .non_resource_urls
                     .iter()
@@ -134,36 +143,44 @@ impl Rule {
         true
     }
 
-    fn matches_resource(&self, object: &ObjectRef) -> bool {
-        if !self.namespaces.is_empty() && !self.namespaces.contains(&object.namespace) {
+    fn matches_resource(&self, object: &Resource<'_>) -> bool {
+        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == object.namespace) {
             return false;
         }
         if self.resources.is_empty() {
             return true;
         }
-        let combined = if object.subresource.is_empty() {
-            object.resource.clone()
-        } else {
-            format!("{}/{}", object.resource, object.subresource)
-        };
         self.resources
             .iter()
-            .filter(|gr| gr.group == object.api_group)
+            .filter(|gr| gr.group == object.group)
             .any(|gr| {
                 if gr.resources.is_empty() {
                     return true;
                 }
-                gr.resources.iter().any(|resource| {
-                    let resource_matches = resource == &combined
-                        || resource == "*"
-                        || (!object.subresource.is_empty()
-                            && resource.strip_prefix("*/") == Some(object.subresource.as_str()))
-                        || resource.strip_suffix("/*") == Some(object.resource.as_str());
-                    resource_matches
+                gr.resources.iter().any(|spec| {
+                    resource_matches(spec, object)
                         && (gr.resource_names.is_empty()
-                            || gr.resource_names.contains(&object.name))
+                            || gr.resource_names.iter().any(|n| n == object.name))
                 })
             })
+    }
+}
+
+/// Whether a rule's resource (`pods`, `pods/log`, `*`, `pods/*`,
+/// `*/scale`) covers the request's resource and subresource.
+fn resource_matches(spec: &str, object: &Resource<'_>) -> bool {
+    if spec == "*" {
+        return true;
+    }
+    match spec.split_once('/') {
+        None => spec == object.resource && object.subresource.is_empty(),
+        Some((resource, "*")) => resource == object.resource,
+        Some(("*", subresource)) => {
+            !object.subresource.is_empty() && subresource == object.subresource
+        }
+        Some((resource, subresource)) => {
+            resource == object.resource && subresource == object.subresource
+        }
     }
 }
 
@@ -178,7 +195,7 @@ fn path_matches(path: &str, spec: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::request_info;
+    use crate::request::RequestInfo;
 
     const POLICY: &str = r#"
 apiVersion: audit.k8s.io/v1
@@ -205,15 +222,15 @@ rules:
 
     fn decide(user: &str, method: &str, path: &str, upgrade: bool) -> (Level, Vec<Stage>) {
         let policy = Policy::parse(POLICY).unwrap();
-        let (verb, object) = request_info(method, path, None, upgrade);
+        let request = RequestInfo::read(method, path, None, upgrade).unwrap();
         let user = UserInfo {
             username: user.into(),
             ..UserInfo::default()
         };
         policy.decide(&Attributes {
             user: &user,
-            verb: &verb,
-            object: object.as_ref(),
+            verb: &request.verb_text(),
+            resource: request.resource(),
             path,
         })
     }

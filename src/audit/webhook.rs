@@ -15,14 +15,15 @@ use http::{Method, Request, header};
 use http_body_util::{BodyExt, Either, Full};
 use tokio::sync::mpsc;
 
-use crate::upstream::Upstream;
+use crate::error::StartupError;
+use crate::upstream::{Upstream, UpstreamSettings};
 
-/// How the webhook backend batches and retries.
+/// Where the webhook backend sends and how it batches and retries.
+#[derive(Debug)]
 pub struct Settings {
-    /// The collector, reached like an apiserver (TLS, credentials).
-    pub collector: Upstream,
-    /// The path on the collector (from its URL).
-    pub path: String,
+    /// The collector, from the kubeconfig-format file: reached like an
+    /// apiserver (TLS, credentials); its URL's path is where batches go.
+    pub collector: UpstreamSettings,
     /// Events per batch at most.
     pub batch_max_size: usize,
     /// How long a batch waits to fill.
@@ -33,14 +34,6 @@ pub struct Settings {
     pub initial_backoff: Duration,
 }
 
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("webhook::Settings")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The running webhook backend.
 pub struct WebhookBackend {
     sender: ArcSwapOption<mpsc::Sender<Vec<u8>>>,
@@ -49,15 +42,33 @@ pub struct WebhookBackend {
 }
 
 impl WebhookBackend {
-    /// Starts the batching task.
-    pub fn start(settings: Settings) -> WebhookBackend {
+    /// Connects the collector's credentials and starts the batching task.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartupError`] when the collector's credentials cannot be used.
+    pub async fn start(mut settings: Settings) -> Result<WebhookBackend, StartupError> {
+        // The collector's URL path is where batches go, not a prefix.
+        let path = match std::mem::take(&mut settings.collector.server_path) {
+            path if path.is_empty() => "/".to_string(),
+            path => path,
+        };
+        let collector = Collector {
+            upstream: Upstream::new(settings.collector).await?,
+            path,
+        };
         let (sender, receiver) = mpsc::channel(settings.buffer.max(1));
-        let task = tokio::spawn(deliver(settings, receiver));
-        WebhookBackend {
+        let batching = Batching {
+            max_size: settings.batch_max_size,
+            max_wait: settings.batch_max_wait,
+            initial_backoff: settings.initial_backoff,
+        };
+        let task = tokio::spawn(deliver(collector, batching, receiver));
+        Ok(WebhookBackend {
             sender: ArcSwapOption::from_pointee(sender),
             task: std::sync::Mutex::new(Some(task)),
             overflowed: Arc::new(AtomicU64::new(0)),
-        }
+        })
     }
 
     /// Buffers an event (a JSON line); counts it if the buffer is full.
@@ -76,11 +87,6 @@ impl WebhookBackend {
         }
     }
 
-    /// Events that did not fit in the buffer.
-    pub fn overflowed(&self) -> u64 {
-        self.overflowed.load(Ordering::Relaxed)
-    }
-
     /// Sends what is buffered (retrying for a while) and stops.
     pub async fn close(&self) {
         self.sender.store(None);
@@ -95,15 +101,27 @@ impl WebhookBackend {
     }
 }
 
-async fn deliver(settings: Settings, mut events: mpsc::Receiver<Vec<u8>>) {
+/// The collector, connected.
+struct Collector {
+    upstream: Upstream,
+    path: String,
+}
+
+struct Batching {
+    max_size: usize,
+    max_wait: Duration,
+    initial_backoff: Duration,
+}
+
+async fn deliver(collector: Collector, settings: Batching, mut events: mpsc::Receiver<Vec<u8>>) {
     loop {
         let Some(first) = events.recv().await else {
             return;
         };
         let mut batch = vec![first];
-        let deadline = tokio::time::sleep(settings.batch_max_wait);
+        let deadline = tokio::time::sleep(settings.max_wait);
         tokio::pin!(deadline);
-        while batch.len() < settings.batch_max_size {
+        while batch.len() < settings.max_size {
             tokio::select! {
                 next = events.recv() => match next {
                     Some(line) => batch.push(line),
@@ -114,7 +132,7 @@ async fn deliver(settings: Settings, mut events: mpsc::Receiver<Vec<u8>>) {
         }
         let body = event_list(&batch);
         let mut backoff = settings.initial_backoff;
-        while let Err(error) = post(&settings, body.clone()).await {
+        while let Err(error) = post(&collector, body.clone()).await {
             tracing::warn!(%error, events = batch.len(), retry_in = ?backoff, "audit webhook: the collector did not take a batch");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -136,15 +154,11 @@ fn event_list(lines: &[Vec<u8>]) -> Bytes {
     Bytes::from(body)
 }
 
-async fn post(settings: &Settings, body: Bytes) -> Result<(), String> {
-    let path = if settings.path.is_empty() {
-        "/".to_string()
-    } else {
-        settings.path.clone()
-    };
-    let uri = settings
-        .collector
-        .uri_for(path.parse().map_err(|e| format!("bad webhook path: {e}"))?)
+async fn post(collector: &Collector, body: Bytes) -> Result<(), String> {
+    let path = collector.path.parse();
+    let uri = collector
+        .upstream
+        .uri_for(path.map_err(|e| format!("bad webhook path: {e}"))?)
         .map_err(|e| e.to_string())?;
     let mut request = Request::builder()
         .method(Method::POST)
@@ -152,9 +166,9 @@ async fn post(settings: &Settings, body: Bytes) -> Result<(), String> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Either::Right(Either::Left(Full::new(body))))
         .map_err(|e| e.to_string())?;
-    settings.collector.authorize(request.headers_mut());
-    let response = settings
-        .collector
+    collector.upstream.authorize(request.headers_mut());
+    let response = collector
+        .upstream
         .send(request)
         .await
         .map_err(|e| e.to_string())?;

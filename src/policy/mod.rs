@@ -1,81 +1,11 @@
 //! Who may do what: the `Host`, path and method filters of `kubectl proxy`,
-//! applied to the canonical path. Pure functions of the request head, built
-//! once at start-up; nothing here does I/O.
-
-pub mod path;
+//! applied to the request as [`crate::request`] read it. Pure functions of
+//! the request head, built once at start-up; nothing here does I/O.
 
 use std::fmt;
 
-use regex::RegexSet;
-
-pub use path::{NormalPath, PathError, normalize};
-
-/// A comma-separated list of regular expressions, as kubectl's filter flags
-/// take them. Compiled once; matched as a substring search, as Go does.
-#[derive(Debug, Clone)]
-pub struct PatternList {
-    set: RegexSet,
-}
-
-/// A pattern in a filter flag that does not compile.
-#[derive(Debug, thiserror::Error)]
-#[error("--{flag}: the pattern {pattern:?} is not a valid regular expression: {reason}")]
-pub struct PatternError {
-    /// The flag that held it.
-    pub flag: &'static str,
-    /// The pattern as given.
-    pub pattern: String,
-    /// The compiler's complaint.
-    pub reason: String,
-}
-
-impl PatternList {
-    /// Parses `--flag=a,b,c`. An empty string is an empty list that matches
-    /// nothing (kubectl since 1.21).
-    ///
-    /// # Errors
-    ///
-    /// A [`PatternError`] naming the flag and the first bad pattern.
-    pub fn parse(flag: &'static str, list: &str) -> Result<Self, PatternError> {
-        let patterns: Vec<&str> = if list.is_empty() {
-            Vec::new()
-        } else {
-            list.split(',').collect()
-        };
-        for pattern in &patterns {
-            if let Err(error) = regex::Regex::new(pattern) {
-                return Err(PatternError {
-                    flag,
-                    pattern: pattern.to_string(),
-                    reason: error
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                });
-            }
-        }
-        let set = RegexSet::new(&patterns).map_err(|error| PatternError {
-            flag,
-            pattern: list.to_string(),
-            reason: error.to_string(),
-        })?;
-        Ok(PatternList { set })
-    }
-
-    /// Whether any pattern matches `text`.
-    pub fn is_match(&self, text: &str) -> bool {
-        self.set.is_match(text)
-    }
-
-    /// The first pattern that matches `text`, if any.
-    pub fn first_match(&self, text: &str) -> Option<&str> {
-        let index = self.set.matches(text).into_iter().next()?;
-        self.set.patterns().get(index).map(String::as_str)
-    }
-}
+use crate::pattern::PatternList;
+use crate::request::RequestInfo;
 
 /// The filters, as kubectl proxy's flags set them.
 #[derive(Debug, Clone)]
@@ -135,7 +65,7 @@ impl fmt::Display for Denial {
 impl Policy {
     /// Decides whether a request may go upstream.
     ///
-    /// `host` is the `Host` header (or HTTP/2 `:authority`). An `upgrade`
+    /// `host` is the `Host` header (or HTTP/2 `:authority`). An upgrade
     /// (exec, attach, port-forward) is a write whatever its method: the
     /// apiserver authorises a WebSocket `GET` exec as `create` since
     /// Kubernetes 1.35, so `--reject-methods` that refuses `POST` refuses
@@ -147,9 +77,8 @@ impl Policy {
     pub fn check(
         &self,
         method: &str,
-        upgrade: bool,
         host: Option<&str>,
-        path: &NormalPath<'_>,
+        request: &RequestInfo<'_>,
     ) -> Result<(), Denial> {
         if self.disabled {
             return Ok(());
@@ -158,7 +87,7 @@ impl Policy {
         if !self.accept_hosts.is_match(host) {
             return Err(denial("accept-hosts", host, None));
         }
-        let path = path.as_str();
+        let path = request.path().as_str();
         if let Some(pattern) = self.reject_paths.first_match(path) {
             return Err(denial("reject-paths", path, Some(pattern)));
         }
@@ -168,7 +97,9 @@ impl Policy {
         if let Some(pattern) = self.reject_methods.first_match(method) {
             return Err(denial("reject-methods", method, Some(pattern)));
         }
-        if upgrade && let Some(pattern) = self.reject_methods.first_match("POST") {
+        if request.upgrade()
+            && let Some(pattern) = self.reject_methods.first_match("POST")
+        {
             let subject = format!("{method} upgrade (exec, attach and port-forward count as POST)");
             return Err(denial("reject-methods", &subject, Some(pattern)));
         }

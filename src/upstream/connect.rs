@@ -16,7 +16,6 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::body::BoxError;
 use crate::status::ProxyError;
 
 /// A stream to the apiserver, plain or TLS.
@@ -87,13 +86,6 @@ impl Connector {
                 seconds: self.timeout.as_secs(),
             }),
         }
-    }
-}
-
-impl Connector {
-    /// Connections this connector (and its clones) opened.
-    pub fn opened(&self) -> u64 {
-        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -199,7 +191,7 @@ fn tls_error(server: String, error: &rustls::Error) -> ProxyError {
     };
     ProxyError::Tls {
         server,
-        reason: error.to_string(),
+        source: error.clone(),
         hint,
     }
 }
@@ -217,9 +209,4 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Makes a boxed error from a [`ProxyError`] (for hyper-util's pool).
-pub fn boxed(error: ProxyError) -> BoxError {
-    Box::new(error)
 }

@@ -15,7 +15,8 @@ use kube_client::config::ExecConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::{ClientIdentity, CredentialSource, StartupError, parse_identity};
+use super::settings::{ClientIdentity, CredentialSource, parse_identity};
+use crate::error::StartupError;
 
 /// How long before expiry an exec plugin is run again.
 const EXEC_REFRESH_MARGIN: Duration = Duration::from_secs(60);
@@ -201,7 +202,7 @@ fn read_token_file(path: &PathBuf) -> Result<String, String> {
         Err(e) => Err(format!(
             "token file {}: {}; check the kubeconfig's tokenFile or the mounted service account",
             path.display(),
-            crate::config::io_reason(&e)
+            crate::error::io_reason(&e)
         )),
     }
 }
@@ -343,7 +344,7 @@ async fn run_exec(exec: &ExecConfig, server: &Uri) -> Result<ExecOutput, String>
         .map_err(|e| {
             format!(
                 "exec credential plugin {command} could not be run ({}); {hint}",
-                crate::config::io_reason(&e)
+                crate::error::io_reason(&e)
             )
         })?;
     if !output.status.success() {

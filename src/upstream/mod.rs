@@ -6,10 +6,13 @@
 //! - [`connect`]: opening a connection, and what a failure means.
 //! - [`pool`]: HTTP/2 connections that respect the stream limit.
 //! - [`credentials`]: the token, kept fresh.
+//! - [`settings`]: the apiserver and identity, from a kubeconfig or a
+//!   service account.
 
 pub mod connect;
 pub mod credentials;
 pub mod pool;
+pub mod settings;
 pub mod tls;
 
 use std::sync::Arc;
@@ -25,11 +28,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
 use crate::body::{Capture, ProxyBody};
-use crate::config::{StartupError, UpstreamSettings};
+use crate::error::StartupError;
 use crate::status::ProxyError;
 use connect::{Connector, classify};
 use credentials::Credentials;
 use pool::{Checkout, H2Pool};
+pub use settings::UpstreamSettings;
 
 /// A request body on its way to the apiserver: the client's, streamed; one
 /// kubegate wrote; or the client's, streamed while audit keeps a copy.

@@ -12,8 +12,9 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::settings::{ClientIdentity, UpstreamSettings};
 use crate::certs::FilePair;
-use crate::config::{ClientIdentity, StartupError, UpstreamSettings};
+use crate::error::StartupError;
 
 /// The one crypto provider kubegate uses, everywhere.
 pub fn provider() -> Arc<CryptoProvider> {

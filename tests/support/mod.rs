@@ -17,9 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kubegate::cli::Args;
-use kubegate::config::{Config, Env, StartupError};
-use kubegate::demo::{ApiServer, KubeconfigUser, Options, Pki, User, write_kubeconfig};
+use kubegate::config::{Config, Env};
+use kubegate::error::StartupError;
 use kubegate::listen::Listener;
+use kubegate_double::{ApiServer, KubeconfigUser, Options, Pki, User, write_kubeconfig};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -104,7 +105,7 @@ impl Double {
     }
 
     /// The double's pod store.
-    pub fn store(&self) -> &kubegate::demo::store::Store {
+    pub fn store(&self) -> &kubegate_double::store::Store {
         &self.server.state().store
     }
 

@@ -1,5 +1,5 @@
-//! Path canonicalisation: the one reading of a request path that the filters
-//! match and that is forwarded.
+//! Path canonicalisation: the one reading of a request path that the
+//! filters and the request info read, and that is forwarded.
 //!
 //! The apiserver decodes a path once and acts on the decoded segments. A
 //! filter that matches some other spelling can be bypassed (`/api/./v1`,
@@ -71,6 +71,11 @@ pub enum PathError {
         "the request path has a '.' or '..' segment, which the apiserver would resolve differently from kubegate's filters; send the resolved path"
     )]
     DotSegment,
+    /// `watch` or `proxy` as the verb segment with no resource after it.
+    #[error(
+        "the request path has '{0}' with no resource after it, which the apiserver cannot read either; name the resource, e.g. /api/v1/{0}/pods"
+    )]
+    NoResource(&'static str),
     /// `//` or a trailing `/`.
     #[error(
         "the request path has an empty segment ('//' or a trailing '/'); send the path without it"

@@ -31,15 +31,10 @@ impl ExecSpec {
             stderr: false,
             tty: false,
         };
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = crate::query::decode(value);
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let value = value.into_owned();
             let on = matches!(value.as_str(), "true" | "1");
-            match key {
+            match key.as_ref() {
                 "command" => spec.command.push(value),
                 "stdin" => spec.stdin = on,
                 "stdout" => spec.stdout = on,

@@ -30,7 +30,6 @@ use tokio_rustls::TlsAcceptor;
 use super::api::{self, status};
 use super::pki::Pki;
 use super::store::Store;
-use crate::upstream::tls::provider;
 
 /// An authenticated identity, as the apiserver's `user.Info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,11 +214,12 @@ fn server_tls(
     for ca in CertificateDer::pem_slice_iter(pki.ca_pem().as_bytes()) {
         roots.add(ca?)?;
     }
-    let strict = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let strict = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()?;
     let lenient = Arc::new(LenientClientVerifier { strict });
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(lenient.clone())
         .with_single_cert(chain, key)?;

@@ -146,16 +146,9 @@ pub fn handle(
 }
 
 fn ports(query: Option<&str>) -> Vec<u16> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("ports="))
-        .flat_map(|list| {
-            crate::query::decode(list)
-                .split(',')
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == "ports")
+        .flat_map(|(_, list)| list.split(',').map(str::to_string).collect::<Vec<_>>())
         .filter_map(|p| p.trim().parse().ok())
         .collect()
 }

@@ -23,7 +23,6 @@ use tokio::sync::{broadcast, mpsc};
 use super::apiserver::{State, User};
 use super::store::{StoreError, now};
 use super::stream::{self, Kind};
-use crate::query::decode;
 
 /// The double's response body.
 pub type DoubleBody = BoxBody<Bytes, io::Error>;
@@ -96,16 +95,11 @@ struct Query(BTreeMap<String, String>);
 
 impl Query {
     fn parse(query: Option<&str>) -> Self {
-        let mut map = BTreeMap::new();
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            map.insert(decode(key), decode(value));
-        }
-        Query(map)
+        Query(
+            form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
 
     fn get(&self, key: &str) -> Option<&str> {

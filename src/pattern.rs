@@ -1,0 +1,58 @@
+//! kubectl's filter flags' values: comma-separated regular expressions,
+//! compiled once at start-up and matched as substring searches, as Go's
+//! `regexp.MatchString` does.
+
+use regex::RegexSet;
+
+use crate::error::StartupError;
+
+/// A comma-separated list of regular expressions, as kubectl's filter flags
+/// take them. Compiled once; matched as a substring search, as Go does.
+#[derive(Debug, Clone)]
+pub struct PatternList {
+    set: RegexSet,
+}
+
+impl PatternList {
+    /// Parses `--flag=a,b,c`. An empty string is an empty list that matches
+    /// nothing (kubectl since 1.21).
+    ///
+    /// # Errors
+    ///
+    /// A [`StartupError::Flag`] naming the flag and the first bad pattern.
+    pub fn parse(flag: &'static str, list: &str) -> Result<Self, StartupError> {
+        let patterns: Vec<&str> = if list.is_empty() {
+            Vec::new()
+        } else {
+            list.split(',').collect()
+        };
+        for pattern in &patterns {
+            if let Err(error) = regex::Regex::new(pattern) {
+                let reason = error.to_string();
+                let reason = reason.lines().last().unwrap_or_default().trim();
+                return Err(invalid(flag, pattern, reason));
+            }
+        }
+        let set =
+            RegexSet::new(&patterns).map_err(|error| invalid(flag, list, &error.to_string()))?;
+        Ok(PatternList { set })
+    }
+
+    /// Whether any pattern matches `text`.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.set.is_match(text)
+    }
+
+    /// The first pattern that matches `text`, if any.
+    pub fn first_match(&self, text: &str) -> Option<&str> {
+        let index = self.set.matches(text).into_iter().next()?;
+        self.set.patterns().get(index).map(String::as_str)
+    }
+}
+
+fn invalid(flag: &'static str, pattern: &str, reason: &str) -> StartupError {
+    StartupError::Flag {
+        flag,
+        message: format!("the pattern {pattern:?} is not a valid regular expression: {reason}"),
+    }
+}
