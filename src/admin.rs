@@ -92,6 +92,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
 /// Everything kubegate counts.
 pub struct Metrics {
     registry: Registry,
@@ -99,6 +104,7 @@ pub struct Metrics {
     latency: Family<VerbLabels, Histogram>,
     streams: Family<StreamLabels, Gauge>,
     bytes: Family<DirectionLabels, Counter>,
+    policy_refusals: Family<RuleLabels, Counter>,
     upstream_connections: Gauge<i64, AtomicI64>,
     credential_refreshes: Family<OutcomeLabels, Gauge<i64, AtomicI64>>,
     audit_written: Gauge<i64, AtomicI64>,
@@ -139,6 +145,12 @@ impl Default for Metrics {
             "Bytes relayed through upgraded sessions",
             bytes.clone(),
         );
+        let policy_refusals = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "policy_refusals",
+            "Requests refused by --policy-file or --read-only, by rule (FILE#N, FILE#none, read-only)",
+            policy_refusals.clone(),
+        );
         let upstream_connections = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "upstream_connections",
@@ -175,6 +187,7 @@ impl Default for Metrics {
             latency,
             streams,
             bytes,
+            policy_refusals,
             upstream_connections,
             credential_refreshes,
             audit_written,
@@ -199,6 +212,15 @@ impl Metrics {
         self.latency
             .get_or_create(&VerbLabels { verb })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A request the policy refused, by the rule that refused it.
+    pub fn policy_refusal(&self, rule: &str) {
+        self.policy_refusals
+            .get_or_create(&RuleLabels {
+                rule: rule.to_string(),
+            })
+            .inc();
     }
 
     /// An upgraded session opened (`+1`) or closed (`-1`).

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::client::ResolvesClientCert;
@@ -18,6 +18,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{SignatureScheme, client::ClientSessionMemoryCache};
 
 use crate::error::{StartupError, io_reason};
+use crate::reload;
 
 /// A certificate and key from two files, kept current.
 #[derive(Debug)]
@@ -44,36 +45,25 @@ impl FilePair {
             current: ArcSwap::from_pointee(load(cert, key, provider)?),
             sessions: ArcSwap::from_pointee(ClientSessionMemoryCache::new(256)),
         });
-        let (watched, provider, cert, key) = (
-            Arc::downgrade(&pair),
+        let (provider, files) = (
             provider.clone(),
-            cert.to_path_buf(),
-            key.to_path_buf(),
+            vec![cert.to_path_buf(), key.to_path_buf()],
         );
-        tokio::spawn(async move {
-            let mut seen = modified(&cert, &key);
-            loop {
-                tokio::time::sleep(interval).await;
-                let Some(pair) = watched.upgrade() else {
-                    return;
-                };
-                let now = modified(&cert, &key);
-                if now == seen {
-                    continue;
-                }
-                match load(&cert, &key, &provider) {
-                    Ok(fresh) => {
-                        pair.current.store(Arc::new(fresh));
-                        pair.sessions
-                            .store(Arc::new(ClientSessionMemoryCache::new(256)));
-                        seen = now;
-                        tracing::info!(cert = %cert.display(), "certificate files changed; new connections use the new pair");
-                    }
-                    // Half-written files: keep the old pair, try again.
-                    Err(error) => tracing::warn!(%error, "keeping the previous certificate"),
-                }
-            }
-        });
+        let (cert, key) = (cert.to_path_buf(), key.to_path_buf());
+        reload::watch(
+            files,
+            interval,
+            Arc::downgrade(&pair),
+            move |pair: &FilePair| {
+                // Half-written files fail here: the old pair stays.
+                let fresh = load(&cert, &key, &provider)?;
+                pair.current.store(Arc::new(fresh));
+                pair.sessions
+                    .store(Arc::new(ClientSessionMemoryCache::new(256)));
+                tracing::info!(cert = %cert.display(), "certificate files changed; new connections use the new pair");
+                Ok::<_, StartupError>(())
+            },
+        );
         Ok(pair)
     }
 
@@ -86,11 +76,6 @@ impl FilePair {
     pub fn sessions(&self) -> Arc<ClientSessionMemoryCache> {
         self.sessions.load_full()
     }
-}
-
-fn modified(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
-    let time = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    (time(cert), time(key))
 }
 
 fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, StartupError> {

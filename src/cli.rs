@@ -135,6 +135,19 @@ pub struct Args {
     #[arg(long, global = true)]
     pub user: Option<String>,
 
+    /// kubegate: rules in Kubernetes terms (verbs, resources, namespaces,
+    /// non-resource URLs; Allow or Deny, first match wins, no match is
+    /// refused), checked after the filters; re-read when it changes. See
+    /// docs/policy.md.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub policy_file: Option<PathBuf>,
+
+    /// kubegate: allow only get, list and watch (and discovery and the
+    /// self reviews tools send): no write, exec, attach, port-forward or
+    /// proxy. With --policy-file, the file's Deny rules still apply.
+    #[arg(long, global = true)]
+    pub read_only: bool,
+
     /// kubegate: regular expressions for browser origins (scheme://host:port)
     /// allowed to use the proxy, WebSockets included. Requests carrying any
     /// other Origin are refused, except kubegate's own (pages from --www).
@@ -255,7 +268,8 @@ pub struct Args {
     pub threads: usize,
 
     /// kubegate: how often credential files (a token file, client
-    /// certificate and key files, --tls-cert-file) are checked for changes.
+    /// certificate and key files, --tls-cert-file) and --policy-file are
+    /// checked for changes.
     #[arg(long, default_value = "10s", value_name = "DURATION", global = true)]
     pub token_reload_interval: String,
 

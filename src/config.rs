@@ -15,6 +15,7 @@ use crate::audit::{self, FailureMode};
 use crate::cli::Args;
 use crate::cors::OriginPolicy;
 use crate::error::{StartupError, io_reason};
+use crate::filters::Filters;
 use crate::listen::Listen;
 use crate::pattern::PatternList;
 use crate::policy::Policy;
@@ -29,7 +30,9 @@ pub struct Config {
     /// Which paths go to the apiserver and which to `--www`.
     pub(crate) routes: Routes,
     /// The request filters.
-    pub(crate) policy: Policy,
+    pub(crate) filters: Filters,
+    /// `--policy-file` and `--read-only`.
+    pub(crate) policy: Option<Policy>,
     /// `--accept-origins`.
     pub(crate) origins: OriginPolicy,
     /// `--access-token-file` / `--generate-access-token`.
@@ -88,7 +91,7 @@ impl Config {
     pub async fn load(args: &Args, env: &Env) -> Result<Config, StartupError> {
         let listen = listen(args)?;
         let routes = routes(args)?;
-        let policy = Policy {
+        let filters = Filters {
             accept_hosts: PatternList::parse("accept-hosts", &args.accept_hosts)?,
             accept_paths: PatternList::parse("accept-paths", &args.accept_paths)?,
             reject_paths: PatternList::parse("reject-paths", &args.reject_paths)?,
@@ -154,7 +157,8 @@ impl Config {
         Ok(Config {
             listen,
             routes,
-            policy,
+            filters,
+            policy: Policy::load(args.policy_file.as_deref(), args.read_only)?,
             origins,
             access_token,
             generated_access_token,

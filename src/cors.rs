@@ -12,8 +12,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::filters::Denial;
 use crate::pattern::PatternList;
-use crate::policy::Denial;
 
 /// Response headers a page may read (the apiserver's useful ones).
 const EXPOSED: &str = "Audit-Id, Warning, Content-Type, Content-Length, Content-Encoding, Date, Location, Retry-After, X-Kubernetes-Pf-Flowschema-Uid, X-Kubernetes-Pf-Prioritylevel-Uid";

@@ -15,7 +15,7 @@
 //! 4. [`pattern`]: kubectl's comma-separated regex lists.
 //! 5. [`request`]: the one reading of a request: canonical path, verb,
 //!    resource, namespace, name, as the apiserver reads them.
-//! 6. [`policy`]: the host, path and method filters.
+//! 6. [`filters`]: kubectl's host, path and method filters.
 //! 7. [`status`]: every failure as a `metav1.Status` response.
 //! 8. [`client`]: who is at the other end of a connection.
 //! 9. [`cors`]: browser origins and CORS.
@@ -51,7 +51,9 @@
 //!    and its verb, resource and namespace worked out as the apiserver
 //!    will; and routed it: `--www-prefix` to [`www`], `--api-prefix` on,
 //!    anything else 404.
-//! 3. [`policy`] applies the host, path and method filters to that reading.
+//! 3. [`filters`] applies kubectl's host, path and method filters to that
+//!    reading, then [`policy`] the Kubernetes-aware rules (`--policy-file`,
+//!    `--read-only`).
 //! 4. [`forward`] drops hop-by-hop headers and client credentials and sets
 //!    `X-Forwarded-*`; [`upstream`] adds kubegate's credential and sends the
 //!    request over a pooled connection, bodies streaming both ways.
@@ -78,11 +80,13 @@ pub(crate) mod client;
 pub mod config;
 pub(crate) mod cors;
 pub mod error;
+pub(crate) mod filters;
 pub(crate) mod forward;
 pub mod listen;
 pub(crate) mod pattern;
 pub(crate) mod policy;
 pub(crate) mod proxy;
+pub(crate) mod reload;
 pub(crate) mod request;
 pub(crate) mod serve;
 pub mod shutdown;
@@ -118,7 +122,7 @@ impl Proxy {
     ///
     /// A [`StartupError`] naming what is misconfigured.
     pub async fn new(config: Config) -> Result<Proxy, StartupError> {
-        if config.policy.disabled {
+        if config.filters.disabled {
             tracing::warn!(
                 "Request filter disabled (--disable-filter): any web page or local process that can reach kubegate can use your credentials"
             );
@@ -141,11 +145,15 @@ impl Proxy {
             )),
             None => None,
         };
+        if let Some(policy) = &config.policy {
+            policy.watch(config.reload_interval);
+        }
         let metrics = Arc::new(admin::Metrics::default());
         Ok(Proxy {
             tls,
             shared: Arc::new(Shared {
                 routes: config.routes,
+                filters: config.filters,
                 policy: config.policy,
                 origins: config.origins,
                 access_token: config.access_token,

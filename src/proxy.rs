@@ -24,6 +24,7 @@ use crate::audit::{Audit, Record};
 use crate::body::{Capture, ProxyBody};
 use crate::client::ClientOrigin;
 use crate::cors::{self, OriginPolicy};
+use crate::filters::Filters;
 use crate::forward::{self, Outbound};
 use crate::policy::Policy;
 use crate::request::{PathError, RequestInfo, Verb};
@@ -49,7 +50,9 @@ pub struct Shared {
     /// Where paths go.
     pub routes: Routes,
     /// The filters.
-    pub policy: Policy,
+    pub filters: Filters,
+    /// `--policy-file` and `--read-only`, when set.
+    pub policy: Option<Policy>,
     /// Which browser origins may use kubegate.
     pub origins: OriginPolicy,
     /// The local access token, when one is required.
@@ -198,8 +201,11 @@ impl ProxyService {
             Target::Api(info) => info,
         };
         self.shared
-            .policy
+            .filters
             .check(head.method.as_str(), host, &info)?;
+        if let Some(policy) = &self.shared.policy {
+            policy.check(&info)?;
+        }
         let path_and_query = upstream_path(&info, uri)?;
         if self.shared.access_token.is_some() {
             // The access token is kubegate's own; it never goes upstream.
@@ -274,6 +280,9 @@ impl ProxyService {
         } = exchange;
         let refused_origin =
             matches!(&result, Err(ProxyError::Denied(d)) if d.flag == "accept-origins");
+        if let Err(ProxyError::Forbidden(refusal)) = &result {
+            self.shared.metrics.policy_refusal(&refusal.rule);
+        }
         let decision = match &result {
             Err(error) if error.is_refusal() => Decision::forbid,
             _ => Decision::allow,

@@ -6,7 +6,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
 use crate::body::ProxyBody;
-use crate::policy::Denial;
+use crate::filters::Denial;
+use crate::policy::Refusal;
 use crate::request::PathError;
 
 /// Why a request was not served. Grouped by side, as the log reads them.
@@ -19,6 +20,9 @@ pub enum ProxyError {
     /// A filter refused the request.
     #[error("{0}")]
     Denied(#[from] Denial),
+    /// `--policy-file` or `--read-only` refused the request.
+    #[error("{0}")]
+    Forbidden(Box<Refusal>),
     /// The access token is missing or wrong.
     #[error(
         "this kubegate requires its access token: send \"Authorization: Bearer TOKEN\" or, for a WebSocket, the subprotocol base64url.bearer.authorization.k8s.io.BASE64URL(TOKEN); the token is in --access-token-file or was printed when kubegate started"
@@ -90,11 +94,28 @@ struct Status<'a> {
     status: &'static str,
     message: &'a str,
     reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details<'a>>,
     code: u16,
 }
 
 #[derive(Debug, Serialize)]
 struct Metadata {}
+
+/// `metav1.StatusDetails`: what was refused.
+#[derive(Debug, Serialize)]
+struct Details<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    group: &'a str,
+    kind: &'a str,
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> Self {
+        ProxyError::Forbidden(Box::new(refusal))
+    }
+}
 
 impl ProxyError {
     /// The status code and `metav1.StatusReason` for this error.
@@ -103,7 +124,7 @@ impl ProxyError {
         use StatusCode as S;
         match self {
             E::BadPath(_) | E::NotUpgradable => (S::BAD_REQUEST, "BadRequest"),
-            E::Denied(_) => (S::FORBIDDEN, "Forbidden"),
+            E::Denied(_) | E::Forbidden(_) => (S::FORBIDDEN, "Forbidden"),
             E::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
             E::NotFound(_) => (S::NOT_FOUND, "NotFound"),
             E::Connect { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
@@ -120,6 +141,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::Denied(_)
+                | ProxyError::Forbidden(_)
                 | ProxyError::Unauthorized
                 | ProxyError::BadPath(_)
                 | ProxyError::NotUpgradable
@@ -129,7 +151,11 @@ impl ProxyError {
     /// The response a client gets for this error.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let (code, reason) = self.code_and_reason();
-        let mut response = status_response(code, reason, &self.to_string());
+        let details = match self {
+            ProxyError::Forbidden(refusal) => refusal.details.as_ref(),
+            _ => None,
+        };
+        let mut response = status_body(code, reason, &self.to_string(), details);
         if let ProxyError::Unauthorized = self {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -146,6 +172,15 @@ pub fn status_response(
     reason: &'static str,
     message: &str,
 ) -> Response<ProxyBody> {
+    status_body(code, reason, message, None)
+}
+
+fn status_body(
+    code: StatusCode,
+    reason: &'static str,
+    message: &str,
+    details: Option<&(String, String, String)>,
+) -> Response<ProxyBody> {
     let status = Status {
         kind: "Status",
         api_version: "v1",
@@ -153,6 +188,7 @@ pub fn status_response(
         status: "Failure",
         message,
         reason,
+        details: details.map(|(name, group, kind)| Details { name, group, kind }),
         code: code.as_u16(),
     };
     // Serialising a struct of strings and numbers cannot fail.

@@ -206,6 +206,12 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
     let double = Double::start().await;
     let home = double.dir.path();
     let kubeconfig = double.kubeconfig.to_str().unwrap();
+    let bad_policy = double.path("bad-policy.yaml");
+    std::fs::write(
+        &bad_policy,
+        "rules:\n  - action: Allow\n    verbs: [get]\n  - action: Deny\n    verb: [delete]\n",
+    )
+    .unwrap();
     let cases: &[(&[&str], &[&str])] = &[
         (
             &[],
@@ -238,6 +244,29 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
         (
             &["--kubeconfig", kubeconfig, "-u", "/tmp/x.sock", "-p", "9"],
             &["--unix-socket", "--port"],
+        ),
+        (
+            &[
+                "--kubeconfig",
+                kubeconfig,
+                "--policy-file",
+                "/nonexistent/policy.yaml",
+            ],
+            &["policy file /nonexistent/policy.yaml", "no such file"],
+        ),
+        (
+            &[
+                "--kubeconfig",
+                kubeconfig,
+                "--policy-file",
+                bad_policy.to_str().unwrap(),
+            ],
+            &[
+                "policy file",
+                "bad-policy.yaml",
+                "rule 2",
+                "unknown field `verb`",
+            ],
         ),
     ];
     for (args, words) in cases {

@@ -452,3 +452,94 @@ async fn the_deno_example_uses_the_access_token() {
         "{refused:?}"
     );
 }
+
+/// Runs a client that must fail; its standard error.
+async fn failure(mut command: Command) -> String {
+    let output = within("client", command.output())
+        .await
+        .expect("client runs");
+    assert!(
+        !output.status.success(),
+        "client succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn kubectl_reads_through_read_only_and_every_write_is_refused_with_the_reason() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    double.store().append_log("default", "box", "line one");
+    let kubegate = Kubegate::start(&double, &["--read-only"]).await;
+    let home = double.dir.path();
+
+    let table = output(kubectl(home, &kubegate, &["get", "pods"])).await;
+    assert!(table.contains("box"), "{table}");
+    let (_watching, mut watched) = stream(kubectl(
+        home,
+        &kubegate,
+        &["get", "pods", "--watch", "-o", "name"],
+    ));
+    line_containing(&mut watched, "pod/box").await;
+    let (_following, mut log) = stream(kubectl(home, &kubegate, &["logs", "-f", "box"]));
+    line_containing(&mut log, "line one").await;
+    double.store().append_log("default", "box", "line two");
+    line_containing(&mut log, "line two").await;
+
+    let manifest = double.path("pod.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: applied\nspec:\n  containers:\n  - name: main\n    image: busybox\n",
+    )
+    .unwrap();
+    let path = manifest.to_str().unwrap();
+    let echo = EchoServer::start().await;
+    let forward = format!("0:{}", echo.port);
+    let refused: [&[&str]; 4] = [
+        &["apply", "--validate=false", "-f", path],
+        &["delete", "pod", "box"],
+        &["exec", "box", "--", "echo", "hi"],
+        &["port-forward", "pod/box", &forward],
+    ];
+    for args in refused {
+        let stderr = failure(kubectl(home, &kubegate, args)).await;
+        assert!(
+            stderr.contains("forbidden: kubegate's policy does not let this proxy")
+                && stderr.contains("--read-only"),
+            "kubectl {args:?}: {stderr}"
+        );
+    }
+    assert!(double.store().get("default", "applied").is_none());
+    assert!(double.store().get("default", "box").is_some());
+}
+
+#[tokio::test]
+async fn the_python_client_lists_through_read_only_and_its_create_is_refused() {
+    let double = Double::start().await;
+    double.store().create("default", pod("existing")).unwrap();
+    let kubegate = Kubegate::start(&double, &["--read-only"]).await;
+    let mut python = program("python3", "install Python 3");
+    python.args([
+        "-c",
+        "import sys
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+configuration = client.Configuration()
+configuration.host = sys.argv[1]
+api = client.CoreV1Api(client.ApiClient(configuration))
+print('listed', ','.join(p.metadata.name for p in api.list_namespaced_pod('default').items))
+pod = client.V1Pod(metadata=client.V1ObjectMeta(name='new'), spec=client.V1PodSpec(containers=[client.V1Container(name='m', image='busybox')]))
+try:
+    api.create_namespaced_pod('default', pod)
+    print('created')
+except ApiException as refused:
+    print('refused', refused.status, refused.reason)
+",
+        &kubegate.url(""),
+    ]);
+    let printed = output(python).await;
+    assert!(printed.contains("listed existing"), "{printed}");
+    assert!(printed.contains("refused 403 Forbidden"), "{printed}");
+    assert!(double.store().get("default", "new").is_none());
+}

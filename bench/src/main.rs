@@ -50,6 +50,19 @@ struct Sizes {
 
 type Results = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
 
+/// A 20-rule policy whose only match for the benchmark's requests is the
+/// last rule: the cost of walking every rule.
+fn twenty_rules() -> String {
+    let mut text = String::from("rules:\n");
+    for n in 0..19 {
+        text.push_str(&format!(
+            "  - action: Deny\n    verbs: [get, list, watch]\n    namespaces: [team-{n}]\n    resources: [{{group: \"\", resources: [\"pods\", \"pods/log\", \"configmaps\"]}}]\n"
+        ));
+    }
+    text.push_str("  - action: Allow\n");
+    text
+}
+
 /// The build that ships (deploy/Dockerfile), which is the one measured.
 const PRODUCTION_BUILD: &str = "cargo build --release --no-default-features --bin kubegate";
 
@@ -163,6 +176,12 @@ async fn main() {
     kinds.push(Kind::Kubegate {
         label: "kubegate + audit",
         flags: vec![format!("--audit-log-path={}", audit_log.display())],
+    });
+    let policy_file = scratch.path().join("policy.yaml");
+    std::fs::write(&policy_file, twenty_rules()).expect("policy file");
+    kinds.push(Kind::Kubegate {
+        label: "kubegate + policy",
+        flags: vec![format!("--policy-file={}", policy_file.display())],
     });
     kinds.push(Kind::Kubegate {
         label: "kubegate + token",

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::event::{Level, Stage, UserInfo};
+use crate::policy::selector::Selector;
 use crate::request::Resource;
 
 /// A policy file.
@@ -37,36 +38,12 @@ pub struct Rule {
     /// Groups; empty matches all.
     #[serde(default)]
     pub user_groups: Vec<String>,
-    /// Verbs; empty matches all.
-    #[serde(default)]
-    pub verbs: Vec<String>,
-    /// Resources by group; matches resource requests only.
-    #[serde(default)]
-    pub resources: Vec<GroupResources>,
-    /// Namespaces (`""` for cluster-scoped); matches resource requests only.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// Non-resource URL paths, `*` allowed as the last character.
-    #[serde(default, rename = "nonResourceURLs")]
-    pub non_resource_urls: Vec<String>,
+    /// Verbs, resources, namespaces and non-resource URLs.
+    #[serde(flatten)]
+    pub selector: Selector,
     /// Stages this rule does not record.
     #[serde(default)]
     pub omit_stages: Vec<Stage>,
-}
-
-/// Resources of one API group.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GroupResources {
-    /// The group (`""` for the core group).
-    #[serde(default)]
-    pub group: String,
-    /// `pods`, `pods/log`, `*`, `pods/*`, `*/scale`; empty means all.
-    #[serde(default)]
-    pub resources: Vec<String>,
-    /// Object names; empty means all.
-    #[serde(default)]
-    pub resource_names: Vec<String>,
 }
 
 /// What a request is, for matching.
@@ -125,71 +102,8 @@ impl Rule {
         {
             return false;
         }
-        if !self.verbs.is_empty() && !self.verbs.iter().any(|v| v == a.verb) {
-            return false;
-        }
-        if !self.namespaces.is_empty() || !self.resources.is_empty() {
-            return a
-                .resource
-                .is_some_and(|resource| self.matches_resource(&resource));
-        }
-        if !self.non_resource_urls.is_empty() {
-            return a.resource.is_none()
-                && self
-                    .non_resource_urls
-                    .iter()
-                    .any(|spec| path_matches(a.path, spec));
-        }
-        true
+        self.selector.matches(a.verb, a.resource.as_ref(), a.path)
     }
-
-    fn matches_resource(&self, object: &Resource<'_>) -> bool {
-        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == object.namespace) {
-            return false;
-        }
-        if self.resources.is_empty() {
-            return true;
-        }
-        self.resources
-            .iter()
-            .filter(|gr| gr.group == object.group)
-            .any(|gr| {
-                if gr.resources.is_empty() {
-                    return true;
-                }
-                gr.resources.iter().any(|spec| {
-                    resource_matches(spec, object)
-                        && (gr.resource_names.is_empty()
-                            || gr.resource_names.iter().any(|n| n == object.name))
-                })
-            })
-    }
-}
-
-/// Whether a rule's resource (`pods`, `pods/log`, `*`, `pods/*`,
-/// `*/scale`) covers the request's resource and subresource.
-fn resource_matches(spec: &str, object: &Resource<'_>) -> bool {
-    if spec == "*" {
-        return true;
-    }
-    match spec.split_once('/') {
-        None => spec == object.resource && object.subresource.is_empty(),
-        Some((resource, "*")) => resource == object.resource,
-        Some(("*", subresource)) => {
-            !object.subresource.is_empty() && subresource == object.subresource
-        }
-        Some((resource, subresource)) => {
-            resource == object.resource && subresource == object.subresource
-        }
-    }
-}
-
-fn path_matches(path: &str, spec: &str) -> bool {
-    spec == "*"
-        || spec == path
-        || spec
-            .strip_suffix('*')
-            .is_some_and(|prefix| path.starts_with(prefix))
 }
 
 #[cfg(test)]

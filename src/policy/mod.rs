@@ -1,135 +1,381 @@
-//! Who may do what: the `Host`, path and method filters of `kubectl proxy`,
-//! applied to the request as [`crate::request`] read it. Pure functions of
-//! the request head, built once at start-up; nothing here does I/O.
+//! Policy in Kubernetes terms: `--policy-file` rules (verbs, resources,
+//! namespaces, non-resource URLs; `Allow` or `Deny`, the first match wins,
+//! and what no rule matches is refused) and `--read-only`, decided on the
+//! request as the apiserver reads it ([`crate::request`]). The file is read
+//! again when it changes; reading the current rules takes no lock.
+//!
+//! - [`selector`]: which requests a rule covers (shared with audit).
+
+pub mod selector;
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::pattern::PatternList;
-use crate::request::RequestInfo;
+use arc_swap::ArcSwap;
+use serde::Deserialize;
 
-/// The filters, as kubectl proxy's flags set them.
-#[derive(Debug, Clone)]
+use crate::error::{StartupError, io_reason};
+use crate::reload;
+use crate::request::{RequestInfo, Resource, Verb};
+use selector::{GroupResources, Selector};
+
+/// `--policy-file` and `--read-only`.
+#[derive(Debug)]
 pub struct Policy {
-    /// `--accept-hosts`: the `Host` header (port removed) must match one.
-    pub accept_hosts: PatternList,
-    /// `--accept-paths`: the canonical path must match one.
-    pub accept_paths: PatternList,
-    /// `--reject-paths`: a path matching one is refused, whatever else allows it.
-    pub reject_paths: PatternList,
-    /// `--reject-methods`: a method matching one is refused.
-    pub reject_methods: PatternList,
-    /// `--disable-filter`: every check passes.
-    pub disabled: bool,
+    file: Option<Arc<PolicyFile>>,
+    read_only: bool,
 }
 
-/// A request the filters refused, and which flag refused it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct Denial {
-    /// The flag whose value refused the request.
-    pub flag: &'static str,
-    /// What was checked: the host, path or method.
-    pub subject: String,
-    /// The pattern that matched, for the reject flags.
-    pub pattern: Option<String>,
+/// The policy file and its current rules.
+#[derive(Debug)]
+struct PolicyFile {
+    path: PathBuf,
+    rules: ArcSwap<Vec<Rule>>,
 }
 
-impl fmt::Display for Denial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Denial {
-            flag,
-            subject,
-            pattern,
-        } = self;
-        match (*flag, pattern) {
-            ("accept-hosts", _) => write!(
-                f,
-                "host {subject:?} matches no --accept-hosts pattern (the Host header is checked to stop DNS rebinding); add a pattern for it to --accept-hosts if you own that name"
-            ),
-            ("accept-origins", _) => write!(
-                f,
-                "origin {subject:?} may not use this kubegate: requests from other web sites are refused to stop cross-site attacks on your cluster; if you trust that site, add a pattern for it to --accept-origins"
-            ),
-            ("accept-paths", _) => write!(
-                f,
-                "path {subject:?} matches no --accept-paths pattern; add one that matches it to --accept-paths"
-            ),
-            (_, Some(pattern)) => write!(
-                f,
-                "{subject:?} is refused by the --{flag} pattern {pattern:?}; change --{flag} to allow it"
-            ),
-            (_, None) => write!(f, "{subject:?} is refused by --{flag}"),
-        }
-    }
+/// One rule of the file.
+#[derive(Debug, Clone)]
+struct Rule {
+    allow: bool,
+    selector: Selector,
 }
+
+/// The verbs a rule may name.
+const VERBS: [&str; 14] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "proxy",
+    "post",
+    "put",
+    "head",
+    "options",
+    "*",
+];
+
+/// The requests `--read-only` allows besides reads: the reviews tools send
+/// to learn who they are and what they may do, before they act.
+const SELF_REVIEWS: [(&str, &str); 3] = [
+    ("authorization.k8s.io", "selfsubjectaccessreviews"),
+    ("authorization.k8s.io", "selfsubjectrulesreviews"),
+    ("authentication.k8s.io", "selfsubjectreviews"),
+];
 
 impl Policy {
-    /// Decides whether a request may go upstream.
-    ///
-    /// `host` is the `Host` header (or HTTP/2 `:authority`). An upgrade
-    /// (exec, attach, port-forward) is a write whatever its method: the
-    /// apiserver authorises a WebSocket `GET` exec as `create` since
-    /// Kubernetes 1.35, so `--reject-methods` that refuses `POST` refuses
-    /// upgrades too.
+    /// Reads `--policy-file`, if given; `None` when there is neither a file
+    /// nor `--read-only`.
     ///
     /// # Errors
     ///
-    /// The [`Denial`] naming the flag that refused the request.
-    pub fn check(
-        &self,
-        method: &str,
-        host: Option<&str>,
-        request: &RequestInfo<'_>,
-    ) -> Result<(), Denial> {
-        if self.disabled {
-            return Ok(());
-        }
-        let host = host.map(host_without_port).unwrap_or("");
-        if !self.accept_hosts.is_match(host) {
-            return Err(denial("accept-hosts", host, None));
-        }
+    /// A [`StartupError`] naming the file, the rule and what is wrong.
+    pub fn load(file: Option<&Path>, read_only: bool) -> Result<Option<Policy>, StartupError> {
+        let file = match file {
+            Some(path) => Some(Arc::new(PolicyFile {
+                rules: ArcSwap::from_pointee(read_rules(path)?),
+                path: path.to_path_buf(),
+            })),
+            None if !read_only => return Ok(None),
+            None => None,
+        };
+        Ok(Some(Policy { file, read_only }))
+    }
+
+    /// Reads the file again whenever it changes (checked every
+    /// `interval`); a file that no longer parses keeps the rules it had.
+    pub fn watch(&self, interval: Duration) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let files = vec![file.path.clone()];
+        reload::watch(
+            files,
+            interval,
+            Arc::downgrade(file),
+            |file: &PolicyFile| {
+                let rules = read_rules(&file.path)?;
+                tracing::info!(file = %file.path.display(), rules = rules.len(), "policy file changed; the next request sees the new rules");
+                file.rules.store(Arc::new(rules));
+                Ok::<_, StartupError>(())
+            },
+        );
+    }
+
+    /// Decides a request the filters let through: the file's first
+    /// matching rule, and with `--read-only`, reads only (a file's `Deny`
+    /// still refuses).
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`], naming the rule that refused the request.
+    pub fn check(&self, request: &RequestInfo<'_>) -> Result<(), Refusal> {
+        let verb = request.verb_text();
+        let resource = request.resource();
         let path = request.path().as_str();
-        if let Some(pattern) = self.reject_paths.first_match(path) {
-            return Err(denial("reject-paths", path, Some(pattern)));
+        if let Some(file) = &self.file {
+            let rules = file.rules.load();
+            let matched = rules
+                .iter()
+                .position(|rule| rule.selector.matches(&verb, resource.as_ref(), path));
+            match matched {
+                Some(index) if !rules[index].allow => {
+                    return Err(Refusal::new(request, Refused::Rule(&file.path, index)));
+                }
+                None if !self.read_only => {
+                    return Err(Refusal::new(request, Refused::NoRule(&file.path)));
+                }
+                _ => {}
+            }
         }
-        if !self.accept_paths.is_match(path) {
-            return Err(denial("accept-paths", path, None));
-        }
-        if let Some(pattern) = self.reject_methods.first_match(method) {
-            return Err(denial("reject-methods", method, Some(pattern)));
-        }
-        if request.upgrade()
-            && let Some(pattern) = self.reject_methods.first_match("POST")
-        {
-            let subject = format!("{method} upgrade (exec, attach and port-forward count as POST)");
-            return Err(denial("reject-methods", &subject, Some(pattern)));
+        if self.read_only && !reads_only(request) {
+            return Err(Refusal::new(request, Refused::ReadOnly));
         }
         Ok(())
     }
 }
 
-fn denial(flag: &'static str, subject: &str, pattern: Option<&str>) -> Denial {
-    Denial {
-        flag,
-        subject: subject.to_string(),
-        pattern: pattern.map(str::to_string),
+/// What `--read-only` allows: `get`, `list` and `watch` of any resource
+/// but a `proxy` one (which reaches into a running program), non-resource
+/// reads (discovery, `/version`), and the self reviews.
+fn reads_only(request: &RequestInfo<'_>) -> bool {
+    let verb = request.verb();
+    match request.resource() {
+        None => matches!(verb, Verb::Get | Verb::Head),
+        Some(resource) if resource.subresource == "proxy" => false,
+        Some(_) if matches!(verb, Verb::Get | Verb::List | Verb::Watch) => true,
+        Some(resource) => {
+            verb == Verb::Create
+                && resource.subresource.is_empty()
+                && SELF_REVIEWS.contains(&(resource.group, resource.resource))
+        }
     }
 }
 
-/// The host part of a `Host` header, brackets kept: `[::1]:8001` is `[::1]`
-/// (kubectl drops the brackets and then refuses IPv6 loopback,
-/// kubernetes/kubernetes#77496).
-pub fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
+/// A policy file as written.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    rules: Vec<serde_json::Value>,
+}
+
+/// One rule as written.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawRule {
+    action: Action,
+    #[serde(default)]
+    verbs: Vec<String>,
+    #[serde(default)]
+    resources: Vec<GroupResources>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default, rename = "nonResourceURLs")]
+    non_resource_urls: Vec<String>,
+}
+
+#[derive(Deserialize, PartialEq, Eq)]
+enum Action {
+    Allow,
+    Deny,
+}
+
+fn read_rules(path: &Path) -> Result<Vec<Rule>, StartupError> {
+    let fail = |message: String| StartupError::File {
+        what: "policy file",
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(format!("{}; give a readable --policy-file", io_reason(&e))))?;
+    parse(&text).map_err(fail)
+}
+
+/// Parses a policy file; the error names the rule (from 1) and the fix.
+fn parse(text: &str) -> Result<Vec<Rule>, String> {
+    let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| {
+        format!("is not a kubegate policy ({e}); see docs/policy.md for the format")
+    })?;
+    if raw
+        .api_version
+        .as_deref()
+        .is_some_and(|v| v != "kubegate.io/v1")
+    {
+        return Err("apiVersion must be kubegate.io/v1 (or left out)".into());
     }
-    match host.split_once(':') {
-        Some((name, port)) if !port.contains(':') => name,
-        _ => host,
+    if raw.kind.as_deref().is_some_and(|k| k != "Policy") {
+        return Err("kind must be Policy (or left out)".into());
+    }
+    raw.rules
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| rule(value).map_err(|e| format!("rule {}: {e}", index + 1)))
+        .collect()
+}
+
+fn rule(value: serde_json::Value) -> Result<Rule, String> {
+    let raw: RawRule = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if let Some(verb) = raw.verbs.iter().find(|v| !VERBS.contains(&v.as_str())) {
+        return Err(format!(
+            "unknown verb {verb:?}; use get, list, watch, create, update, patch, delete, deletecollection, proxy, or * (and post, put, head, options for nonResourceURLs)"
+        ));
+    }
+    if !raw.non_resource_urls.is_empty() && !(raw.resources.is_empty() && raw.namespaces.is_empty())
+    {
+        return Err("nonResourceURLs cannot be combined with resources or namespaces: a request is either a resource request or not; write two rules".into());
+    }
+    if let Some(url) = raw
+        .non_resource_urls
+        .iter()
+        .find(|u| !(u.starts_with('/') || *u == "*") || u.trim_end_matches('*').contains('*'))
+    {
+        return Err(format!(
+            "nonResourceURLs entry {url:?} must be a path starting with '/', with '*' only at its end"
+        ));
+    }
+    for group in &raw.resources {
+        if let Some(resource) = group
+            .resources
+            .iter()
+            .find(|r| r.is_empty() || r.matches('/').count() > 1)
+        {
+            return Err(format!(
+                "resource {resource:?} must be a resource, resource/subresource, resource/* or */subresource"
+            ));
+        }
+    }
+    Ok(Rule {
+        allow: raw.action == Action::Allow,
+        selector: Selector {
+            verbs: raw.verbs,
+            resources: raw.resources,
+            namespaces: raw.namespaces,
+            non_resource_urls: raw.non_resource_urls,
+        },
+    })
+}
+
+/// Which part of the policy refused a request.
+enum Refused<'a> {
+    /// The file's rule at this index (from 0) says `Deny`.
+    Rule(&'a Path, usize),
+    /// No rule of the file matches.
+    NoRule(&'a Path),
+    /// `--read-only`.
+    ReadOnly,
+}
+
+/// A request the policy refused, worded as the apiserver's RBAC refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What was refused: `pods "web"`, `pods`, or empty for a path.
+    subject: String,
+    /// The verb and what it acts on: `get resource "pods" in API group ""
+    /// in the namespace "team-a"`, `get path "/metrics"`.
+    action: String,
+    /// Which rule, and what to change.
+    why: String,
+    /// The rule as a metric label: `FILE#N`, `FILE#none`, `read-only`.
+    pub rule: String,
+    /// `details` of the Status: the object's name, group and resource.
+    pub details: Option<(String, String, String)>,
+}
+
+impl Refusal {
+    fn new(request: &RequestInfo<'_>, refused: Refused<'_>) -> Refusal {
+        let verb = request.verb_text();
+        let (subject, action, details) = match request.resource() {
+            Some(resource) => described(&verb, &resource),
+            None => (
+                String::new(),
+                format!("{verb} path {:?}", request.path().as_str()),
+                None,
+            ),
+        };
+        let (why, rule) = match refused {
+            Refused::Rule(path, index) => (
+                format!(
+                    "rule {} of {} (Deny) refuses it; change that rule to let it through",
+                    index + 1,
+                    path.display()
+                ),
+                format!("{}#{}", path.display(), index + 1),
+            ),
+            Refused::NoRule(path) => (
+                format!(
+                    "no rule of {} matches it, and what no rule allows is refused; add an Allow rule for it",
+                    path.display()
+                ),
+                format!("{}#none", path.display()),
+            ),
+            Refused::ReadOnly => (
+                "kubegate runs with --read-only, which allows only get, list and watch (and the self reviews tools send); run kubegate without --read-only to allow it".into(),
+                "read-only".into(),
+            ),
+        };
+        Refusal {
+            subject,
+            action,
+            why,
+            rule,
+            details,
+        }
     }
 }
+
+/// The subject, action and details of a resource request, as RBAC words
+/// them.
+fn described(
+    verb: &str,
+    resource: &Resource<'_>,
+) -> (String, String, Option<(String, String, String)>) {
+    let kind = match resource.subresource {
+        "" => resource.resource.to_string(),
+        sub => format!("{}/{sub}", resource.resource),
+    };
+    let subject = match resource.name {
+        "" => resource.resource.to_string(),
+        name => format!("{} {name:?}", resource.resource),
+    };
+    let scope = match resource.namespace {
+        "" => "at the cluster scope".to_string(),
+        namespace => format!("in the namespace {namespace:?}"),
+    };
+    let action = format!(
+        "{verb} resource {kind:?} in API group {:?} {scope}",
+        resource.group
+    );
+    let details = (
+        resource.name.to_string(),
+        resource.group.to_string(),
+        resource.resource.to_string(),
+    );
+    (subject, action, Some(details))
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.subject.is_empty() {
+            write!(f, "{} is ", self.subject)?;
+        }
+        write!(
+            f,
+            "forbidden: kubegate's policy does not let this proxy {}: {}",
+            self.action, self.why
+        )
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 #[cfg(test)]
 mod tests;

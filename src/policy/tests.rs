@@ -1,234 +1,298 @@
 use super::*;
-use crate::pattern::PatternList;
 use proptest::prelude::*;
 
-fn kubectl_defaults() -> Policy {
+const ISSUE_EXAMPLE: &str = r#"
+rules:
+  - action: Deny
+    resources: [{group: "", resources: ["secrets"]}]
+  - action: Allow
+    verbs: [get, list, watch]
+    namespaces: [team-a]
+    resources: [{group: "", resources: ["pods", "pods/log", "configmaps"]}]
+  - action: Allow
+    nonResourceURLs: ["/api", "/api/*", "/apis", "/apis/*", "/version"]
+"#;
+
+fn policy(text: &str, read_only: bool) -> Policy {
+    let rules = parse(text).unwrap_or_else(|e| panic!("{e}"));
     Policy {
-        accept_hosts: PatternList::parse("accept-hosts", r"^localhost$,^127\.0\.0\.1$,^\[::1\]$")
-            .unwrap(),
-        accept_paths: PatternList::parse("accept-paths", "^.*").unwrap(),
-        reject_paths: PatternList::parse(
-            "reject-paths",
-            "^/api/.*/pods/.*/exec,^/api/.*/pods/.*/attach",
-        )
-        .unwrap(),
-        reject_methods: PatternList::parse("reject-methods", "^$").unwrap(),
-        disabled: false,
+        file: Some(Arc::new(PolicyFile {
+            path: PathBuf::from("policy.yaml"),
+            rules: ArcSwap::from_pointee(rules),
+        })),
+        read_only,
     }
 }
 
-fn check(policy: &Policy, method: &str, host: &str, raw: &str) -> Result<(), String> {
-    let request = RequestInfo::read(method, raw, None, false).map_err(|e| e.to_string())?;
-    policy
-        .check(method, Some(host), &request)
-        .map_err(|e| e.to_string())
+fn read_only() -> Policy {
+    Policy {
+        file: None,
+        read_only: true,
+    }
 }
 
-#[test]
-fn hosts_are_matched_without_their_port_and_ipv6_keeps_brackets() {
-    let policy = kubectl_defaults();
-    for host in [
-        "localhost",
-        "localhost:8001",
-        "127.0.0.1:8001",
-        "[::1]:8001",
-        "[::1]",
-    ] {
-        assert!(check(&policy, "GET", host, "/api").is_ok(), "{host}");
-    }
-    for host in [
-        "evil.example",
-        "evil.example:8001",
-        "localhost.evil.example",
-        "::1",
-        "",
-    ] {
-        let error = check(&policy, "GET", host, "/api").unwrap_err();
-        assert!(error.contains("--accept-hosts"), "{host}: {error}");
-    }
+/// The decision for a request: `Ok(())`, or the refusing rule's label.
+fn decide(
+    policy: &Policy,
+    method: &str,
+    path: &str,
+    query: &str,
+    upgrade: bool,
+) -> Result<(), String> {
+    let query = (!query.is_empty()).then_some(query);
+    let request = RequestInfo::read(method, path, query, upgrade).unwrap();
+    policy.check(&request).map_err(|refusal| refusal.rule)
 }
 
 #[test]
-fn a_missing_host_is_refused() {
-    let request = RequestInfo::read("GET", "/api", None, false).unwrap();
+#[rustfmt::skip]
+fn the_first_matching_rule_decides_and_no_match_refuses() {
+    let policy = policy(ISSUE_EXAMPLE, false);
+    let deny = |rule: &str| Err(format!("policy.yaml#{rule}"));
+    for (method, path, query, upgrade, expected) in [
+        ("GET", "/api/v1/namespaces/team-a/pods", "", false, Ok(())),
+        ("GET", "/api/v1/namespaces/team-a/pods", "watch=1", false, Ok(())),
+        ("GET", "/api/v1/watch/namespaces/team-a/pods", "", false, Ok(())),
+        ("GET", "/api/v1/namespaces/team-a/pods/web", "", false, Ok(())),
+        ("GET", "/api/v1/namespaces/team-a/pods/web/log", "follow=true", false, Ok(())),
+        ("GET", "/api/v1/namespaces/team-a/configmaps/settings", "", false, Ok(())),
+        ("GET", "/api/v1/namespaces/team-a/secrets/token", "", false, deny("1")),
+        ("GET", "/api/v1/secrets", "", false, deny("1")),
+        ("GET", "/api/v1/namespaces/team-b/pods", "", false, deny("none")),
+        ("GET", "/api/v1/pods", "", false, deny("none")),
+        ("DELETE", "/api/v1/namespaces/team-a/pods/web", "", false, deny("none")),
+        ("POST", "/api/v1/namespaces/team-a/pods", "", false, deny("none")),
+        ("GET", "/api/v1/namespaces/team-a/pods/web/exec", "command=sh", true, deny("none")),
+        ("GET", "/api/v1/namespaces/team-a/pods/web/status", "", false, deny("none")),
+        ("GET", "/apis/apps/v1/namespaces/team-a/deployments", "", false, deny("none")),
+        ("GET", "/api", "", false, Ok(())),
+        ("GET", "/apis/apps/v1", "", false, Ok(())),
+        ("GET", "/version", "", false, Ok(())),
+        ("GET", "/metrics", "", false, deny("none")),
+    ] {
+        assert_eq!(decide(&policy, method, path, query, upgrade), expected, "{method} {path}?{query}");
+    }
+}
+
+#[test]
+#[rustfmt::skip]
+fn resources_match_with_subresources_wildcards_groups_and_names() {
+    let policy = policy(r#"
+rules:
+  - action: Allow
+    resources: [{group: apps, resources: ["*/scale"]}]
+  - action: Allow
+    resources: [{group: "", resources: ["pods/*"], resourceNames: [web]}]
+  - action: Allow
+    verbs: [create]
+    resources: [{group: "*", resources: ["jobs"]}]
+  - action: Allow
+    verbs: ["*"]
+    namespaces: [""]
+    resources: [{resources: ["nodes"]}]
+"#, false);
+    for (method, path, expected) in [
+        ("GET", "/apis/apps/v1/namespaces/n/deployments/d/scale", true),
+        ("PATCH", "/apis/apps/v1/namespaces/n/statefulsets/s/scale", true),
+        ("GET", "/apis/apps/v1/namespaces/n/deployments/d", false),
+        ("GET", "/api/v1/namespaces/n/replicationcontrollers/r/scale", false),
+        ("GET", "/api/v1/namespaces/n/pods/web", true),
+        ("GET", "/api/v1/namespaces/n/pods/web/log", true),
+        ("GET", "/api/v1/namespaces/n/pods/other/log", false),
+        ("POST", "/apis/batch/v1/namespaces/n/jobs", true),
+        ("GET", "/apis/batch/v1/namespaces/n/jobs", false),
+        ("DELETE", "/api/v1/nodes/n1", true),
+        ("GET", "/api/v1/namespaces/n/nodes", false),
+    ] {
+        assert_eq!(decide(&policy, method, path, "", false).is_ok(), expected, "{method} {path}");
+    }
+}
+
+#[test]
+#[rustfmt::skip]
+fn read_only_allows_reads_discovery_and_self_reviews_only() {
+    let policy = read_only();
+    for (method, path, query, upgrade, allowed) in [
+        ("GET", "/api/v1/namespaces/d/pods", "", false, true),
+        ("GET", "/api/v1/pods", "watch=true", false, true),
+        ("GET", "/api/v1/namespaces/d/pods/p/log", "follow=true", false, true),
+        ("GET", "/api/v1/namespaces/d/secrets/s", "", false, true),
+        ("GET", "/api", "", false, true),
+        ("GET", "/apis", "", false, true),
+        ("GET", "/version", "", false, true),
+        ("HEAD", "/healthz", "", false, true),
+        ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "", false, true),
+        ("POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", "", false, true),
+        ("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", "", false, true),
+        ("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", "", false, false),
+        ("POST", "/api/v1/namespaces/d/pods", "", false, false),
+        ("PUT", "/api/v1/namespaces/d/pods/p", "", false, false),
+        ("PATCH", "/api/v1/namespaces/d/pods/p", "", false, false),
+        ("DELETE", "/api/v1/namespaces/d/pods/p", "", false, false),
+        ("DELETE", "/api/v1/namespaces/d/pods", "", false, false),
+        ("GET", "/api/v1/namespaces/d/pods/p/exec", "command=sh", true, false),
+        ("POST", "/api/v1/namespaces/d/pods/p/exec", "command=sh", true, false),
+        ("GET", "/api/v1/namespaces/d/pods/p/attach", "", true, false),
+        ("GET", "/api/v1/namespaces/d/pods/p/portforward", "ports=80", true, false),
+        ("GET", "/api/v1/namespaces/d/pods/p/proxy/admin", "", false, false),
+        ("GET", "/api/v1/namespaces/d/services/s/proxy", "", false, false),
+        ("GET", "/api/v1/proxy/namespaces/d/pods/p", "", false, false),
+        ("POST", "/logs", "", false, false),
+    ] {
+        let decision = decide(&policy, method, path, query, upgrade);
+        assert_eq!(decision.is_ok(), allowed, "{method} {path}?{query} {decision:?}");
+    }
+}
+
+#[test]
+fn read_only_with_a_file_keeps_the_files_denials() {
+    let policy = policy(
+        "rules: [{action: Deny, resources: [{resources: [secrets]}]}]",
+        true,
+    );
+    let secret = "/api/v1/namespaces/d/secrets/s";
     assert_eq!(
-        kubectl_defaults()
-            .check("GET", None, &request)
-            .unwrap_err()
-            .flag,
-        "accept-hosts"
+        decide(&policy, "GET", secret, "", false),
+        Err("policy.yaml#1".into())
+    );
+    assert_eq!(
+        decide(&policy, "GET", "/api/v1/namespaces/d/pods", "", false),
+        Ok(())
+    );
+    assert_eq!(
+        decide(&policy, "DELETE", "/api/v1/namespaces/d/pods/p", "", false),
+        Err("read-only".into())
     );
 }
 
 #[test]
-fn reject_paths_wins_and_names_the_pattern() {
-    let policy = kubectl_defaults();
-    let error = check(
-        &policy,
-        "POST",
-        "localhost",
-        "/api/v1/namespaces/a/pods/b/exec",
+fn a_refusal_reads_like_the_apiservers_rbac_refusal() {
+    let policy = policy(ISSUE_EXAMPLE, false);
+    let request = RequestInfo::read(
+        "GET",
+        "/api/v1/namespaces/team-a/secrets/token",
+        None,
+        false,
     )
-    .unwrap_err();
-    assert!(
-        error.contains("--reject-paths") && error.contains("^/api/.*/pods/.*/exec"),
-        "{error}"
+    .unwrap();
+    let refusal = policy.check(&request).unwrap_err();
+    assert_eq!(
+        refusal.to_string(),
+        "secrets \"token\" is forbidden: kubegate's policy does not let this proxy get resource \"secrets\" in API group \"\" in the namespace \"team-a\": rule 1 of policy.yaml (Deny) refuses it; change that rule to let it through"
     );
-    assert!(
-        check(
-            &policy,
-            "GET",
-            "localhost",
-            "/api/v1/namespaces/a/pods/b/log"
-        )
-        .is_ok()
+    assert_eq!(
+        refusal.details,
+        Some(("token".into(), "".into(), "secrets".into()))
     );
-}
-
-#[test]
-fn accept_paths_and_reject_methods_refuse_with_their_flag() {
-    let mut policy = kubectl_defaults();
-    policy.accept_paths = PatternList::parse("accept-paths", "^/api$,^/version$").unwrap();
-    policy.reject_methods = PatternList::parse("reject-methods", "POST,PUT").unwrap();
-    assert!(check(&policy, "GET", "localhost", "/version").is_ok());
+    let request = RequestInfo::read("GET", "/api/v1/nodes", None, false).unwrap();
+    let refusal = policy.check(&request).unwrap_err();
     assert!(
-        check(&policy, "GET", "localhost", "/apis")
-            .unwrap_err()
-            .contains("--accept-paths")
+        refusal.to_string().starts_with(
+            "nodes is forbidden: kubegate's policy does not let this proxy list resource \"nodes\" in API group \"\" at the cluster scope: no rule of policy.yaml matches it"
+        ),
+        "{refusal}"
     );
+    let request = RequestInfo::read("POST", "/logs", None, false).unwrap();
+    let refusal = read_only().check(&request).unwrap_err();
     assert!(
-        check(&policy, "POST", "localhost", "/api")
-            .unwrap_err()
-            .contains("--reject-methods")
-    );
-}
-
-#[test]
-fn an_upgrade_counts_as_post_for_reject_methods() {
-    let mut policy = kubectl_defaults();
-    policy.reject_paths = PatternList::parse("reject-paths", "").unwrap();
-    policy.reject_methods = PatternList::parse("reject-methods", "^POST$").unwrap();
-    let path = "/api/v1/namespaces/a/pods/b/exec";
-    let plain = RequestInfo::read("GET", path, None, false).unwrap();
-    assert!(policy.check("GET", Some("localhost"), &plain).is_ok());
-    let upgrade = RequestInfo::read("GET", path, None, true).unwrap();
-    let refused = policy
-        .check("GET", Some("localhost"), &upgrade)
-        .unwrap_err();
-    assert_eq!(refused.flag, "reject-methods");
-    assert!(refused.to_string().contains("count as POST"), "{refused}");
-}
-
-#[test]
-fn an_empty_list_matches_nothing_and_a_bad_pattern_names_its_flag() {
-    assert!(
-        !PatternList::parse("reject-paths", "")
-            .unwrap()
-            .is_match("/anything")
-    );
-    let error = PatternList::parse("reject-paths", "^/ok,(unclosed").unwrap_err();
-    assert!(
-        error
+        refusal
             .to_string()
-            .starts_with("--reject-paths: the pattern \"(unclosed\""),
-        "{error}"
+            .starts_with("forbidden: kubegate's policy does not let this proxy post path \"/logs\": kubegate runs with --read-only"),
+        "{refusal}"
     );
 }
 
 #[test]
-fn disable_filter_passes_everything() {
-    let mut policy = kubectl_defaults();
-    policy.disabled = true;
-    assert!(
-        check(
-            &policy,
-            "POST",
-            "evil.example",
-            "/api/v1/namespaces/a/pods/b/exec"
-        )
-        .is_ok()
-    );
+fn a_bad_file_names_the_rule_and_what_is_wrong() {
+    for (text, expected) in [
+        (
+            "rules: [{action: Allow}, {action: Maybe}]",
+            "rule 2: unknown variant `Maybe`",
+        ),
+        (
+            "rules: [{action: Allow, verb: [get]}]",
+            "rule 1: unknown field `verb`",
+        ),
+        ("rules: [{verbs: [get]}]", "rule 1: missing field `action`"),
+        (
+            "rules: [{action: Allow, verbs: [read]}]",
+            "rule 1: unknown verb \"read\"",
+        ),
+        (
+            "rules: [{action: Allow, namespaces: [a], nonResourceURLs: [/x]}]",
+            "rule 1: nonResourceURLs cannot be combined",
+        ),
+        (
+            "rules: [{action: Allow, nonResourceURLs: [x]}]",
+            "rule 1: nonResourceURLs entry \"x\"",
+        ),
+        (
+            "rules: [{action: Allow, nonResourceURLs: [/a*b]}]",
+            "rule 1: nonResourceURLs entry",
+        ),
+        (
+            "rules: [{action: Allow, resources: [{resources: [a/b/c]}]}]",
+            "rule 1: resource \"a/b/c\"",
+        ),
+        (
+            "rules: [{action: Allow, resources: [{group: \"\", resource: [pods]}]}]",
+            "rule 1: unknown field `resource`",
+        ),
+        (
+            "kind: Policy\napiVersion: v1\nrules: []",
+            "apiVersion must be kubegate.io/v1",
+        ),
+        ("rule: []", "is not a kubegate policy"),
+    ] {
+        let error = parse(text).err().unwrap_or_else(|| panic!("{text} parsed"));
+        assert!(error.starts_with(expected), "{text}: {error}");
+    }
+    assert!(parse("apiVersion: kubegate.io/v1\nkind: Policy\nrules: []").is_ok());
 }
 
-/// The most lenient reading a server could give a path: decode once
-/// (`%2F` included), drop empty and `.` segments, resolve `..`, drop a
-/// trailing slash.
-fn lenient_reading(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = raw
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            decoded.push(v);
-            i += 3;
-            continue;
-        }
-        decoded.push(bytes[i]);
-        i += 1;
-    }
-    let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    format!("/{}", segments.join("/"))
-}
-
-fn spell(segments: &[&str], choices: &[u8]) -> String {
-    let mut out = String::new();
-    let mut k = 0;
-    let mut next = || {
-        k += 1;
-        choices[k % choices.len()]
-    };
-    for segment in segments {
-        match next() % 7 {
-            0 => out.push_str("/."),
-            1 => out.push_str("/x/.."),
-            2 => out.push('/'),
-            3 => out.push_str("%2F"),
-            4 => out.push_str("/%2e"),
-            _ => {}
-        }
-        out.push('/');
-        for c in segment.chars() {
-            if next() % 4 == 0 {
-                out.push_str(&format!("%{:02X}", c as u32));
-            } else {
-                out.push(c);
-            }
-        }
-    }
-    if next() % 5 == 0 {
-        out.push('/');
-    }
-    out
+/// Writes `segment` with some characters percent-encoded (never `/` or
+/// `.`, which the canonicaliser refuses encoded).
+fn spell(segment: &str, choices: &[bool]) -> String {
+    segment
+        .chars()
+        .zip(choices.iter().cycle())
+        .map(|(c, &encode)| match encode && c != '.' {
+            true => format!("%{:02X}", c as u32),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 proptest! {
-    /// Whatever the spelling, a path the apiserver could read as an exec or
-    /// attach is never let through by the default reject list.
+    /// However a request is spelled, the policy decides what the apiserver
+    /// will read: a rule allowing pods in team-a lets nothing through in
+    /// another namespace, nor any cluster-scoped or other resource.
     #[test]
-    fn no_spelling_of_a_rejected_path_is_accepted(
-        ns in "[a-z]{1,6}",
-        pod in "[a-z]{1,6}",
-        verb in prop_oneof![Just("exec"), Just("attach")],
-        choices in proptest::collection::vec(any::<u8>(), 1..32),
+    fn no_spelling_gets_a_denied_request_through(
+        namespace in prop_oneof![Just("team-a".to_string()), "[a-z]{1,8}(-a)?"],
+        resource in prop_oneof![Just("pods"), Just("secrets"), Just("configmaps"), Just("nodes")],
+        name in proptest::option::of("[a-z]{1,6}"),
+        scoped in any::<bool>(),
+        method in prop_oneof![Just("GET"), Just("DELETE"), Just("POST")],
+        choices in proptest::collection::vec(any::<bool>(), 1..16),
     ) {
-        let segments = ["api", "v1", "namespaces", &ns, "pods", &pod, verb];
-        let raw = spell(&segments, &choices);
-        let target = format!("/api/v1/namespaces/{ns}/pods/{pod}/{verb}");
-        prop_assert_eq!(lenient_reading(&raw), target);
-        prop_assert!(check(&kubectl_defaults(), "POST", "localhost", &raw).is_err(), "{} was accepted", raw);
+        let policy = policy(ISSUE_EXAMPLE, false);
+        let mut plain = vec!["api".to_string(), "v1".to_string()];
+        if scoped {
+            plain.extend(["namespaces".to_string(), namespace.clone()]);
+        }
+        plain.push(resource.to_string());
+        plain.extend(name.clone());
+        let spelled: Vec<String> = plain.iter().map(|s| spell(s, &choices)).collect();
+        let plain_path = format!("/{}", plain.join("/"));
+        let spelled_path = format!("/{}", spelled.join("/"));
+        let canonical = decide(&policy, method, &plain_path, "", false);
+        let request = RequestInfo::read(method, &spelled_path, None, false).unwrap();
+        prop_assert_eq!(policy.check(&request).map_err(|r| r.rule), canonical.clone());
+        if canonical.is_ok() {
+            prop_assert!(scoped && namespace == "team-a", "{} allowed", spelled_path);
+            prop_assert!(matches!(resource, "pods" | "configmaps"), "{} allowed", spelled_path);
+            prop_assert_eq!(method, "GET");
+        }
     }
 }
