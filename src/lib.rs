@@ -13,26 +13,29 @@
 //! 2. [`cli`]: the command line (kubectl proxy's flags first); clap only.
 //! 3. [`body`]: the one response body type, and the tee audit uses.
 //! 4. [`pattern`]: kubectl's comma-separated regex lists.
-//! 5. [`request`]: the one reading of a request: canonical path, verb,
+//! 5. [`reload`]: files read again when they change.
+//! 6. [`request`]: the one reading of a request: canonical path, verb,
 //!    resource, namespace, name, as the apiserver reads them.
-//! 6. [`filters`]: kubectl's host, path and method filters.
-//! 7. [`status`]: every failure as a `metav1.Status` response.
-//! 8. [`client`]: who is at the other end of a connection.
-//! 9. [`cors`]: browser origins and CORS.
-//! 10. [`access`]: the local access token.
-//! 11. [`certs`]: certificate and key files, reloaded when they change.
-//! 12. [`upstream`]: the apiserver: settings from a kubeconfig, TLS,
+//! 7. [`filters`]: kubectl's host, path and method filters.
+//! 8. [`policy`]: `--policy-file` and `--read-only`: rules in Kubernetes
+//!    terms.
+//! 9. [`status`]: every failure as a `metav1.Status` response.
+//! 10. [`client`]: who is at the other end of a connection.
+//! 11. [`cors`]: browser origins and CORS.
+//! 12. [`access`]: the local access token.
+//! 13. [`certs`]: certificate and key files, reloaded when they change.
+//! 14. [`upstream`]: the apiserver: settings from a kubeconfig, TLS,
 //!     credentials, pooled HTTP/2.
-//! 13. [`forward`]: header rewriting on the way to and from the apiserver.
-//! 14. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
-//! 15. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
-//! 16. [`upgrade`]: exec, attach, port-forward: the byte splice.
-//! 17. [`www`]: `--www` static files.
-//! 18. [`listen`]: TCP and unix sockets.
-//! 19. [`proxy`]: the request handler, in stages.
-//! 20. [`serve`]: connections, TLS, graceful shutdown.
-//! 21. [`shutdown`]: the signals.
-//! 22. [`config`]: command line and kubeconfig into a typed
+//! 15. [`forward`]: header rewriting on the way to and from the apiserver.
+//! 16. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
+//! 17. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
+//! 18. [`upgrade`]: exec, attach, port-forward: the byte splice.
+//! 19. [`www`]: `--www` static files.
+//! 20. [`listen`]: TCP and unix sockets.
+//! 21. [`proxy`]: the request handler, in stages.
+//! 22. [`serve`]: connections, TLS, graceful shutdown.
+//! 23. [`shutdown`]: the signals.
+//! 24. [`config`]: command line and kubeconfig into a typed
 //!     [`config::Config`].
 //!
 //! The crate root ties them together ([`Proxy`]); the binary adds `main`

@@ -1,5 +1,7 @@
-//! The filters as a client meets them: each flag with allowed and refused
-//! requests, refused paths, and the Status bodies that say which flag.
+//! `--policy-file` and `--read-only` as a client meets them: RBAC-worded
+//! refusals with details, the file read again under a live watch, audit and
+//! metrics naming the rule, and the shipped examples checked against the
+//! schema.
 
 mod support;
 
@@ -7,83 +9,49 @@ use bytes::Bytes;
 use http::Method;
 use support::*;
 
-async fn host(kubegate: &Kubegate, host: &str) -> Answer {
-    call(
-        Method::GET,
-        &kubegate.url("/api"),
-        &[("host", host)],
-        Bytes::new(),
-    )
-    .await
-}
+const TEAM_A: &str = r#"
+rules:
+  - action: Deny
+    resources: [{group: "", resources: ["secrets"]}]
+  - action: Allow
+    verbs: [get, list, watch]
+    namespaces: [default]
+    resources: [{group: "", resources: ["pods", "pods/log"]}]
+  - action: Allow
+    nonResourceURLs: ["/api", "/api/*", "/apis", "/apis/*", "/version"]
+"#;
 
 #[tokio::test]
-async fn default_hosts_are_loopback_names_including_bracketed_ipv6() {
+async fn a_refusal_names_the_rule_with_the_apiservers_status_details() {
     let double = Double::start().await;
-    let kubegate = Kubegate::start(&double, &[]).await;
-    for allowed in [
-        "localhost:8001",
-        "127.0.0.1:8001",
-        "[::1]:8001",
-        "localhost",
-    ] {
-        assert_eq!(host(&kubegate, allowed).await.status, 200, "{allowed}");
-    }
-    for refused in ["evil.example", "evil.example:8001", "127.0.0.1.nip.io:8001"] {
-        let answer = host(&kubegate, refused).await;
-        assert_eq!(answer.status, 403, "{refused}");
-        assert!(answer.status_message().contains("--accept-hosts"));
-    }
-}
+    let policy = double.path("policy.yaml");
+    std::fs::write(&policy, TEAM_A).unwrap();
+    let flag = format!("--policy-file={}", policy.display());
+    let kubegate = Kubegate::start(&double, &[&flag]).await;
 
-#[tokio::test]
-async fn accept_hosts_can_be_widened() {
-    let double = Double::start().await;
-    let kubegate = Kubegate::start(&double, &[r"--accept-hosts=^kubegate\.internal$"]).await;
-    assert_eq!(host(&kubegate, "kubegate.internal:8001").await.status, 200);
-    assert_eq!(host(&kubegate, "localhost:8001").await.status, 403);
-}
-
-#[tokio::test]
-async fn exec_and_attach_are_not_rejected_by_default() {
-    let double = Double::start().await;
-    let kubegate = Kubegate::start(&double, &[]).await;
-    // Without an upgrade the apiserver refuses the exec itself: the point is
-    // that kubegate let the request through (kubectl proxy answers 403).
-    double.store().create("default", pod("p")).unwrap();
-    let path = "/api/v1/namespaces/default/pods/p/exec?command=true";
-    let answer = call(Method::POST, &kubegate.url(path), &[], Bytes::new()).await;
-    assert_eq!(answer.status, 400);
-    assert!(answer.status_message().contains("Upgrade request required"));
-}
-
-#[tokio::test]
-async fn reject_paths_refuses_and_names_its_pattern() {
-    let double = Double::start().await;
-    let kubegate = Kubegate::start(
-        &double,
-        &["--reject-paths=^/api/.*/pods/.*/exec,^/api/.*/secrets"],
-    )
-    .await;
-    let answer = call(
-        Method::POST,
-        &kubegate.url("/api/v1/namespaces/default/pods/p/exec"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(answer.status, 403);
-    let message = answer.status_message();
+    let secret = get(&kubegate.url("/api/v1/namespaces/default/secrets/token")).await;
+    assert_eq!(secret.status, 403);
+    let status = secret.json();
+    assert_eq!(status["reason"], "Forbidden");
+    assert_eq!(
+        status["details"],
+        serde_json::json!({"name": "token", "group": "", "kind": "secrets"})
+    );
+    let message = secret.status_message();
     assert!(
-        message.contains("--reject-paths") && message.contains("^/api/.*/pods/.*/exec"),
+        message.starts_with("secrets \"token\" is forbidden: kubegate's policy does not let this proxy get resource \"secrets\" in API group \"\" in the namespace \"default\": rule 1 of "),
         "{message}"
     );
-    assert_eq!(answer.json()["reason"], "Forbidden");
-    assert_eq!(
-        get(&kubegate.url("/api/v1/namespaces/default/secrets"))
-            .await
-            .status,
-        403
+    // However it is spelled.
+    let spelled = get(&kubegate.url("/api/v1/namespaces/default/s%65crets/token")).await;
+    assert_eq!(spelled.status_message(), message);
+
+    let elsewhere = get(&kubegate.url("/api/v1/namespaces/kube-system/pods")).await;
+    assert_eq!(elsewhere.status, 403);
+    assert!(
+        elsewhere.status_message().contains("no rule of"),
+        "{}",
+        elsewhere.status_message()
     );
     assert_eq!(
         get(&kubegate.url("/api/v1/namespaces/default/pods"))
@@ -91,118 +59,156 @@ async fn reject_paths_refuses_and_names_its_pattern() {
             .status,
         200
     );
+    assert_eq!(get(&kubegate.url("/version")).await.status, 200);
 }
 
 #[tokio::test]
-async fn every_spelling_of_a_rejected_path_is_refused() {
+async fn the_file_is_read_again_under_a_live_watch_and_audit_and_metrics_name_the_rule() {
     let double = Double::start().await;
-    let kubegate = Kubegate::start(&double, &["--reject-paths=^/api/.*/pods/.*/exec"]).await;
-    for spelling in [
-        "/api/v1/namespaces/default/pods/p/exec",
-        "/api/v1/namespaces/default/pods/p/%65xec",
-        "/api/v1/namespaces/default/pods/p/./exec",
-        "/api/v1/namespaces/default/pods/p/x/../exec",
-        "/api/v1/namespaces/default/pods/p//exec",
-        "/api/v1/namespaces/default/pods/p%2Fexec",
-        "/api/v1/namespaces/default/pods/p/exec/",
-        "/api//v1/namespaces/default/pods/p/exec",
-    ] {
-        let answer = call(Method::POST, &kubegate.url(spelling), &[], Bytes::new()).await;
-        assert!(
-            answer.status == 400 || answer.status == 403,
-            "{spelling} got {}",
-            answer.status
-        );
-        answer.status_message();
-    }
-}
-
-#[tokio::test]
-async fn ambiguous_paths_get_400_with_the_fix() {
-    let double = Double::start().await;
-    let kubegate = Kubegate::start(&double, &[]).await;
-    for (path, words) in [
-        ("/api/./v1", "'.' or '..'"),
-        ("/api//v1", "empty segment"),
-        ("/api/v1/", "trailing '/'"),
-        ("/api/v1%2Fpods", "percent-escape"),
-        ("/api/v1/%2e%2e", "percent-escape"),
-        ("/api/%00", "percent-escape"),
-        ("/api/%zz", "malformed"),
-        ("/api/%ff", "UTF-8"),
-    ] {
-        let answer = get(&kubegate.url(path)).await;
-        assert_eq!(answer.status, 400, "{path}");
-        let message = answer.status_message();
-        assert!(message.contains(words), "{path}: {message}");
-    }
-    let long = format!("/api/{}", "a".repeat(9000));
-    assert_eq!(get(&kubegate.url(&long)).await.status, 400);
-}
-
-#[tokio::test]
-async fn accept_paths_limits_what_is_served() {
-    let double = Double::start().await;
+    double.store().create("default", pod("web")).unwrap();
+    let policy = double.path("policy.yaml");
+    std::fs::write(&policy, TEAM_A).unwrap();
+    let audit = double.path("audit.log");
     let kubegate = Kubegate::start(
         &double,
-        &["--accept-paths=^/api$,^/api/v1/namespaces/[^/]+/pods$"],
+        &[
+            &format!("--policy-file={}", policy.display()),
+            &format!("--audit-log-path={}", audit.display()),
+            "--token-reload-interval=20ms",
+            "--admin-address=127.0.0.1:0",
+        ],
     )
     .await;
-    assert_eq!(get(&kubegate.url("/api")).await.status, 200);
-    assert_eq!(
-        get(&kubegate.url("/api/v1/namespaces/default/pods"))
-            .await
-            .status,
-        200
-    );
-    let refused = get(&kubegate.url("/version")).await;
-    assert_eq!(refused.status, 403);
-    assert!(refused.status_message().contains("--accept-paths"));
-}
-
-#[tokio::test]
-async fn reject_methods_makes_a_read_only_proxy() {
-    let double = Double::start().await;
-    let kubegate = Kubegate::start(&double, &["--reject-methods=POST,PUT,PATCH,DELETE"]).await;
-    assert_eq!(
-        get(&kubegate.url("/api/v1/namespaces/default/pods"))
-            .await
-            .status,
-        200
-    );
-    let refused = call(
-        Method::POST,
-        &kubegate.url("/api/v1/namespaces/default/pods"),
-        &[],
-        pod("x").to_string(),
-    )
-    .await;
-    assert_eq!(refused.status, 403);
-    assert!(refused.status_message().contains("--reject-methods"));
-    assert!(
-        double.store().get("default", "x").is_none(),
-        "nothing reached the apiserver"
-    );
-}
-
-#[tokio::test]
-async fn disable_filter_lets_everything_through() {
-    let double = Double::start().await;
-    let kubegate = Kubegate::start(&double, &["--disable-filter", "--reject-paths=^/api"]).await;
-    assert_eq!(host(&kubegate, "evil.example").await.status, 200);
-}
-
-#[tokio::test]
-async fn the_deno_client_healthcheck_works_with_no_flags() {
-    let double = Double::start().await;
-    let kubegate = Kubegate::start(&double, &[]).await;
-    let answer = call(
+    let rv = double.store().resource_version();
+    let watch = send(
         Method::GET,
-        &kubegate.url("/api?healthcheck"),
-        &[("host", &format!("localhost:{}", kubegate.address.port()))],
+        &kubegate.url(&format!(
+            "/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}"
+        )),
+        &[],
         Bytes::new(),
     )
     .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.json()["kind"], "APIVersions");
+    assert_eq!(watch.status(), 200);
+    let mut events = Lines::new(watch);
+    let pod_url = kubegate.url("/api/v1/namespaces/default/pods/web");
+    assert_eq!(get(&pod_url).await.status, 200);
+
+    // Named pods are now refused; lists and watches still allowed.
+    let stricter = format!(
+        "rules:\n  - action: Deny\n    verbs: [get]\n    resources: [{{resources: [pods]}}]\n{}",
+        TEAM_A.trim_start_matches("\nrules:\n")
+    );
+    std::fs::write(&policy, stricter).unwrap();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    within("the new rules", async {
+        while get(&pod_url).await.status != 403 {
+            tick.tick().await;
+        }
+    })
+    .await;
+    // The watch opened under the old rules goes on.
+    double.store().create("default", pod("after")).unwrap();
+    within("the watch event", async {
+        while let Some(line) = events.next().await {
+            if line.contains("\"after\"") {
+                return;
+            }
+        }
+        panic!("the watch ended");
+    })
+    .await;
+
+    // A file that no longer parses keeps the rules it had.
+    std::fs::write(&policy, "rules: [{action: Perhaps}]").unwrap();
+    let refusals = format!(
+        "kubegate_policy_refusals_total{{rule=\"{}#1\"}}",
+        policy.display()
+    );
+    let admin = kubegate.admin.expect("admin port");
+    let metrics = get(&format!("http://{admin}/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let counted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&refusals))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{refusals} missing:\n{text}"));
+    assert!(counted >= 1.0);
+    for _ in 0..3 {
+        tick.tick().await;
+    }
+    assert_eq!(get(&pod_url).await.status, 403);
+    assert_eq!(
+        get(&kubegate.url("/api/v1/namespaces/default/pods"))
+            .await
+            .status,
+        200
+    );
+
+    drop(events);
+    kubegate.shutdown().await;
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let refused = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["stage"] == "ResponseComplete" && e["responseStatus"]["code"] == 403)
+        .expect("an event for the refusal");
+    assert_eq!(
+        refused["annotations"]["authorization.k8s.io/decision"],
+        "forbid"
+    );
+    let reason = refused["annotations"]["authorization.k8s.io/reason"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.contains("pods \"web\" is forbidden") && reason.contains("rule 1 of"),
+        "{reason}"
+    );
+    assert_eq!(refused["verb"], "get");
+    assert_eq!(refused["objectRef"]["name"], "web");
+}
+
+#[tokio::test]
+async fn the_shipped_examples_load_and_match_the_schema() {
+    let double = Double::start().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy");
+    let mut examples: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 3, "{examples:?}");
+    for example in &examples {
+        let flag = format!("--policy-file={}", example.display());
+        Kubegate::try_start(&double.kubeconfig, &[&flag])
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    }
+    // An independent reader: Python's jsonschema with the shipped schema.
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/policy.schema.json");
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+for path in sys.argv[2:]:
+    jsonschema.validate(yaml.safe_load(open(path)), schema, cls=jsonschema.Draft202012Validator)
+try:
+    jsonschema.validate({'rules': [{'action': 'Allow', 'verb': ['get']}]}, schema)
+    sys.exit('a misspelt field passed the schema')
+except jsonschema.ValidationError:
+    print('ok', len(sys.argv) - 2)
+",
+        ])
+        .arg(&schema)
+        .args(&examples)
+        .output()
+        .expect("python3 runs (scripts/test installs jsonschema)");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
