@@ -305,6 +305,30 @@ pub enum Command {
     /// Start a built-in apiserver double with a throwaway PKI and real mutual
     /// TLS, and kubegate in front of it: try kubegate without a cluster.
     Demo,
+    /// Work with a --policy-file without a cluster.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `kubegate policy …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyCommand {
+    /// Print what FILE (with --read-only, if given) decides for a request,
+    /// and which rule decides it; exit 1 when it is refused.
+    #[command(
+        after_help = "Examples:\n  kubegate policy check policy.yaml GET /api/v1/namespaces/team-a/pods\n  kubegate policy check policy.yaml GET '/api/v1/pods?watch=1'\n  kubegate policy check policy.yaml GET /api/v1/namespaces/team-a/pods/web/exec --upgrade"
+    )]
+    Check {
+        /// The policy file.
+        file: PathBuf,
+        /// The HTTP method (GET, POST, PUT, PATCH, DELETE, …).
+        method: String,
+        /// The request path, with its query if any.
+        path: String,
+        /// The request is an upgrade (exec, attach, port-forward).
+        #[arg(long)]
+        upgrade: bool,
+    },
 }
 
 #[cfg(test)]

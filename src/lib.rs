@@ -234,6 +234,38 @@ impl Proxy {
     }
 }
 
+/// `kubegate policy check`: what a policy file (and `--read-only`) decides
+/// for one request, without a cluster. `Ok` with the line to print and
+/// whether the request is allowed.
+///
+/// # Errors
+///
+/// A [`StartupError`] when the file cannot be used.
+pub fn check_policy(
+    file: &std::path::Path,
+    read_only: bool,
+    method: &str,
+    target: &str,
+    upgrade: bool,
+) -> Result<(String, bool), StartupError> {
+    let Some(policy) = policy::Policy::load(Some(file), read_only)? else {
+        return Ok((String::new(), true));
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let method = method.to_ascii_uppercase();
+    let request = match request::RequestInfo::read(&method, path, query, upgrade) {
+        Ok(request) => request,
+        Err(error) => return Ok((format!("refused: 400 {error}"), false)),
+    };
+    Ok(match policy.explain(&request) {
+        Ok(line) => (line, true),
+        Err(refusal) => (format!("refused: 403 {refusal}"), false),
+    })
+}
+
 /// The TLS acceptor for `--tls-cert-file`: HTTP/2 and HTTP/1.1 by ALPN,
 /// the certificate re-read when its files change.
 fn serve_tls(

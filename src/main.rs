@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubegate::cli::{Args, Command, LogFormat};
+use kubegate::cli::{Args, Command, LogFormat, PolicyCommand};
 use kubegate::config::{Config, Env};
 use kubegate::error::StartupError;
 use kubegate::listen::Listener;
@@ -14,6 +14,28 @@ mod demo;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Policy(PolicyCommand::Check {
+        file,
+        method,
+        path,
+        upgrade,
+    })) = &args.command
+    {
+        return match kubegate::check_policy(file, args.read_only, method, path, *upgrade) {
+            Ok((line, allowed)) => {
+                println!("{line}");
+                if allowed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("kubegate: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing(args.verbosity, args.log_format);
     // One thread by default: a proxy's work is mostly waiting on sockets,
     // and handing each request between threads costs more CPU than it
@@ -40,6 +62,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Some(Command::Demo) => run_demo(&args).await,
+            // Answered above, without a runtime.
+            Some(Command::Policy(_)) => Ok(()),
             None => run(&args, &Env::process(), |_| None).await,
         }
     });

@@ -645,3 +645,45 @@ async fn sigterm_under_load_resets_no_request_in_flight() {
     }
     assert_eq!(running.exit_code().await, 0);
 }
+
+#[tokio::test]
+async fn policy_check_prints_the_decision_and_the_rule_without_a_cluster() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/policy/sidecar-one-namespace.yaml"
+    );
+    let check = |args: &[&str]| {
+        let output = std::process::Command::new(KUBEGATE)
+            .args(["policy", "check", example])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        )
+    };
+    let (allowed, line) = check(&["GET", "/api/v1/namespaces/team-a/pods?watch=1"]);
+    assert!(allowed, "{line}");
+    assert!(line.starts_with("allowed: watch by rule 2 of "), "{line}");
+    let (allowed, line) = check(&["get", "/api/v1/namespaces/team-a/secrets/s"]);
+    assert!(!allowed);
+    assert!(
+        line.starts_with("refused: 403 secrets \"s\" is forbidden:") && line.contains("rule 1 of"),
+        "{line}"
+    );
+    let (allowed, line) = check(&[
+        "GET",
+        "/api/v1/namespaces/team-a/pods/web/exec",
+        "--upgrade",
+    ]);
+    assert!(
+        !allowed && line.contains("create resource \"pods/exec\""),
+        "{line}"
+    );
+    let (allowed, line) = check(&["GET", "/api/v1/namespaces/team-a/pods", "--read-only"]);
+    assert!(
+        allowed && line.ends_with("(Allow) and --read-only"),
+        "{line}"
+    );
+}

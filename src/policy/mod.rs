@@ -140,6 +140,38 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// What the policy decides for a request and why, in one line: the
+    /// refusal's message, or the rule (or `--read-only`) that allows it.
+    ///
+    /// # Errors
+    ///
+    /// The refusal.
+    pub fn explain(&self, request: &RequestInfo<'_>) -> Result<String, Refusal> {
+        self.check(request)?;
+        let verb = request.verb_text();
+        let matched = self.file.as_ref().and_then(|file| {
+            let rules = file.rules.load();
+            let resource = request.resource();
+            let path = request.path().as_str();
+            let index = rules
+                .iter()
+                .position(|rule| rule.selector.matches(&verb, resource.as_ref(), path))?;
+            Some(format!(
+                "rule {} of {} (Allow)",
+                index + 1,
+                file.path.display()
+            ))
+        });
+        let why = match (matched, self.read_only) {
+            (Some(rule), true) => format!("{rule} and --read-only"),
+            (Some(rule), false) => rule,
+            (None, _) => "--read-only".to_string(),
+        };
+        Ok(format!("allowed: {verb} by {why}"))
+    }
+}
+
 /// What `--read-only` allows: `get`, `list` and `watch` of any resource
 /// but a `proxy` one (which reaches into a running program), non-resource
 /// reads (discovery, `/version`), and the self reviews.
