@@ -111,9 +111,9 @@ struct Details<'a> {
     kind: &'a str,
 }
 
-impl From<Refusal> for ProxyError {
-    fn from(refusal: Refusal) -> Self {
-        ProxyError::Forbidden(Box::new(refusal))
+impl From<Box<Refusal>> for ProxyError {
+    fn from(refusal: Box<Refusal>) -> Self {
+        ProxyError::Forbidden(refusal)
     }
 }
 

@@ -114,7 +114,7 @@ impl Policy {
     /// # Errors
     ///
     /// The [`Refusal`], naming the rule that refused the request.
-    pub fn check(&self, request: &RequestInfo<'_>) -> Result<(), Refusal> {
+    pub fn check(&self, request: &RequestInfo<'_>) -> Result<(), Box<Refusal>> {
         let verb = request.verb_text();
         let resource = request.resource();
         let path = request.path().as_str();
@@ -147,7 +147,7 @@ impl Policy {
     /// # Errors
     ///
     /// The refusal.
-    pub fn explain(&self, request: &RequestInfo<'_>) -> Result<String, Refusal> {
+    pub fn explain(&self, request: &RequestInfo<'_>) -> Result<String, Box<Refusal>> {
         self.check(request)?;
         let verb = request.verb_text();
         let matched = self.file.as_ref().and_then(|file| {
@@ -261,8 +261,8 @@ fn rule(value: serde_json::Value) -> Result<Rule, String> {
             "unknown verb {verb:?}; use get, list, watch, create, update, patch, delete, deletecollection, proxy, or * (and post, put, head, options for nonResourceURLs)"
         ));
     }
-    if !raw.non_resource_urls.is_empty() && !(raw.resources.is_empty() && raw.namespaces.is_empty())
-    {
+    let both = !raw.resources.is_empty() || !raw.namespaces.is_empty();
+    if !raw.non_resource_urls.is_empty() && both {
         return Err("nonResourceURLs cannot be combined with resources or namespaces: a request is either a resource request or not; write two rules".into());
     }
     if let Some(url) = raw
@@ -323,7 +323,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(request: &RequestInfo<'_>, refused: Refused<'_>) -> Refusal {
+    fn new(request: &RequestInfo<'_>, refused: Refused<'_>) -> Box<Refusal> {
         let verb = request.verb_text();
         let (subject, action, details) = match request.resource() {
             Some(resource) => described(&verb, &resource),
@@ -354,13 +354,13 @@ impl Refusal {
                 "read-only".into(),
             ),
         };
-        Refusal {
+        Box::new(Refusal {
             subject,
             action,
             why,
             rule,
             details,
-        }
+        })
     }
 }
 
