@@ -9,9 +9,9 @@ use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
 /// Every `interval`, while `owner` lives, checks whether any of `files`
-/// changed and then calls `reload` with the owner. A failed reload (a
-/// half-written file, a typo) is logged and keeps what the owner had; it is
-/// tried again at the next change.
+/// changed (modification time or size) and then calls `reload` with the
+/// owner. A failed reload (a half-written file, a typo) is logged once and
+/// keeps what the owner had; the next change is tried again.
 pub fn watch<O, E>(
     files: Vec<PathBuf>,
     interval: Duration,
@@ -32,17 +32,20 @@ pub fn watch<O, E>(
             if now == seen {
                 continue;
             }
-            match reload(&owner) {
-                Ok(()) => seen = now,
-                Err(error) => tracing::warn!(%error, "keeping what was read before"),
+            if let Err(error) = reload(&owner) {
+                tracing::warn!(%error, "keeping what was read before");
             }
+            seen = now;
         }
     });
 }
 
-fn modified(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+fn modified(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
     files
         .iter()
-        .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+        .map(|path| {
+            let metadata = std::fs::metadata(path).ok()?;
+            Some((metadata.modified().ok()?, metadata.len()))
+        })
         .collect()
 }

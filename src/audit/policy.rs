@@ -1,6 +1,9 @@
 //! The apiserver's audit `Policy` (`audit.k8s.io/v1`): rules in order, the
 //! first match decides the level, stages can be omitted per rule or for the
-//! whole policy. Matching follows k8s.io/apiserver/pkg/audit/policy/checker.go.
+//! whole policy. Matching follows k8s.io/apiserver/pkg/audit/policy/checker.go
+//! (through [`crate::policy::selector`], shared with `--policy-file`), with
+//! `*` also accepted as any verb and any group, and an unknown field in a
+//! `resources` entry refused at start-up rather than ignored.
 
 use serde::Deserialize;
 

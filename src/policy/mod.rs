@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::error::{StartupError, io_reason};
 use crate::reload;
-use crate::request::{RequestInfo, Resource, Verb};
+use crate::request::{RequestInfo, Resource, STREAM_SUBRESOURCES, Verb};
 use selector::{GroupResources, Selector};
 
 /// `--policy-file` and `--read-only`.
@@ -58,6 +58,21 @@ const VERBS: [&str; 14] = [
     "head",
     "options",
     "*",
+];
+
+/// The non-resource paths `--read-only` lets tools read: discovery,
+/// OpenAPI, the version and health (not `/logs`, `/debug` or `/metrics`).
+const DISCOVERY: [&str; 10] = [
+    "/",
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/version",
+    "/openapi/*",
+    "/.well-known/*",
+    "/healthz*",
+    "/readyz*",
 ];
 
 /// The requests `--read-only` allows besides reads: the reviews tools send
@@ -173,13 +188,27 @@ impl Policy {
 }
 
 /// What `--read-only` allows: `get`, `list` and `watch` of any resource
-/// but a `proxy` one (which reaches into a running program), non-resource
-/// reads (discovery, `/version`), and the self reviews.
+/// but `proxy` and the stream subresources (which reach into a running
+/// program), discovery, and the self reviews.
 fn reads_only(request: &RequestInfo<'_>) -> bool {
     let verb = request.verb();
     match request.resource() {
-        None => matches!(verb, Verb::Get | Verb::Head),
-        Some(resource) if resource.subresource == "proxy" => false,
+        None => {
+            matches!(verb, Verb::Get | Verb::Head)
+                && DISCOVERY.iter().any(|spec| {
+                    let path = request.path().as_str();
+                    match spec.strip_suffix('*') {
+                        Some(prefix) => path.starts_with(prefix),
+                        None => path == *spec,
+                    }
+                })
+        }
+        Some(resource)
+            if resource.subresource == "proxy"
+                || STREAM_SUBRESOURCES.contains(&resource.subresource) =>
+        {
+            false
+        }
         Some(_) if matches!(verb, Verb::Get | Verb::List | Verb::Watch) => true,
         Some(resource) => {
             verb == Verb::Create
@@ -265,24 +294,24 @@ fn rule(value: serde_json::Value) -> Result<Rule, String> {
     if !raw.non_resource_urls.is_empty() && both {
         return Err("nonResourceURLs cannot be combined with resources or namespaces: a request is either a resource request or not; write two rules".into());
     }
-    if let Some(url) = raw
-        .non_resource_urls
-        .iter()
-        .find(|u| !(u.starts_with('/') || *u == "*") || u.trim_end_matches('*').contains('*'))
-    {
+    if let Some(url) = raw.non_resource_urls.iter().find(|u| {
+        let stem = u.strip_suffix('*').unwrap_or(u);
+        !(u.starts_with('/') || *u == "*") || stem.contains('*')
+    }) {
         return Err(format!(
             "nonResourceURLs entry {url:?} must be a path starting with '/', with '*' only at its end"
         ));
     }
     for group in &raw.resources {
-        if let Some(resource) = group
-            .resources
-            .iter()
-            .find(|r| r.is_empty() || r.matches('/').count() > 1)
-        {
+        if let Some(resource) = group.resources.iter().find(|r| !valid_resource(r)) {
             return Err(format!(
-                "resource {resource:?} must be a resource, resource/subresource, resource/* or */subresource"
+                "resource {resource:?} must be a resource, resource/subresource, resource/*, */subresource or *"
             ));
+        }
+        if !group.resource_names.is_empty() && group.resources.is_empty() {
+            return Err(
+                "resourceNames needs resources: name the resources the names are of".into(),
+            );
         }
     }
     Ok(Rule {
@@ -294,6 +323,18 @@ fn rule(value: serde_json::Value) -> Result<Rule, String> {
             non_resource_urls: raw.non_resource_urls,
         },
     })
+}
+
+/// Whether a rule's resource can match anything: `pods`, `pods/log`,
+/// `pods/*`, `*/scale` or `*`, with no empty part and not `*/*`.
+fn valid_resource(spec: &str) -> bool {
+    match spec.split_once('/') {
+        None => !spec.is_empty(),
+        Some(("*", "*")) => false,
+        Some((resource, subresource)) => {
+            !resource.is_empty() && !subresource.is_empty() && !subresource.contains('/')
+        }
+    }
 }
 
 /// Which part of the policy refused a request.

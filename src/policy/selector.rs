@@ -71,9 +71,12 @@ impl Selector {
             .iter()
             .filter(|gr| gr.group == object.group || gr.group == "*")
             .any(|gr| {
-                (gr.resource_names.is_empty() || gr.resource_names.iter().any(|n| n == object.name))
-                    && (gr.resources.is_empty()
-                        || gr
+                // As the audit checker: no resources means the whole group,
+                // whatever the names.
+                gr.resources.is_empty()
+                    || ((gr.resource_names.is_empty()
+                        || gr.resource_names.iter().any(|n| n == object.name))
+                        && gr
                             .resources
                             .iter()
                             .any(|spec| resource_matches(spec, object)))

@@ -23,8 +23,8 @@ pub enum Verb {
     List,
     /// `GET` with `watch`, or under the legacy `/watch/` prefix.
     Watch,
-    /// `POST` to a resource, and every upgrade (exec, attach,
-    /// port-forward): SPDY's `POST` is a `create`, and since 1.35 the
+    /// `POST` to a resource, and an exec, attach or port-forward however
+    /// it is opened: SPDY's `POST` is a `create`, and since 1.35 the
     /// apiserver also requires `create` of a WebSocket `GET` upgrade (a
     /// second check; its own request info keeps `get`).
     Create,
@@ -153,6 +153,8 @@ const SPECIAL_VERBS: [&str; 2] = ["proxy", "watch"];
 /// Segments after `namespaces/NAME` that are subresources of the
 /// namespace, not resources in it.
 const NAMESPACE_SUBRESOURCES: [&str; 2] = ["status", "finalize"];
+/// The pod subresources that open a stream: exec, attach, port-forward.
+pub const STREAM_SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
 /// Subresources the apiserver serves as long-running requests.
 const LONG_RUNNING_SUBRESOURCES: [&str; 5] = ["attach", "exec", "proxy", "log", "portforward"];
 /// How many leading segments decide a request's meaning: prefix, group,
@@ -202,6 +204,7 @@ impl<'a> RequestInfo<'a> {
         };
         spans.version = parts[next];
         next += 1;
+        let special = SPECIAL_VERBS.contains(&part(next));
         let mut verb = match part(next) {
             special if SPECIAL_VERBS.contains(&special) => {
                 let (verb, name) = match special {
@@ -241,7 +244,17 @@ impl<'a> RequestInfo<'a> {
         }
         info.long_running = matches!(verb, Verb::Watch | Verb::Proxy)
             || LONG_RUNNING_SUBRESOURCES.contains(&spans.subresource.of(text));
-        if upgrade {
+        // exec, attach and port-forward need `create`: SPDY's POST is one,
+        // and since 1.35 the apiserver also requires it of a WebSocket GET.
+        // Any other upgrade keeps its method's verb (a WebSocket watch is a
+        // watch; a DELETE with an Upgrade header is still a delete).
+        let subresource = spans.subresource.of(text);
+        if upgrade
+            && !special
+            && matches!(method, "GET" | "POST")
+            && spans.resource.of(text) == "pods"
+            && STREAM_SUBRESOURCES.contains(&subresource)
+        {
             verb = Verb::Create;
         }
         info.verb = verb;

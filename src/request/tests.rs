@@ -173,8 +173,18 @@ fn upgrades_are_creates_and_long_running_requests_are_known() {
     let upgrade = |path, query| RequestInfo::read("GET", path, Some(query), true).unwrap();
     let exec = upgrade("/api/v1/namespaces/d/pods/p/exec", "command=sh");
     assert_eq!((exec.verb(), exec.upgrade(), exec.long_running()), (Verb::Create, true, true));
+    let forward = RequestInfo::read("POST", "/api/v1/namespaces/d/pods/p/portforward", None, true).unwrap();
+    assert_eq!(forward.verb(), Verb::Create);
+    // Other upgrades keep their method's verb: no Upgrade header turns a
+    // read or a delete into a create.
     let watch = upgrade("/api/v1/pods", "watch=1");
-    assert_eq!((watch.verb(), watch.long_running()), (Verb::Create, true));
+    assert_eq!((watch.verb(), watch.long_running()), (Verb::Watch, true));
+    let delete = RequestInfo::read("DELETE", "/api/v1/namespaces/d/pods/p", None, true).unwrap();
+    assert_eq!(delete.verb(), Verb::Delete);
+    let exec = RequestInfo::read("DELETE", "/api/v1/namespaces/d/pods/p/exec", None, true).unwrap();
+    assert_eq!(exec.verb(), Verb::Delete);
+    let secret = upgrade("/api/v1/namespaces/d/secrets/s", "");
+    assert_eq!(secret.verb(), Verb::Get);
     for (method, path, query, long) in [
         ("GET", "/api/v1/pods", "watch=1", true),
         ("GET", "/api/v1/watch/pods", "", true),
