@@ -212,6 +212,8 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
         "rules:\n  - action: Allow\n    verbs: [get]\n  - action: Deny\n    verb: [delete]\n",
     )
     .unwrap();
+    let bad_yaml = double.path("bad-yaml.yaml");
+    std::fs::write(&bad_yaml, "rules:\n  - {action: Allow, verbs: [get\n").unwrap();
     let cases: &[(&[&str], &[&str])] = &[
         (
             &[],
@@ -267,6 +269,15 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
                 "rule 2",
                 "unknown field `verb`",
             ],
+        ),
+        (
+            &[
+                "--kubeconfig",
+                kubeconfig,
+                "--policy-file",
+                bad_yaml.to_str().unwrap(),
+            ],
+            &["policy file", "bad-yaml.yaml", "unclosed bracket", "line 2"],
         ),
     ];
     for (args, words) in cases {

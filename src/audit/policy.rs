@@ -68,7 +68,7 @@ impl Policy {
     ///
     /// The parser's message.
     pub fn parse(yaml: &str) -> Result<Policy, String> {
-        let policy: Policy = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        let policy: Policy = crate::policy::yaml(yaml).map_err(|e| e.to_string())?;
         if !policy.api_version.is_empty() && policy.api_version != "audit.k8s.io/v1" {
             return Err(format!(
                 "apiVersion is {:?}, not audit.k8s.io/v1",

@@ -263,7 +263,7 @@ fn read_rules(path: &Path) -> Result<Vec<Rule>, StartupError> {
 
 /// Parses a policy file; the error names the rule (from 1) and the fix.
 fn parse(text: &str) -> Result<Vec<Rule>, String> {
-    let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| {
+    let raw: RawFile = yaml(text).map_err(|e| {
         format!("is not a kubegate policy ({e}); see docs/policy.md for the format")
     })?;
     if raw
@@ -281,6 +281,12 @@ fn parse(text: &str) -> Result<Vec<Rule>, String> {
         .enumerate()
         .map(|(index, value)| rule(value).map_err(|e| format!("rule {}: {e}", index + 1)))
         .collect()
+}
+
+/// Parses YAML with errors on one line (no source snippet), for start-up
+/// messages and logs.
+pub fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
 }
 
 fn rule(value: serde_json::Value) -> Result<Rule, String> {
