@@ -8,6 +8,31 @@ use kubegate::cli::Args;
 use kubegate::error::StartupError;
 use kubegate_double::{ApiServer, KubeconfigUser, Options, Pki, append_log_lines, seed};
 
+/// The browser console (`examples/browser/`), built into the demo so that
+/// `kubegate demo` serves it under `--www-prefix` with no files beside it.
+const CONSOLE: [(&str, &[u8]); 5] = [
+    (
+        "index.html",
+        include_bytes!("../examples/browser/index.html"),
+    ),
+    (
+        "kubegate.js",
+        include_bytes!("../examples/browser/kubegate.js"),
+    ),
+    (
+        "vendor/xterm.mjs",
+        include_bytes!("../examples/browser/vendor/xterm.mjs"),
+    ),
+    (
+        "vendor/xterm.css",
+        include_bytes!("../examples/browser/vendor/xterm.css"),
+    ),
+    (
+        "vendor/addon-fit.mjs",
+        include_bytes!("../examples/browser/vendor/addon-fit.mjs"),
+    ),
+];
+
 /// The running double and what kubegate needs to reach it; stops it when
 /// dropped.
 pub struct Demo {
@@ -44,6 +69,9 @@ impl Demo {
         demo.write_kubeconfig(&pki).map_err(|e| {
             StartupError::Credential(format!("cannot write the demo kubeconfig: {e}"))
         })?;
+        demo.write_console().map_err(|e| {
+            StartupError::Credential(format!("cannot write the demo's browser console: {e}"))
+        })?;
         Ok(demo)
     }
 
@@ -64,28 +92,67 @@ impl Demo {
         kubegate_double::write_kubeconfig(&self.kubeconfig(), &self.double.url(), &ca, user)
     }
 
-    /// The command line with the demo's kubeconfig in place of the user's.
+    fn write_console(&self) -> std::io::Result<()> {
+        for (name, bytes) in CONSOLE {
+            let path = self.dir.0.join("www").join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The command line with the demo's kubeconfig in place of the user's,
+    /// and the browser console as `--www` unless one was given.
     pub fn args(&self, args: &Args) -> Args {
         let mut args = args.clone();
         args.kubeconfig = Some(self.kubeconfig());
         args.context = None;
+        if args.www.is_none() {
+            args.www = Some(self.dir.0.join("www"));
+        }
         args
     }
 
-    /// What to try, for kubegate serving at `base`.
-    pub fn banner(&self, base: &str) -> String {
+    /// What to try, for kubegate serving at `base` with `args` (the
+    /// console is under `--www-prefix` unless `--www` was given).
+    pub fn banner(&self, base: &str, args: &Args) -> String {
+        let k = format!("kubectl --server {base}");
+        let mut tries = vec![
+            (format!("{k} get pods -w"), "list and watch"),
+            (format!("{k} logs -f nginx"), "follow a log"),
+            (format!("{k} exec -it busybox -- sh"), "a shell in a pod"),
+            (
+                format!("{k} port-forward pod/nginx 8080:80"),
+                "then: curl localhost:8080",
+            ),
+        ];
+        if args.www.as_ref() == Some(&self.dir.0.join("www")) {
+            let console = format!("open {base}{}", args.www_prefix);
+            tries.push((console, "the browser console: pods, logs, a terminal"));
+        }
+        if on_path("deno") {
+            let deno = format!(
+                "deno eval 'console.log((await (await fetch(\"{base}/api/v1/namespaces/default/pods\")).json()).items.map(p => p.metadata.name))'"
+            );
+            tries.push((deno, "from Deno"));
+        }
+        let width = tries
+            .iter()
+            .map(|(command, _)| command.len())
+            .max()
+            .unwrap_or(0);
+        let tries: String = tries
+            .iter()
+            .map(|(command, what)| format!("\n  {command:width$}  # {what}"))
+            .collect();
         format!(
-            "kubegate demo: an apiserver double runs at {} with a throwaway CA; it only accepts\n\
-             the client certificate of \"demo-admin\" (kubeconfig: {}).\n\
-             kubegate holds that identity and serves the API at {base} with no credentials needed. Try:\n\
-             \n  curl {base}/api/v1/namespaces/default/pods\
-             \n  curl '{base}/api/v1/namespaces/default/pods?watch=true'\
-             \n  curl '{base}/api/v1/namespaces/default/pods/nginx/log?follow=true'\
-             \n  kubectl --server {base} get pods\
-             \n  kubectl --server {base} get pods -w\
-             \n\nCtrl-C stops both.",
-            self.double.url(),
-            self.kubeconfig().display(),
+            "kubegate demo: an apiserver double runs at {double} with a throwaway CA and accepts only\n\
+             the client certificate of \"demo-admin\" (kubeconfig: {kubeconfig}). kubegate holds that\n\
+             identity and serves the API at {base}, no credentials needed. Try:\n{tries}\n\nCtrl-C stops both.",
+            double = self.double.url(),
+            kubeconfig = self.kubeconfig().display(),
         )
     }
 }
@@ -94,6 +161,12 @@ impl Drop for Demo {
     fn drop(&mut self) {
         self.ticker.abort();
     }
+}
+
+/// Whether `program` is on `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// A private directory for the demo's keys, removed when dropped.

@@ -107,8 +107,9 @@ async fn run(
 #[cfg(feature = "demo")]
 async fn run_demo(args: &Args) -> Result<(), StartupError> {
     let demo = demo::Demo::start().await?;
-    run(&demo.args(args), &Env::default(), |listener| {
-        Some(demo.banner(&format!("http://{listener}")))
+    let args = demo.args(args);
+    run(&args, &Env::default(), |listener| {
+        Some(demo.banner(&format!("http://{listener}"), &args))
     })
     .await
 }

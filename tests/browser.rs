@@ -190,3 +190,61 @@ async fn a_page_served_by_www_is_same_origin_and_needs_no_flag() {
     assert_eq!(value(&results[0]), &serde_json::json!(["box"]));
     assert_eq!(value(&results[1])["stdout"], "HELLO FROM CHROMIUM");
 }
+
+/// Waits in the page until `condition` (a JavaScript expression) holds.
+fn until(condition: &str) -> String {
+    format!(
+        "await new Promise((resolve) => {{ const check = () => ({condition}) ? resolve(true) : setTimeout(check, 20); check(); }})"
+    )
+}
+
+/// The text on the console's terminal screen.
+const SCREEN: &str = "(() => { const b = window.kubegateConsole.term.buffer.active; let text = ''; for (let i = 0; i < b.length; i++) text += b.getLine(i).translateToString(true) + '\\n'; return text; })()";
+
+#[tokio::test]
+async fn the_console_runs_a_shell_on_a_terminal_resizes_it_and_shows_the_exit_status() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    double.store().append_log("default", "box", "box log line");
+    let kubegate = Kubegate::start(&double, &["--www", EXAMPLE]).await;
+    let ready = until("window.kubegateConsole?.pod() === 'box'");
+    let logged = until("document.getElementById('log').textContent.includes('box log line')");
+    let typed = until(&format!("{SCREEN}.includes('kube42gate')"));
+    let exited = until("window.kubegateConsole.status().includes('exited with status 3')");
+    let (status, results) = browse(
+        None,
+        &kubegate.url("/static/index.html"),
+        &[
+            &ready,
+            &logged,
+            "(await window.kubegateConsole.connect(), window.kubegateConsole.status())",
+            // A terminal: the shell sees one (test -t), and echoes what is typed.
+            "(window.kubegateConsole.term.input('test -t 0 && echo kube$((40+2))gate\\r'), true)",
+            &typed,
+            "(window.kubegateConsole.term.resize(100, 30), true)",
+            "(window.kubegateConsole.term.input('exit 3\\r'), true)",
+            &exited,
+            SCREEN,
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    for result in &results[..8] {
+        value(result);
+    }
+    assert_eq!(value(&results[2]), "connected to box");
+    let screen = value(&results[8]).as_str().unwrap().to_string();
+    assert!(
+        screen.contains("echo kube$((40+2))gate"),
+        "typed text echoed: {screen}"
+    );
+    assert!(
+        screen.contains("[process exited with status 3]"),
+        "{screen}"
+    );
+    assert_eq!(
+        double.server.state().stats.terminal.get(),
+        Some((100, 30)),
+        "the double saw the resize"
+    );
+}

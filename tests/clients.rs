@@ -106,10 +106,31 @@ async fn kubectl_gets_watches_follows_applies_and_deletes() {
     let kubegate = Kubegate::start(&double, &[]).await;
     let home = double.dir.path();
 
+    // The apiserver prints the table (Accept: …;as=Table), as kubectl asks.
     let table = output(kubectl(home, &kubegate, &["get", "pods"])).await;
+    for column in [
+        "NAME", "READY", "STATUS", "RESTARTS", "AGE", "existing", "1/1", "Running",
+    ] {
+        assert!(table.contains(column), "{column} missing:\n{table}");
+    }
+    let wide = output(kubectl(home, &kubegate, &["get", "pods", "-o", "wide"])).await;
+    assert!(wide.contains("NODE") && wide.contains("10.0.0.1"), "{wide}");
+    let described = output(kubectl(home, &kubegate, &["describe", "pod", "existing"])).await;
     assert!(
-        table.contains("NAME") && table.contains("existing"),
-        "{table}"
+        described.contains("Name:")
+            && described.contains("existing")
+            && described.contains("Running"),
+        "{described}"
+    );
+    let yaml = output(kubectl(
+        home,
+        &kubegate,
+        &["get", "pod", "existing", "-o", "yaml"],
+    ))
+    .await;
+    assert!(
+        yaml.contains("kind: Pod") && yaml.contains("name: existing"),
+        "{yaml}"
     );
 
     let (_watching, mut watched) = stream(kubectl(
@@ -542,4 +563,44 @@ except ApiException as refused:
     assert!(printed.contains("listed existing"), "{printed}");
     assert!(printed.contains("refused 403 Forbidden"), "{printed}");
     assert!(double.store().get("default", "new").is_none());
+}
+
+#[tokio::test]
+async fn a_pods_declared_port_answers_through_kubectl_port_forward() {
+    let double = Double::start().await;
+    let mut web = pod("web");
+    web["spec"]["containers"][0]["ports"] = serde_json::json!([{ "containerPort": 80 }]);
+    double.store().create("default", web).unwrap();
+    let kubegate = Kubegate::start(&double, &[]).await;
+    let (_child, mut lines) = stream(kubectl(
+        double.dir.path(),
+        &kubegate,
+        &["port-forward", "pod/web", "0:80"],
+    ));
+    let line = line_containing(&mut lines, "Forwarding from 127.0.0.1:").await;
+    let local: u16 = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let page = get(&format!("http://127.0.0.1:{local}/")).await;
+    assert_eq!(page.status, 200);
+    let text = String::from_utf8_lossy(&page.body).into_owned();
+    assert!(text.contains("Hello from pod default/web"), "{text}");
+}
+
+#[tokio::test]
+async fn the_root_lists_the_apiservers_paths() {
+    let double = Double::start().await;
+    let kubegate = Kubegate::start(&double, &[]).await;
+    let root = get(&kubegate.url("/")).await;
+    assert_eq!(root.status, 200);
+    let paths = root.json()["paths"].clone();
+    assert!(
+        paths
+            .as_array()
+            .is_some_and(|p| p.contains(&serde_json::json!("/api"))),
+        "{paths}"
+    );
 }

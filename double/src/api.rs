@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::apiserver::{State, User};
 use super::store::{StoreError, now};
 use super::stream::{self, Kind};
+use super::table;
 
 /// The double's response body.
 pub type DoubleBody = BoxBody<Bytes, io::Error>;
@@ -121,7 +122,9 @@ pub async fn handle(
     let query = Query::parse(request.uri().query());
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = request.method().clone();
+    let table = table::wanted(request.headers());
     match (method.clone(), segments.as_slice()) {
+        (Method::GET, [""]) => json_response(StatusCode::OK, &root_paths()),
         (Method::GET, ["version"]) => json_response(
             StatusCode::OK,
             &json!({
@@ -143,14 +146,30 @@ pub async fn handle(
             &json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] }),
         ),
         (Method::GET, ["api", "v1"]) => json_response(StatusCode::OK, &resource_list()),
-        (_, ["api", "v1", "pods"]) if method == Method::GET => list_or_watch(&state, None, &query),
+        (_, ["api", "v1", "pods"]) if method == Method::GET => {
+            list_or_watch(&state, None, &query, table)
+        }
+        (Method::GET, ["api", "v1", "events"] | ["api", "v1", "namespaces", _, "events"]) => {
+            // The double records no events; kubectl describe lists them.
+            let rv = state.store.resource_version().to_string();
+            json_response(
+                StatusCode::OK,
+                &json!({ "kind": "EventList", "apiVersion": "v1", "metadata": { "resourceVersion": rv }, "items": [] }),
+            )
+        }
         (_, ["api", "v1", "namespaces", ns, "pods"]) => match method {
-            Method::GET => list_or_watch(&state, Some(ns), &query),
+            Method::GET => list_or_watch(&state, Some(ns), &query, table),
             Method::POST => create(&state, ns, request).await,
             _ => method_not_allowed(),
         },
         (_, ["api", "v1", "namespaces", ns, "pods", name]) => match method {
             Method::GET => match state.store.get(ns, name) {
+                Some(pod) if table => {
+                    let rv = pod["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default();
+                    json_response(StatusCode::OK, &table::pods([&*pod], rv))
+                }
                 Some(pod) => json_response(StatusCode::OK, &pod),
                 None => not_found(&format!("pods \"{name}\"")),
             },
@@ -209,6 +228,16 @@ fn method_not_allowed() -> Response<DoubleBody> {
     )
 }
 
+/// What a real apiserver lists at `/`: the paths it serves.
+fn root_paths() -> Value {
+    json!({
+        "paths": [
+            "/api", "/api/v1", "/apis", "/apis/authentication.k8s.io",
+            "/apis/authentication.k8s.io/v1", "/healthz", "/livez", "/readyz", "/version",
+        ],
+    })
+}
+
 fn resource_list() -> Value {
     let resource = |name: &str, kind: &str, verbs: &[&str]| json!({ "name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs });
     json!({
@@ -219,6 +248,10 @@ fn resource_list() -> Value {
                 "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["po"],
             },
             resource("pods/log", "Pod", &["get"]),
+            {
+                "name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+                "verbs": ["list"], "shortNames": ["ev"],
+            },
             resource("pods/exec", "PodExecOptions", &["create", "get"]),
             resource("pods/attach", "PodAttachOptions", &["create", "get"]),
             resource("pods/portforward", "PodPortForwardOptions", &["create", "get"]),
@@ -236,19 +269,28 @@ fn list_or_watch(
     state: &Arc<State>,
     namespace: Option<&str>,
     query: &Query,
+    table: bool,
 ) -> Response<DoubleBody> {
     if query.flag("watch") {
-        return watch(state, namespace, query);
+        return watch(state, namespace, query, table);
     }
     let (pods, rv) = state.store.list(namespace, name_selector(query));
     let items: Vec<&Value> = pods.iter().map(|p| &**p).collect();
+    if table {
+        return json_response(StatusCode::OK, &table::pods(items, &rv.to_string()));
+    }
     json_response(
         StatusCode::OK,
         &json!({ "kind": "PodList", "apiVersion": "v1", "metadata": { "resourceVersion": rv.to_string() }, "items": items }),
     )
 }
 
-fn watch(state: &Arc<State>, namespace: Option<&str>, query: &Query) -> Response<DoubleBody> {
+fn watch(
+    state: &Arc<State>,
+    namespace: Option<&str>,
+    query: &Query,
+    table: bool,
+) -> Response<DoubleBody> {
     let since = query.get("resourceVersion").and_then(|rv| rv.parse().ok());
     let (backlog, mut events) = match state.store.watch(since) {
         Ok(started) => started,
@@ -267,9 +309,19 @@ fn watch(state: &Arc<State>, namespace: Option<&str>, query: &Query) -> Response
     open.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
         let matches = |e: &super::store::Event| e.matches(namespace.as_deref(), name.as_deref());
+        let line = |e: &super::store::Event| -> Vec<u8> {
+            if !table {
+                return e.to_line();
+            }
+            let object = table::pods([&*e.object], &e.rv.to_string());
+            let mut line = serde_json::to_vec(&json!({ "type": e.kind, "object": object }))
+                .unwrap_or_default();
+            line.push(b'\n');
+            line
+        };
         let stream = async {
             for event in backlog.iter().filter(|e| matches(e)) {
-                if sender.send(Ok(event.to_line().into())).await.is_err() {
+                if sender.send(Ok(line(event).into())).await.is_err() {
                     return;
                 }
             }
@@ -277,7 +329,7 @@ fn watch(state: &Arc<State>, namespace: Option<&str>, query: &Query) -> Response
                 tokio::select! {
                     received = events.recv() => match received {
                         Ok(event) if matches(&event) => {
-                            if sender.send(Ok(event.to_line().into())).await.is_err() {
+                            if sender.send(Ok(line(&event).into())).await.is_err() {
                                 return;
                             }
                         }

@@ -77,6 +77,26 @@ pub struct Stats {
     pub open_watches: Arc<AtomicUsize>,
     /// exec, attach and port-forward sessions now open.
     pub open_streams: Arc<AtomicUsize>,
+    /// The last terminal size a client sent on the resize channel.
+    pub terminal: Arc<TerminalSize>,
+}
+
+/// A terminal's size as a client last set it.
+#[derive(Debug, Default)]
+pub struct TerminalSize(std::sync::Mutex<Option<(u16, u16)>>);
+
+impl TerminalSize {
+    /// Records a resize to `width` × `height`.
+    pub fn set(&self, width: u16, height: u16) {
+        if let Ok(mut size) = self.0.lock() {
+            *size = Some((width, height));
+        }
+    }
+
+    /// The last size, as (width, height).
+    pub fn get(&self) -> Option<(u16, u16)> {
+        self.0.lock().ok().and_then(|size| *size)
+    }
 }
 
 /// What every connection of the double shares.

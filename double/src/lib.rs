@@ -9,12 +9,14 @@
 //! - [`api`]: discovery, pods, watch, logs, and the test endpoints.
 //! - [`store`]: pods, resourceVersions, events, logs.
 //! - [`stream`]: exec, attach and port-forward over WebSocket and SPDY.
+//! - [`table`]: pods as the `Table` kubectl prints.
 
 pub mod api;
 pub mod apiserver;
 pub mod pki;
 pub mod store;
 pub mod stream;
+pub mod table;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -89,10 +91,17 @@ current-context: double
 
 /// Adds the demo's pods (with a few log lines each) to `store`.
 pub fn seed(store: &store::Store) {
-    for (name, image) in [("nginx", "nginx:1.27"), ("busybox", "busybox:1.36")] {
+    for (name, image, ports) in [
+        (
+            "nginx",
+            "nginx:1.27",
+            json!([{ "name": "http", "containerPort": 80, "protocol": "TCP" }]),
+        ),
+        ("busybox", "busybox:1.36", json!([])),
+    ] {
         let pod = json!({
             "metadata": { "name": name, "labels": { "app": name } },
-            "spec": { "containers": [{ "name": name, "image": image }] },
+            "spec": { "containers": [{ "name": name, "image": image, "ports": ports }] },
         });
         if store.create("default", pod).is_ok() {
             store.append_log("default", name, &format!("{name} started"));

@@ -137,12 +137,32 @@ impl Store {
         if let Some(object) = pod.as_object_mut() {
             object.insert("kind".into(), json!("Pod"));
             object.insert("apiVersion".into(), json!("v1"));
-            object
+            let spec = object
                 .entry("spec")
                 .or_insert_with(|| json!({ "containers": [] }));
+            if let Some(spec) = spec.as_object_mut() {
+                spec.entry("nodeName")
+                    .or_insert_with(|| json!("kubegate-double"));
+            }
+            // Every container runs, ready, from the start.
+            let statuses: Vec<Value> = spec["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    json!({
+                        "name": c["name"], "image": c["image"], "ready": true, "started": true,
+                        "restartCount": 0, "state": { "running": { "startedAt": now() } },
+                    })
+                })
+                .collect();
             object.insert(
                 "status".into(),
-                json!({ "phase": "Running", "podIP": "10.0.0.1", "startTime": now() }),
+                json!({
+                    "phase": "Running", "podIP": "10.0.0.1", "hostIP": "10.0.0.1", "startTime": now(),
+                    "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": now() }],
+                    "containerStatuses": statuses,
+                }),
             );
         }
         inner.logs.entry(key.clone()).or_default();

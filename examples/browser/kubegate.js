@@ -9,7 +9,7 @@ const token = params.get('token') ?? '';
 
 const STDIN = 0, STDOUT = 1, STDERR = 2, ERROR = 3, CLOSE = 255;
 
-function headers() {
+export function headers() {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
@@ -115,4 +115,37 @@ export async function portForward(pod, port, message, namespace = 'default') {
   });
   socket.close();
   return reply;
+}
+
+const RESIZE = 4;
+
+/**
+ * Opens an interactive terminal (`exec -it`) in `pod`: `onOutput(bytes)`
+ * gets what the process writes, `onExit(status)` its `metav1.Status` when
+ * it ends. Returns `send(text)` for keystrokes, `resize(columns, rows)`
+ * (the v5 resize channel) and `close()`.
+ */
+export async function terminal(pod, command, { onOutput, onExit }, namespace = 'default') {
+  const query = command.map((c) => `command=${encodeURIComponent(c)}`).join('&');
+  const socket = await open(`/api/v1/namespaces/${namespace}/pods/${pod}/exec?${query}&stdin=true&stdout=true&tty=true`, 'v5.channel.k8s.io');
+  const encoder = new TextEncoder();
+  let status = '';
+  socket.onmessage = (event) => {
+    const data = new Uint8Array(event.data);
+    if (data[0] === STDOUT || data[0] === STDERR) onOutput(data.slice(1));
+    if (data[0] === ERROR) status += new TextDecoder().decode(data.slice(1));
+  };
+  socket.onclose = () => onExit(status ? JSON.parse(status) : { status: 'Failure', message: 'the connection closed' });
+  return {
+    send: (text) => socket.send(frame(STDIN, encoder.encode(text))),
+    resize: (columns, rows) => socket.send(frame(RESIZE, encoder.encode(JSON.stringify({ Width: columns, Height: rows })))),
+    close: () => socket.close(),
+  };
+}
+
+/** The exit code a `metav1.Status` from the error channel carries. */
+export function exitCode(status) {
+  if (status.status === 'Success') return 0;
+  const cause = status.details?.causes?.find((c) => c.reason === 'ExitCode');
+  return cause ? Number(cause.message) : null;
 }

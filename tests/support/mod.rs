@@ -403,10 +403,10 @@ impl Site {
                             Ok(body) => (StatusCode::OK, body),
                             Err(_) => (StatusCode::NOT_FOUND, Vec::new()),
                         };
-                        let kind = if file.extension().is_some_and(|e| e == "js") {
-                            "text/javascript"
-                        } else {
-                            "text/html"
+                        let kind = match file.extension().and_then(|e| e.to_str()) {
+                            Some("js" | "mjs") => "text/javascript",
+                            Some("css") => "text/css",
+                            _ => "text/html",
                         };
                         let response = Response::builder()
                             .status(status)

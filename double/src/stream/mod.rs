@@ -8,7 +8,10 @@
 //! - [`websocket`]: the channel protocols and their sessions.
 //! - [`spdy_session`]: the sessions over SPDY.
 //! - [`process`]: the process and its exit status.
+//! - [`dial`]: where a forwarded port leads (in process for the ports a
+//!   pod declares).
 
+pub mod dial;
 pub mod process;
 pub mod spdy;
 pub mod spdy_session;
@@ -26,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::api::{DoubleBody, status};
 use super::apiserver::State;
+use dial::PodPorts;
 use process::ExecSpec;
 use websocket::Framing;
 
@@ -69,6 +73,8 @@ struct Session {
     stopping: tokio_util::sync::CancellationToken,
     /// Echo in process instead of running processes and dialing ports.
     fast: bool,
+    /// Where terminal resizes are recorded.
+    terminal: Arc<crate::apiserver::TerminalSize>,
 }
 
 impl Session {
@@ -129,14 +135,16 @@ pub fn handle(
         );
     }
     let ports = ports(query.as_deref());
+    let pod = PodPorts::of(namespace, &pod);
     let session = Session {
         open: state.stats.open_streams.clone(),
         stopping: state.stopping.clone(),
         fast: state.fast_streams,
+        terminal: state.stats.terminal.clone(),
     };
     match upgrade.as_str() {
-        "websocket" => websocket_handshake(request, kind, spec, ports, session),
-        "spdy/3.1" => spdy_handshake(request, kind, spec, session),
+        "websocket" => websocket_handshake(request, kind, spec, (ports, pod), session),
+        "spdy/3.1" => spdy_handshake(request, kind, spec, pod, session),
         _ => status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -182,7 +190,7 @@ fn websocket_handshake(
     mut request: Request<Incoming>,
     kind: Kind,
     spec: ExecSpec,
-    ports: Vec<u16>,
+    (ports, pod): (Vec<u16>, PodPorts),
     session: Session,
 ) -> Response<DoubleBody> {
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
@@ -221,6 +229,7 @@ fn websocket_handshake(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let protocol = chosen.clone();
     let fast = session.fast;
+    let terminal = session.terminal.clone();
     session.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -229,7 +238,7 @@ fn websocket_handshake(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         if protocol == TUNNELED_SPDY {
             let (accepted, closed) = spdy::serve(websocket::into_byte_stream(socket));
-            spdy_session::port_forward(accepted, closed).await;
+            spdy_session::port_forward(accepted, closed, pod).await;
             return;
         }
         let Some(framing) = Framing::of(&protocol) else {
@@ -239,8 +248,8 @@ fn websocket_handshake(
             return websocket::echo(socket, framing, kind == Kind::PortForward).await;
         }
         match kind {
-            Kind::PortForward => websocket::port_forward(socket, framing, ports).await,
-            Kind::Exec | Kind::Attach => websocket::exec(socket, framing, spec).await,
+            Kind::PortForward => websocket::port_forward(socket, framing, ports, pod).await,
+            Kind::Exec | Kind::Attach => websocket::exec(socket, framing, spec, terminal).await,
         }
     });
     let mut headers = vec![
@@ -258,6 +267,7 @@ fn spdy_handshake(
     mut request: Request<Incoming>,
     kind: Kind,
     spec: ExecSpec,
+    pod: PodPorts,
     session: Session,
 ) -> Response<DoubleBody> {
     let supported = if kind == Kind::PortForward {
@@ -287,7 +297,7 @@ fn spdy_handshake(
         };
         let (accepted, closed) = spdy::serve(TokioIo::new(upgraded));
         match kind {
-            Kind::PortForward => spdy_session::port_forward(accepted, closed).await,
+            Kind::PortForward => spdy_session::port_forward(accepted, closed, pod).await,
             Kind::Exec | Kind::Attach => {
                 spdy_session::exec(accepted, closed, &protocol, spec).await
             }

@@ -69,6 +69,45 @@ impl ExecSpec {
     }
 }
 
+/// A process on a terminal: its output and input are the terminal's.
+pub struct OnTerminal {
+    /// The process.
+    pub child: Child,
+    /// What the process writes to its terminal.
+    pub output: pty_process::OwnedReadPty,
+    /// The keyboard side, which can also resize the terminal.
+    pub input: pty_process::OwnedWritePty,
+}
+
+impl ExecSpec {
+    /// Starts the process on a new pseudo-terminal, 80 × 24 until the
+    /// client resizes it, as the kubelet's runtime does for `tty=true`.
+    ///
+    /// # Errors
+    ///
+    /// The spawn error, for the error channel.
+    pub fn spawn_on_terminal(&self) -> std::io::Result<OnTerminal> {
+        let (program, args) = self.command.split_first().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given")
+        })?;
+        let (pty, pts) = pty_process::open().map_err(std::io::Error::other)?;
+        pty.resize(pty_process::Size::new(24, 80))
+            .map_err(std::io::Error::other)?;
+        let child = pty_process::Command::new(program)
+            .args(args)
+            .env("TERM", "xterm-256color")
+            .kill_on_drop(true)
+            .spawn(pts)
+            .map_err(std::io::Error::other)?;
+        let (output, input) = pty.into_split();
+        Ok(OnTerminal {
+            child,
+            output,
+            input,
+        })
+    }
+}
+
 /// The v4+ error-channel payload for an exit code: `Success`, or a
 /// `NonZeroExitCode` failure whose `ExitCode` cause kubectl exits with.
 pub fn exit_status(command: &[String], code: Option<i32>) -> Value {

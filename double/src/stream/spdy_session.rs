@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::dial::PodPorts;
 use super::process::{ExecSpec, exit_status, failure};
 use super::spdy::{SpdyStream, StreamWriter};
 
@@ -131,7 +132,11 @@ pub async fn exec(
 /// Runs port-forward: streams are paired by `requestid` (or, from old
 /// clients without one, by stream id), and each pair relays one TCP
 /// connection to 127.0.0.1 on the stream's `port`.
-pub async fn port_forward(mut accepted: mpsc::Receiver<SpdyStream>, closed: CancellationToken) {
+pub async fn port_forward(
+    mut accepted: mpsc::Receiver<SpdyStream>,
+    closed: CancellationToken,
+    pod: PodPorts,
+) {
     let mut waiting: HashMap<String, SpdyStream> = HashMap::new();
     loop {
         let stream = tokio::select! {
@@ -166,13 +171,13 @@ pub async fn port_forward(mut accepted: mpsc::Receiver<SpdyStream>, closed: Canc
         } else {
             (other, stream)
         };
-        tokio::spawn(forward(error, data, port.unwrap_or_default()));
+        tokio::spawn(forward(error, data, pod.clone(), port.unwrap_or_default()));
     }
 }
 
-async fn forward(error: SpdyStream, mut data: SpdyStream, port: u16) {
-    let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-        Ok(tcp) => tcp,
+async fn forward(error: SpdyStream, mut data: SpdyStream, pod: PodPorts, port: u16) {
+    let connection = match pod.dial(port).await {
+        Ok(connection) => connection,
         Err(e) => {
             let message =
                 format!("error forwarding port {port} to pod: dial tcp 127.0.0.1:{port}: {e}");
@@ -182,7 +187,7 @@ async fn forward(error: SpdyStream, mut data: SpdyStream, port: u16) {
             return;
         }
     };
-    let (reader, mut writer) = tcp.into_split();
+    let (reader, mut writer) = tokio::io::split(connection);
     let to_client = tokio::spawn(pump(reader, data.writer.clone()));
     while let Some(bytes) = data.incoming.recv().await {
         if writer.write_all(&bytes).await.is_err() {

@@ -5,6 +5,8 @@
 //! channels 2i (data) and 2i+1 (error) for the i-th port, each opened by
 //! the server with the port number, two bytes little-endian.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -17,7 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::dial::PodPorts;
 use super::process::{ExecSpec, exit_status, failure};
+use crate::apiserver::TerminalSize;
 
 /// The socket a session runs on.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -147,7 +151,7 @@ async fn pump(
 /// Runs an exec or attach session until the process ends (then the status
 /// is sent and the socket closed) or the client goes away (then the process
 /// is killed).
-pub async fn exec(socket: Socket, framing: Framing, spec: ExecSpec) {
+pub async fn exec(socket: Socket, framing: Framing, spec: ExecSpec, terminal: Arc<TerminalSize>) {
     let (sink, mut incoming) = socket.split();
     let (out, writing) = writer(sink);
     let first = if spec.stdout {
@@ -159,8 +163,28 @@ pub async fn exec(socket: Socket, framing: Framing, spec: ExecSpec) {
     };
     // The kubelet's "streams are ready" signal: one empty message.
     let _ = out.send(framing.encode(first, &[])).await;
-    let mut child = match spec.spawn() {
-        Ok(child) => child,
+    let started = if spec.tty {
+        spec.spawn_on_terminal().map(|on| {
+            let output = tokio::spawn(pump(on.output, STDOUT, framing, out.clone()));
+            (on.child, Keyboard::Terminal(on.input), vec![output])
+        })
+    } else {
+        spec.spawn().map(|mut child| {
+            let stdin = child.stdin.take().map(Keyboard::Pipe);
+            let stdout = child
+                .stdout
+                .take()
+                .map(|r| tokio::spawn(pump(r, STDOUT, framing, out.clone())));
+            let stderr = child
+                .stderr
+                .take()
+                .map(|r| tokio::spawn(pump(r, STDERR, framing, out.clone())));
+            let pumps = [stdout, stderr].into_iter().flatten().collect();
+            (child, stdin.unwrap_or(Keyboard::None), pumps)
+        })
+    };
+    let (mut child, mut keyboard, pumps) = match started {
+        Ok(started) => started,
         Err(error) => {
             let message = format!("exec: {:?}: {error}", spec.command);
             let payload = if framing.status_json {
@@ -174,42 +198,34 @@ pub async fn exec(socket: Socket, framing: Framing, spec: ExecSpec) {
             return;
         }
     };
-    let mut stdin = child.stdin.take();
-    let stdout = child
-        .stdout
-        .take()
-        .map(|r| tokio::spawn(pump(r, STDOUT, framing, out.clone())));
-    let stderr_channel = if spec.tty { STDOUT } else { STDERR };
-    let stderr = child
-        .stderr
-        .take()
-        .map(|r| tokio::spawn(pump(r, stderr_channel, framing, out.clone())));
-
     let client = async {
         while let Some(Ok(message)) = incoming.next().await {
             if message.is_close() {
                 return;
             }
             match framing.decode(message) {
-                Some((STDIN, data)) => {
-                    if let Some(pipe) = stdin.as_mut()
-                        && pipe.write_all(&data).await.is_err()
-                    {
-                        stdin = None;
+                Some((STDIN, data)) => keyboard.write(&data).await,
+                Some((CLOSE, data)) if framing.close_channel && data.first() == Some(&STDIN) => {
+                    keyboard.close().await
+                }
+                Some((RESIZE, data)) => {
+                    if let Some((width, height)) = terminal_size(&data) {
+                        keyboard.resize(width, height);
+                        terminal.set(width, height);
                     }
                 }
-                Some((CLOSE, data)) if framing.close_channel && data.first() == Some(&STDIN) => {
-                    stdin = None
-                }
-                Some((RESIZE, _)) | Some(_) | None => {}
+                Some(_) | None => {}
             }
         }
     };
     let finished = async {
-        for pump in [stdout, stderr].into_iter().flatten() {
+        // A terminal's output ends only when every holder of the terminal
+        // is gone, so wait for the process first.
+        let status = child.wait().await;
+        for pump in pumps {
             let _ = pump.await;
         }
-        child.wait().await
+        status
     };
     tokio::select! {
         status = finished => {
@@ -229,6 +245,50 @@ pub async fn exec(socket: Socket, framing: Framing, spec: ExecSpec) {
             writing.abort();
         }
     }
+}
+
+/// Where a client's stdin goes: the process's stdin pipe, its terminal,
+/// or nowhere.
+enum Keyboard {
+    Pipe(tokio::process::ChildStdin),
+    Terminal(pty_process::OwnedWritePty),
+    None,
+}
+
+impl Keyboard {
+    async fn write(&mut self, data: &[u8]) {
+        let written = match self {
+            Keyboard::Pipe(pipe) => pipe.write_all(data).await,
+            Keyboard::Terminal(terminal) => terminal.write_all(data).await,
+            Keyboard::None => Ok(()),
+        };
+        if written.is_err() {
+            *self = Keyboard::None;
+        }
+    }
+
+    /// Stdin's end: the pipe closes; a terminal gets end-of-file (Ctrl-D).
+    async fn close(&mut self) {
+        if let Keyboard::Terminal(terminal) = self {
+            let _ = terminal.write_all(&[0x04]).await;
+        }
+        if let Keyboard::Pipe(_) = self {
+            *self = Keyboard::None;
+        }
+    }
+
+    fn resize(&self, width: u16, height: u16) {
+        if let Keyboard::Terminal(terminal) = self {
+            let _ = terminal.resize(pty_process::Size::new(height, width));
+        }
+    }
+}
+
+/// A resize message: `{"Width":80,"Height":24}`.
+fn terminal_size(data: &[u8]) -> Option<(u16, u16)> {
+    let size: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let side = |key: &str| size[key].as_u64().and_then(|v| u16::try_from(v).ok());
+    Some((side("Width")?, side("Height")?))
 }
 
 /// The benchmark's session: what arrives on channel 0 goes back on
@@ -274,7 +334,7 @@ pub async fn echo(socket: Socket, framing: Framing, port_forward: bool) {
 
 /// Runs a port-forward session: one TCP connection to 127.0.0.1 per
 /// requested port, relayed over that port's data channel.
-pub async fn port_forward(socket: Socket, framing: Framing, ports: Vec<u16>) {
+pub async fn port_forward(socket: Socket, framing: Framing, ports: Vec<u16>, pod: PodPorts) {
     let (sink, mut incoming) = socket.split();
     let (out, writing) = writer(sink);
     let mut to_ports = Vec::new();
@@ -283,9 +343,9 @@ pub async fn port_forward(socket: Socket, framing: Framing, ports: Vec<u16>) {
         for channel in [data, data + 1] {
             let _ = out.send(framing.encode(channel, &port.to_le_bytes())).await;
         }
-        match tokio::net::TcpStream::connect(("127.0.0.1", *port)).await {
-            Ok(tcp) => {
-                let (reader, writer) = tcp.into_split();
+        match pod.dial(*port).await {
+            Ok(connection) => {
+                let (reader, writer) = tokio::io::split(connection);
                 tokio::spawn(pump(reader, data, framing, out.clone()));
                 to_ports.push(Some(writer));
             }
