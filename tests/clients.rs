@@ -74,6 +74,37 @@ async fn line_containing(lines: &mut Lines<BufReader<ChildStdout>>, text: &str) 
     .await
 }
 
+/// The local port kubectl port-forward says it listens on.
+async fn forwarded_port(lines: &mut Lines<BufReader<ChildStdout>>) -> u16 {
+    let line = line_containing(lines, "Forwarding from 127.0.0.1:").await;
+    line.split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+/// `kubectl get pods -w` sees `pod`, and `kubectl logs -f` follows its log
+/// (which holds "line one") to a line appended now; the watch goes on.
+async fn watch_and_follow(
+    double: &Double,
+    kubegate: &Kubegate,
+    pod: &str,
+) -> (tokio::process::Child, Lines<BufReader<ChildStdout>>) {
+    let home = double.dir.path();
+    let (watching, mut watched) = stream(kubectl(
+        home,
+        kubegate,
+        &["get", "pods", "--watch", "-o", "name"],
+    ));
+    line_containing(&mut watched, &format!("pod/{pod}")).await;
+    let (_following, mut log) = stream(kubectl(home, kubegate, &["logs", "-f", pod]));
+    line_containing(&mut log, "line one").await;
+    double.store().append_log("default", pod, "line two");
+    line_containing(&mut log, "line two").await;
+    (watching, watched)
+}
+
 #[tokio::test]
 async fn curl_lists_and_watches() {
     let double = Double::start().await;
@@ -133,17 +164,7 @@ async fn kubectl_gets_watches_follows_applies_and_deletes() {
         "{yaml}"
     );
 
-    let (_watching, mut watched) = stream(kubectl(
-        home,
-        &kubegate,
-        &["get", "pods", "--watch", "-o", "name"],
-    ));
-    line_containing(&mut watched, "pod/existing").await;
-
-    let (_following, mut log) = stream(kubectl(home, &kubegate, &["logs", "-f", "existing"]));
-    line_containing(&mut log, "line one").await;
-    double.store().append_log("default", "existing", "line two");
-    line_containing(&mut log, "line two").await;
+    let (_watching, mut watched) = watch_and_follow(&double, &kubegate, "existing").await;
 
     let manifest = double.path("pod.yaml");
     std::fs::write(
@@ -325,13 +346,7 @@ async fn kubectl_port_forward_works_over_tunneled_and_raw_spdy() {
         );
         forward.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets);
         let (_child, mut lines) = stream(forward);
-        let line = line_containing(&mut lines, "Forwarding from 127.0.0.1:").await;
-        let local: u16 = line
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let local = forwarded_port(&mut lines).await;
         for n in 0..3u64 {
             let payload = random_bytes(256 * 1024, n + 1);
             assert!(
@@ -497,16 +512,7 @@ async fn kubectl_reads_through_read_only_and_every_write_is_refused_with_the_rea
 
     let table = output(kubectl(home, &kubegate, &["get", "pods"])).await;
     assert!(table.contains("box"), "{table}");
-    let (_watching, mut watched) = stream(kubectl(
-        home,
-        &kubegate,
-        &["get", "pods", "--watch", "-o", "name"],
-    ));
-    line_containing(&mut watched, "pod/box").await;
-    let (_following, mut log) = stream(kubectl(home, &kubegate, &["logs", "-f", "box"]));
-    line_containing(&mut log, "line one").await;
-    double.store().append_log("default", "box", "line two");
-    line_containing(&mut log, "line two").await;
+    let _watching = watch_and_follow(&double, &kubegate, "box").await;
 
     let manifest = double.path("pod.yaml");
     std::fs::write(
@@ -577,13 +583,7 @@ async fn a_pods_declared_port_answers_through_kubectl_port_forward() {
         &kubegate,
         &["port-forward", "pod/web", "0:80"],
     ));
-    let line = line_containing(&mut lines, "Forwarding from 127.0.0.1:").await;
-    let local: u16 = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let local = forwarded_port(&mut lines).await;
     let page = get(&format!("http://127.0.0.1:{local}/")).await;
     assert_eq!(page.status, 200);
     let text = String::from_utf8_lossy(&page.body).into_owned();

@@ -149,10 +149,15 @@ impl Store {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|c| {
+                .enumerate()
+                .map(|(index, c)| {
+                    let image = c["image"].as_str().unwrap_or_default();
+                    let id = inner.uid * 16 + index as u64;
                     json!({
-                        "name": c["name"], "image": c["image"], "ready": true, "started": true,
-                        "restartCount": 0, "state": { "running": { "startedAt": now() } },
+                        "name": c["name"], "image": image, "imageID": format!("{image}@sha256:{id:064x}"),
+                        "containerID": format!("containerd://{id:064x}"),
+                        "ready": true, "started": true, "restartCount": 0, "lastState": {},
+                        "state": { "running": { "startedAt": now() } },
                     })
                 })
                 .collect();
