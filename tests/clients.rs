@@ -164,6 +164,9 @@ async fn kubectl_gets_watches_follows_applies_and_deletes() {
         "{yaml}"
     );
 
+    let (_table_watch, mut table_lines) = stream(kubectl(home, &kubegate, &["get", "pods", "-w"]));
+    let row = line_containing(&mut table_lines, "existing").await;
+    assert!(row.contains("Running"), "{row}");
     let (_watching, mut watched) = watch_and_follow(&double, &kubegate, "existing").await;
 
     let manifest = double.path("pod.yaml");
