@@ -46,29 +46,31 @@
 //!
 //! 1. [`listen`] accepts a TCP or unix connection; [`serve`] gives it to
 //!    hyper (HTTP/1.1 with upgrades, or HTTP/2) and watches it for shutdown.
-//! 2. A browser's `Origin` must be kubegate's own or match
-//!    `--accept-origins` ([`cors`]); preflights are answered here. With an
-//!    access token configured, the request must carry it ([`access`]).
-//!    Before that, [`proxy`] has read the request once ([`request`]): the
-//!    path decoded once, any spelling that could be read two ways refused,
-//!    and its verb, resource and namespace worked out as the apiserver
-//!    will; and routed it: `--www-prefix` to [`www`], `--api-prefix` on,
-//!    anything else 404.
-//! 3. [`filters`] applies kubectl's host, path and method filters to that
+//! 2. [`proxy`] reads the request once ([`request`]): the path decoded
+//!    once, any spelling that could be read two ways refused, and its verb,
+//!    resource and namespace worked out as the apiserver will. With auditing
+//!    on, [`audit`] opens the request's record (`RequestReceived`).
+//! 3. Admission: a browser's `Origin` must be kubegate's own or match
+//!    `--accept-origins` ([`cors`]); preflights are answered here. Then the
+//!    route: `--www-prefix` to [`www`] (no token needed: a page must load
+//!    before it can send one); with an access token configured, anything
+//!    else must carry it ([`access`]); outside `--api-prefix` is 404.
+//! 4. [`filters`] applies kubectl's host, path and method filters to that
 //!    reading, then [`policy`] the Kubernetes-aware rules (`--policy-file`,
 //!    `--read-only`).
-//! 4. [`forward`] drops hop-by-hop headers and client credentials and sets
+//! 5. [`forward`] drops hop-by-hop headers and client credentials and sets
 //!    `X-Forwarded-*`; [`upstream`] adds kubegate's credential and sends the
 //!    request over a pooled connection, bodies streaming both ways.
 //!    An upgrade (exec, attach, port-forward) instead goes to [`upgrade`]:
 //!    a fresh HTTP/1.1 connection, the apiserver's `101` passed back, and
 //!    the two byte streams spliced until either side ends.
-//! 5. Any failure becomes a [`status::ProxyError`] and then the status
+//! 6. Any failure becomes a [`status::ProxyError`] and then the status
 //!    and `metav1.Status` body the apiserver would give.
-//! 6. With auditing on, [`audit`] writes the request's events in stage
-//!    order (`RequestReceived`, `ResponseStarted` for long-running requests,
-//!    `ResponseComplete` when the body ends), refusals included, and sends
-//!    its audit ID upstream and back to the client as `Audit-Id`.
+//! 7. The finish: [`audit`] writes the rest of the request's events in
+//!    stage order (`ResponseStarted` for long-running requests,
+//!    `ResponseComplete` when the body ends), refusals included, and its
+//!    audit ID goes upstream and back to the client as `Audit-Id`; metrics
+//!    and the request line read the same request info.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
