@@ -17,10 +17,17 @@ pub const DEFAULT_SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/se
 const VERSION: &str = if cfg!(feature = "demo") {
     concat!(
         env!("CARGO_PKG_VERSION"),
-        " (with the demo apiserver double)"
+        " (commit ",
+        env!("KUBEGATE_COMMIT"),
+        ", with the demo apiserver double)"
     )
 } else {
-    concat!(env!("CARGO_PKG_VERSION"), " (production build)")
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("KUBEGATE_COMMIT"),
+        ", production build)"
+    )
 };
 
 const ABOUT: &str = "Creates a proxy server or application-level gateway between localhost and \
@@ -308,6 +315,11 @@ pub enum Command {
     /// Work with a --policy-file without a cluster.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Print shell completions: `source <(kubegate completion bash)`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `kubegate policy …`.

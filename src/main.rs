@@ -14,6 +14,11 @@ mod demo;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Completion { shell }) = args.command {
+        let mut command = <Args as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "kubegate", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::Policy(PolicyCommand::Check {
         file,
         method,
@@ -63,7 +68,7 @@ fn main() -> ExitCode {
         match args.command {
             Some(Command::Demo) => run_demo(&args).await,
             // Answered above, without a runtime.
-            Some(Command::Policy(_)) => Ok(()),
+            Some(Command::Policy(_) | Command::Completion { .. }) => Ok(()),
             None => run(&args, &Env::process(), |_| None).await,
         }
     });
@@ -132,8 +137,13 @@ fn init_tracing(verbosity: u8, format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUBEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours for a person at a terminal; never in a file, a pipe or a
+    // collector, nor when NO_COLOR is set (no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

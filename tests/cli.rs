@@ -389,6 +389,11 @@ async fn no_credential_appears_in_the_log_at_any_level() {
     for secret in ["token-1", "client-secret", "PRIVATE KEY"] {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }
+    // stderr is a pipe here, as for a file or a collector: no colours.
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in a piped log: {log:?}"
+    );
 }
 
 #[tokio::test]
@@ -697,4 +702,30 @@ async fn policy_check_prints_the_decision_and_the_rule_without_a_cluster() {
         allowed && line.ends_with("(Allow) and --read-only"),
         "{line}"
     );
+}
+
+#[tokio::test]
+async fn the_version_names_the_commit_and_completions_are_printed() {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(KUBEGATE)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let version = run(&["--version"]);
+    let commit = version
+        .split("(commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("{version}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{version}"
+    );
+    assert!(run(&["completion", "bash"]).contains("_kubegate()"));
+    assert!(run(&["completion", "zsh"]).contains("#compdef kubegate"));
+    assert!(run(&["completion", "fish"]).contains("complete -c kubegate"));
 }
