@@ -142,6 +142,76 @@ pub struct Args {
     #[arg(long, global = true)]
     pub user: Option<String>,
 
+    /// The address and port of the Kubernetes API server (overrides the
+    /// kubeconfig; works without one).
+    #[arg(short = 's', long, global = true)]
+    pub server: Option<String>,
+
+    /// Path to a cert file for the certificate authority.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub certificate_authority: Option<String>,
+
+    /// If true, the server's certificate will not be checked for validity.
+    /// This will make your HTTPS connections insecure.
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
+
+    /// Server name to use for server certificate validation.
+    #[arg(long, global = true)]
+    pub tls_server_name: Option<String>,
+
+    /// Bearer token for authentication to the API server.
+    #[arg(long, global = true, hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Path to a client certificate file for TLS.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub client_certificate: Option<String>,
+
+    /// Path to a client key file for TLS.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub client_key: Option<String>,
+
+    /// Username for basic authentication to the API server.
+    #[arg(long, global = true)]
+    pub username: Option<String>,
+
+    /// Password for basic authentication to the API server.
+    #[arg(long, global = true)]
+    pub password: Option<String>,
+
+    /// Username to impersonate for the operation.
+    #[arg(long = "as", value_name = "USER", global = true)]
+    pub as_user: Option<String>,
+
+    /// Group to impersonate for the operation; repeat for several.
+    #[arg(long = "as-group", value_name = "GROUP", global = true)]
+    pub as_group: Vec<String>,
+
+    /// UID to impersonate for the operation.
+    #[arg(long = "as-uid", value_name = "UID", global = true)]
+    pub as_uid: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect on a proxy (a warning).
+    #[arg(short = 'n', long, global = true, hide = true)]
+    pub namespace: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect on a proxy (a warning).
+    #[arg(long, global = true, hide = true)]
+    pub request_timeout: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect on a proxy (a warning).
+    #[arg(long, global = true, hide = true)]
+    pub cache_dir: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect on a proxy (a warning).
+    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub match_server_version: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect on a proxy (a warning).
+    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub warnings_as_errors: Option<String>,
+
     /// kubegate: rules in Kubernetes terms (verbs, resources, namespaces,
     /// non-resource URLs; Allow or Deny, first match wins, no match is
     /// refused), checked after the filters; re-read when it changes. See

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube_client::config::KubeConfigOptions;
+use secrecy::SecretString;
 
 use crate::access::AccessToken;
 use crate::audit::{self, FailureMode};
@@ -20,7 +21,7 @@ use crate::listen::Listen;
 use crate::pattern::PatternList;
 use crate::policy::Policy;
 use crate::proxy::Routes;
-use crate::upstream::settings::{self, Timing, UpstreamSettings};
+use crate::upstream::settings::{self, Overrides, Timing, UpstreamSettings};
 
 /// Everything kubegate needs to run, typed and checked.
 #[derive(Debug)]
@@ -116,8 +117,14 @@ impl Config {
             cluster: args.cluster.clone(),
             user: args.user.clone(),
         };
-        let mut upstream = match kubeconfig_paths(args, env)? {
-            Some(paths) => settings::from_kubeconfig(&paths, &chosen, timing).await?,
+        let overrides = overrides(args);
+        let paths = match kubeconfig_paths(args, env) {
+            // `--server` alone is enough, as for kubectl.
+            Err(StartupError::NoKubeconfig) if args.server.is_some() => Some(Vec::new()),
+            found => found?,
+        };
+        let mut upstream = match paths {
+            Some(paths) => settings::from_kubeconfig(&paths, &chosen, &overrides, timing).await?,
             None => in_cluster(&args.service_account_dir, env, timing)?,
         };
         if !args.append_server_path {
@@ -173,6 +180,36 @@ impl Config {
     }
 }
 
+/// kubectl's global flags, as overrides of the kubeconfig; the ones that
+/// mean nothing to a proxy are accepted (scripts pass them to `kubectl
+/// proxy`) with a warning.
+fn overrides(args: &Args) -> Overrides {
+    let ignored = [
+        ("namespace", args.namespace.is_some()),
+        ("request-timeout", args.request_timeout.is_some()),
+        ("cache-dir", args.cache_dir.is_some()),
+        ("match-server-version", args.match_server_version.is_some()),
+        ("warnings-as-errors", args.warnings_as_errors.is_some()),
+    ];
+    for (flag, _) in ignored.iter().filter(|(_, given)| *given) {
+        tracing::warn!("--{flag} has no effect on a proxy; ignored");
+    }
+    Overrides {
+        server: args.server.clone(),
+        certificate_authority: args.certificate_authority.clone(),
+        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
+        tls_server_name: args.tls_server_name.clone(),
+        token: args.token.clone().map(SecretString::from),
+        client_certificate: args.client_certificate.clone(),
+        client_key: args.client_key.clone(),
+        username: args.username.clone(),
+        password: args.password.clone().map(SecretString::from),
+        impersonate: args.as_user.clone(),
+        impersonate_groups: args.as_group.clone(),
+        impersonate_uid: args.as_uid.clone(),
+    }
+}
+
 /// The pod's service account, where the environment says kubegate runs in
 /// a pod.
 fn in_cluster(dir: &Path, env: &Env, timing: Timing) -> Result<UpstreamSettings, StartupError> {
@@ -224,7 +261,13 @@ async fn audit(args: &Args, timing: Timing) -> Result<Option<audit::Settings>, S
             let paths = std::slice::from_ref(path);
             let current = KubeConfigOptions::default();
             Some(audit::webhook::Settings {
-                collector: settings::from_kubeconfig(paths, &current, timing).await?,
+                collector: settings::from_kubeconfig(
+                    paths,
+                    &current,
+                    &Overrides::default(),
+                    timing,
+                )
+                .await?,
                 batch_max_size: args.audit_webhook_batch_max_size.max(1),
                 batch_max_wait: positive_duration(
                     "audit-webhook-batch-max-wait",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use kubegate_double::{ApiServer, Options, Pki};
+use kubegate_double::{ApiServer, KubeconfigUser, Options, Pki};
 use support::*;
 
 /// A kubeconfig with a raw `cluster` and `user` body.
@@ -355,4 +355,105 @@ async fn an_apiserver_that_goes_away_and_comes_back_is_used_again() {
     let _back = ApiServer::start_on(listener, &pki, Options::default()).unwrap();
     assert_eq!(get(&kubegate.url("/api")).await.status, 200);
     drop((dir, kubeconfig));
+}
+
+#[tokio::test]
+async fn kubectls_global_flags_override_the_kubeconfig() {
+    let double = Double::with(Options::default(), Identity::Token).await;
+    let url = double.server.url();
+    let ca = double.path("ca.crt");
+    let wrong_ca = double.path("other-ca.crt");
+    std::fs::write(&wrong_ca, Pki::new("other-ca").ca_pem()).unwrap();
+    let (bob_cert, bob_key) = double
+        .pki
+        .client("bob", &["ops"])
+        .write(double.dir.path(), "bob")
+        .unwrap();
+    let token = |name: &str, server: &str, ca: &Path, token: &str| {
+        double.kubeconfig_with(name, server, ca, KubeconfigUser::Token(token))
+    };
+    let bad_token = token("bad-token.yaml", &url, &ca, "nope");
+    let down = token("down.yaml", "https://127.0.0.1:1", &ca, "token-1");
+    let wrong_ca_config = token("wrong-ca.yaml", &url, &wrong_ca, "token-1");
+    let (bob_cert, bob_key, ca_text) = (
+        format!("--client-certificate={}", bob_cert.display()),
+        format!("--client-key={}", bob_key.display()),
+        format!("--certificate-authority={}", ca.display()),
+    );
+    let server = format!("--server={url}");
+    let cases: [(&Path, &[&str], &str); 5] = [
+        (&bad_token, &["--token=token-1"], "token-user"),
+        (&down, &[&server], "token-user"),
+        (&wrong_ca_config, &[&ca_text], "token-user"),
+        (
+            &wrong_ca_config,
+            &["--insecure-skip-tls-verify"],
+            "token-user",
+        ),
+        (&double.kubeconfig, &[&bob_cert, &bob_key], "bob"),
+    ];
+    for (kubeconfig, flags, user) in cases {
+        let kubegate = Kubegate::try_start(kubeconfig, flags)
+            .await
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        let echo = get(&kubegate.url("/echo")).await;
+        assert_eq!(echo.json()["user"]["username"], user, "{flags:?}");
+    }
+
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--as=admin",
+            "--as-group=ops",
+            "--as-group=dev",
+            "--as-uid=42",
+        ],
+    )
+    .await;
+    let headers = get(&kubegate.url("/echo")).await.json()["headers"].clone();
+    assert_eq!(headers["impersonate-user"], serde_json::json!(["admin"]));
+    assert_eq!(
+        headers["impersonate-group"],
+        serde_json::json!(["ops", "dev"])
+    );
+    assert_eq!(headers["impersonate-uid"], serde_json::json!(["42"]));
+
+    let misnamed = Kubegate::start(&double, &["--tls-server-name=wrong.example"]).await;
+    let refused = get(&misnamed.url("/api")).await;
+    assert_eq!(refused.status, 502);
+    assert!(
+        refused.status_message().contains("tls-server-name"),
+        "{}",
+        refused.status_message()
+    );
+}
+
+#[tokio::test]
+async fn server_token_and_certificate_authority_flags_need_no_kubeconfig() {
+    let double = Double::with(Options::default(), Identity::Token).await;
+    let ca = format!(
+        "--certificate-authority={}",
+        double.path("ca.crt").display()
+    );
+    let server = format!("--server={}", double.server.url());
+    let kubegate = Kubegate::try_start_with(&[&server, "--token=token-1", &ca])
+        .await
+        .expect("kubegate starts from flags alone");
+    let echo = get(&kubegate.url("/echo")).await;
+    assert_eq!(echo.json()["user"]["username"], "token-user");
+    // Flags kubectl proxy accepts that mean nothing to a proxy still parse.
+    let ignored = Kubegate::try_start_with(&[
+        &server,
+        "--token=token-1",
+        &ca,
+        "-n",
+        "kube-system",
+        "--request-timeout=5s",
+        "--cache-dir=/tmp/cache",
+        "--match-server-version",
+        "--warnings-as-errors",
+    ])
+    .await
+    .expect("kubegate starts");
+    assert_eq!(get(&ignored.url("/api")).await.status, 200);
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use http::{HeaderName, HeaderValue, Uri};
-use kube_client::config::{AuthInfo, ExecConfig, KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube_client::config::{
+    AuthInfo, Cluster, Context, ExecConfig, KubeConfigOptions, Kubeconfig, KubeconfigError,
+    NamedAuthInfo, NamedCluster, NamedContext,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::{ExposeSecret, SecretString};
@@ -101,18 +104,25 @@ pub struct Timing {
 pub async fn from_kubeconfig(
     paths: &[PathBuf],
     chosen: &KubeConfigOptions,
+    overrides: &Overrides,
     timing: Timing,
 ) -> Result<UpstreamSettings, StartupError> {
-    let shown = paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
+    let shown = match paths {
+        [] => "(none: kubectl's flags alone)".to_string(),
+        paths => paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
+    };
     let fail = |message: String| StartupError::Kubeconfig {
         path: shown.clone(),
         message,
     };
-    let mut merged = Kubeconfig::default();
+    let mut merged = match paths {
+        [] => Overrides::kubeconfig(),
+        _ => Kubeconfig::default(),
+    };
     for path in paths {
         let file = Kubeconfig::read_from(path).map_err(|e| match e {
             KubeconfigError::ReadConfig(io, _) => StartupError::Kubeconfig {
@@ -138,6 +148,7 @@ pub async fn from_kubeconfig(
             "no user named {user:?}; list them with `kubectl config get-users` and pass --user"
         )));
     }
+    overrides.apply(&mut merged, &selection);
     let loaded = kube_client::Config::from_custom_kubeconfig(merged.clone(), chosen)
         .await
         .map_err(|e| fail(kubeconfig_hint(&e, &selection)))?;
@@ -166,6 +177,140 @@ pub async fn from_kubeconfig(
         connect_timeout: timing.connect_timeout,
         token_reload_interval: timing.token_reload_interval,
     })
+}
+
+/// kubectl's global flags that override the chosen cluster and user of the
+/// kubeconfig, as client-go's `ConfigOverrides` do; with `--server` they
+/// also work with no kubeconfig at all.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `-s/--server`.
+    pub server: Option<String>,
+    /// `--certificate-authority`.
+    pub certificate_authority: Option<String>,
+    /// `--insecure-skip-tls-verify`.
+    pub insecure_skip_tls_verify: bool,
+    /// `--tls-server-name`.
+    pub tls_server_name: Option<String>,
+    /// `--token`.
+    pub token: Option<SecretString>,
+    /// `--client-certificate`.
+    pub client_certificate: Option<String>,
+    /// `--client-key`.
+    pub client_key: Option<String>,
+    /// `--username`.
+    pub username: Option<String>,
+    /// `--password`.
+    pub password: Option<SecretString>,
+    /// `--as`.
+    pub impersonate: Option<String>,
+    /// `--as-group`.
+    pub impersonate_groups: Vec<String>,
+    /// `--as-uid`.
+    pub impersonate_uid: Option<String>,
+}
+
+/// The names the flags-only kubeconfig uses.
+const FLAGS: &str = "command-line";
+
+impl Overrides {
+    /// An empty kubeconfig whose one context the flags fill in.
+    fn kubeconfig() -> Kubeconfig {
+        Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: FLAGS.into(),
+                cluster: Some(Cluster::default()),
+                other: Default::default(),
+            }],
+            auth_infos: vec![NamedAuthInfo {
+                name: FLAGS.into(),
+                auth_info: Some(AuthInfo::default()),
+                other: Default::default(),
+            }],
+            contexts: vec![NamedContext {
+                name: FLAGS.into(),
+                context: Some(Context {
+                    cluster: FLAGS.into(),
+                    user: Some(FLAGS.into()),
+                    ..Context::default()
+                }),
+                other: Default::default(),
+            }],
+            current_context: Some(FLAGS.into()),
+            ..Kubeconfig::default()
+        }
+    }
+
+    /// Writes the flags over the selected cluster and user: a file flag
+    /// replaces inline data, `--token` and `--username` replace every other
+    /// way of getting a credential, `--insecure-skip-tls-verify` drops the
+    /// certificate authority.
+    fn apply(&self, config: &mut Kubeconfig, selection: &Selection) {
+        let cluster = config
+            .clusters
+            .iter_mut()
+            .find(|c| Some(&c.name) == selection.cluster.as_ref())
+            .and_then(|c| c.cluster.as_mut());
+        if let Some(cluster) = cluster {
+            if let Some(server) = &self.server {
+                cluster.server = Some(server.clone());
+            }
+            if let Some(ca) = &self.certificate_authority {
+                cluster.certificate_authority = Some(ca.clone());
+                cluster.certificate_authority_data = None;
+            }
+            if self.insecure_skip_tls_verify {
+                cluster.insecure_skip_tls_verify = Some(true);
+                cluster.certificate_authority = None;
+                cluster.certificate_authority_data = None;
+            }
+            if let Some(name) = &self.tls_server_name {
+                cluster.tls_server_name = Some(name.clone());
+            }
+        }
+        let user = config
+            .auth_infos
+            .iter_mut()
+            .find(|u| Some(&u.name) == selection.user.as_ref())
+            .and_then(|u| u.auth_info.as_mut());
+        let Some(user) = user else {
+            return;
+        };
+        let replace_credential = |user: &mut AuthInfo| {
+            user.token = None;
+            user.token_file = None;
+            user.username = None;
+            user.password = None;
+            user.exec = None;
+            user.auth_provider = None;
+        };
+        if let Some(token) = &self.token {
+            replace_credential(user);
+            user.token = Some(token.clone());
+        }
+        if let (Some(name), Some(password)) = (&self.username, &self.password) {
+            replace_credential(user);
+            user.username = Some(name.clone());
+            user.password = Some(password.clone());
+        }
+        if let Some(cert) = &self.client_certificate {
+            user.client_certificate = Some(cert.clone());
+            user.client_certificate_data = None;
+        }
+        if let Some(key) = &self.client_key {
+            user.client_key = Some(key.clone());
+            user.client_key_data = None;
+        }
+        if let Some(name) = &self.impersonate {
+            user.impersonate = Some(name.clone());
+        }
+        if !self.impersonate_groups.is_empty() {
+            user.impersonate_groups = Some(self.impersonate_groups.clone());
+        }
+        if let Some(uid) = &self.impersonate_uid {
+            user.impersonate_uid = Some(uid.clone());
+        }
+    }
 }
 
 /// The context, cluster and user names chosen, for messages.

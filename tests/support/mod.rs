@@ -144,13 +144,15 @@ impl Kubegate {
 
     /// kubegate with `kubeconfig` and `flags`, or its start-up error.
     pub async fn try_start(kubeconfig: &Path, flags: &[&str]) -> Result<Kubegate, StartupError> {
-        let mut argv = vec![
-            "kubegate",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--port",
-            "0",
-        ];
+        let mut argv = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        Kubegate::try_start_with(&argv).await
+    }
+
+    /// kubegate with exactly `flags` (no kubeconfig unless they name one,
+    /// and an empty environment), or its start-up error.
+    pub async fn try_start_with(flags: &[&str]) -> Result<Kubegate, StartupError> {
+        let mut argv = vec!["kubegate", "--port", "0"];
         argv.extend_from_slice(flags);
         let args = Args::try_parse_from(&argv).expect("flags parse");
         let config = Config::load(&args, &Env::default()).await?;
