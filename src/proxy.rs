@@ -204,7 +204,14 @@ impl ProxyService {
             .filters
             .check(head.method.as_str(), host, &info)?;
         if let Some(policy) = &self.shared.policy {
-            policy.check(&info)?;
+            match record {
+                // An audited request records which rule let it through.
+                Some(record) => record.annotate(
+                    crate::audit::REASON,
+                    format!("kubegate: {}", policy.explain(&info)?),
+                ),
+                None => policy.check(&info)?,
+            }
         }
         let path_and_query = upstream_path(&info, uri)?;
         if self.shared.access_token.is_some() {

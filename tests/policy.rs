@@ -166,6 +166,20 @@ async fn the_file_is_read_again_under_a_live_watch_and_audit_and_metrics_name_th
     );
     assert_eq!(refused["verb"], "get");
     assert_eq!(refused["objectRef"]["name"], "web");
+    // An allowed request names the rule that let it through.
+    let allowed = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["stage"] == "ResponseComplete" && e["responseStatus"]["code"] == 200)
+        .expect("an event for an allowed request");
+    assert_eq!(
+        allowed["annotations"]["authorization.k8s.io/decision"],
+        "allow"
+    );
+    let reason = allowed["annotations"]["authorization.k8s.io/reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("(Allow)"), "{reason}");
 }
 
 #[tokio::test]
