@@ -281,17 +281,7 @@ async fn rotated_client_certificate_files_are_presented_on_the_next_connection()
         get(&kubegate.url("/echo")).await.json()["user"]["username"],
         "alice"
     );
-    let rv = double.store().resource_version();
-    let watch = send(
-        Method::GET,
-        &kubegate.url(&format!(
-            "/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}"
-        )),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    let mut events = Lines::new(watch);
+    let mut events = watch_pods(&double, &kubegate).await;
     // The files are replaced (as a secret update or cert-manager would).
     double
         .pki

@@ -5,8 +5,6 @@
 
 mod support;
 
-use bytes::Bytes;
-use http::Method;
 use support::*;
 
 const TEAM_A: &str = r#"
@@ -79,18 +77,7 @@ async fn the_file_is_read_again_under_a_live_watch_and_audit_and_metrics_name_th
         ],
     )
     .await;
-    let rv = double.store().resource_version();
-    let watch = send(
-        Method::GET,
-        &kubegate.url(&format!(
-            "/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}"
-        )),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(watch.status(), 200);
-    let mut events = Lines::new(watch);
+    let mut events = watch_pods(&double, &kubegate).await;
     let pod_url = kubegate.url("/api/v1/namespaces/default/pods/web");
     assert_eq!(get(&pod_url).await.status, 200);
 
@@ -148,18 +135,24 @@ async fn the_file_is_read_again_under_a_live_watch_and_audit_and_metrics_name_th
     drop(events);
     kubegate.shutdown().await;
     let log = std::fs::read_to_string(&audit).unwrap();
-    let refused = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|e| e["stage"] == "ResponseComplete" && e["responseStatus"]["code"] == 403)
-        .expect("an event for the refusal");
-    assert_eq!(
-        refused["annotations"]["authorization.k8s.io/decision"],
-        "forbid"
-    );
-    let reason = refused["annotations"]["authorization.k8s.io/reason"]
-        .as_str()
-        .unwrap();
+    // The first ResponseComplete with `code`: its decision and reason.
+    let complete = |code: u16| {
+        let event = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["stage"] == "ResponseComplete" && e["responseStatus"]["code"] == code)
+            .unwrap_or_else(|| panic!("no event answered {code}"));
+        let annotations = &event["annotations"];
+        let decision = annotations["authorization.k8s.io/decision"].clone();
+        let reason = annotations["authorization.k8s.io/reason"].clone();
+        (
+            event,
+            decision,
+            reason.as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (refused, decision, reason) = complete(403);
+    assert_eq!(decision, "forbid");
     assert!(
         reason.contains("pods \"web\" is forbidden") && reason.contains("rule 1 of"),
         "{reason}"
@@ -167,18 +160,8 @@ async fn the_file_is_read_again_under_a_live_watch_and_audit_and_metrics_name_th
     assert_eq!(refused["verb"], "get");
     assert_eq!(refused["objectRef"]["name"], "web");
     // An allowed request names the rule that let it through.
-    let allowed = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|e| e["stage"] == "ResponseComplete" && e["responseStatus"]["code"] == 200)
-        .expect("an event for an allowed request");
-    assert_eq!(
-        allowed["annotations"]["authorization.k8s.io/decision"],
-        "allow"
-    );
-    let reason = allowed["annotations"]["authorization.k8s.io/reason"]
-        .as_str()
-        .unwrap();
+    let (_, decision, reason) = complete(200);
+    assert_eq!(decision, "allow");
     assert!(reason.contains("(Allow)"), "{reason}");
 }
 

@@ -324,6 +324,15 @@ impl Lines {
     }
 }
 
+/// A watch of the default namespace's pods from now on, through kubegate.
+pub async fn watch_pods(double: &Double, kubegate: &Kubegate) -> Lines {
+    let rv = double.store().resource_version();
+    let url = format!("/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}");
+    let watch = send(Method::GET, &kubegate.url(&url), &[], Bytes::new()).await;
+    assert_eq!(watch.status(), 200);
+    Lines::new(watch)
+}
+
 /// A pod manifest with one container.
 pub fn pod(name: &str) -> Value {
     serde_json::json!({
