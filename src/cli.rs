@@ -111,7 +111,7 @@ pub struct Args {
     /// If true, disable request filtering in the proxy. This is dangerous, and
     /// can leave you vulnerable to XSRF attacks, when used with an accessible
     /// port.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub disable_filter: bool,
 
     /// keepalive specifies the keep-alive period for an active network
@@ -122,7 +122,7 @@ pub struct Args {
 
     /// If true, enables automatically appending the kube context server path
     /// to each request.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub append_server_path: bool,
 
     /// Path to the kubeconfig file to use. Default: $KUBECONFIG (several files
@@ -153,7 +153,7 @@ pub struct Args {
 
     /// If true, the server's certificate will not be checked for validity.
     /// This will make your HTTPS connections insecure.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub insecure_skip_tls_verify: bool,
 
     /// Server name to use for server certificate validation.
@@ -421,6 +421,17 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn booleans_take_gos_spellings_as_kubectls_do() {
+        let parse = |flag: &str| Args::parse_from(["kubegate", flag]).disable_filter;
+        assert!(!Args::parse_from(["kubegate"]).disable_filter);
+        assert!(parse("--disable-filter"));
+        assert!(parse("--disable-filter=true"));
+        assert!(!parse("--disable-filter=false"));
+        let args = Args::parse_from(["kubegate", "--insecure-skip-tls-verify", "demo"]);
+        assert!(args.insecure_skip_tls_verify && matches!(args.command, Some(Command::Demo)));
     }
 
     #[test]
