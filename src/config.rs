@@ -21,7 +21,8 @@ use crate::listen::Listen;
 use crate::pattern::PatternList;
 use crate::policy::Policy;
 use crate::proxy::Routes;
-use crate::upstream::settings::{self, Overrides, Timing, UpstreamSettings};
+use crate::upstream::forward_proxy::{ProxyEnvironment, ProxyRule};
+use crate::upstream::settings::{self, Network, Overrides, UpstreamSettings};
 
 /// Everything kubegate needs to run, typed and checked.
 #[derive(Debug)]
@@ -75,6 +76,27 @@ impl Env {
             .collect())
     }
 
+    /// The proxy variables, read as Go's `http.ProxyFromEnvironment` reads
+    /// them: uppercase first; `HTTP_PROXY` ignored under CGI.
+    fn proxies(&self) -> ProxyEnvironment {
+        let first = |names: [&str; 2]| {
+            names
+                .iter()
+                .find_map(|name| self.get(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let cgi = self.get("REQUEST_METHOD").is_some();
+        ProxyEnvironment {
+            https: first(["HTTPS_PROXY", "https_proxy"]),
+            http: match cgi {
+                true => String::new(),
+                false => first(["HTTP_PROXY", "http_proxy"]),
+            },
+            no: first(["NO_PROXY", "no_proxy"]),
+        }
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
@@ -104,7 +126,8 @@ impl Config {
             Signed::Positive(d) if d.is_zero() => Some(Duration::from_secs(15)),
             Signed::Positive(d) => Some(d),
         };
-        let timing = Timing {
+        let network = Network {
+            environment_proxy: ProxyRule::from_environment(&env.proxies()),
             keepalive,
             connect_timeout: positive_duration("connect-timeout", &args.connect_timeout)?,
             token_reload_interval: positive_duration(
@@ -124,8 +147,8 @@ impl Config {
             found => found?,
         };
         let mut upstream = match paths {
-            Some(paths) => settings::from_kubeconfig(&paths, &chosen, &overrides, timing).await?,
-            None => in_cluster(&args.service_account_dir, env, timing)?,
+            Some(paths) => settings::from_kubeconfig(&paths, &chosen, &overrides, &network).await?,
+            None => in_cluster(&args.service_account_dir, env, &network)?,
         };
         if !args.append_server_path {
             upstream.server_path.clear();
@@ -172,10 +195,10 @@ impl Config {
             upstream,
             forward_client_credentials: args.forward_client_credentials,
             shutdown_grace: positive_duration("shutdown-grace", &args.shutdown_grace)?,
-            audit: audit(args, timing).await?,
+            audit: audit(args, &network).await?,
             admin,
             serve_tls,
-            reload_interval: timing.token_reload_interval,
+            reload_interval: network.token_reload_interval,
         })
     }
 }
@@ -212,17 +235,17 @@ fn overrides(args: &Args) -> Overrides {
 
 /// The pod's service account, where the environment says kubegate runs in
 /// a pod.
-fn in_cluster(dir: &Path, env: &Env, timing: Timing) -> Result<UpstreamSettings, StartupError> {
+fn in_cluster(dir: &Path, env: &Env, network: &Network) -> Result<UpstreamSettings, StartupError> {
     let (Some(host), Some(port)) = (
         env.get("KUBERNETES_SERVICE_HOST"),
         env.get("KUBERNETES_SERVICE_PORT"),
     ) else {
         return Err(StartupError::NoKubeconfig);
     };
-    settings::in_cluster(dir, host, port, timing)
+    settings::in_cluster(dir, host, port, network)
 }
 
-async fn audit(args: &Args, timing: Timing) -> Result<Option<audit::Settings>, StartupError> {
+async fn audit(args: &Args, network: &Network) -> Result<Option<audit::Settings>, StartupError> {
     use crate::audit::log::Target;
     if args.audit_log_path.is_none() && args.audit_webhook_config_file.is_none() {
         return Ok(None);
@@ -265,7 +288,7 @@ async fn audit(args: &Args, timing: Timing) -> Result<Option<audit::Settings>, S
                     paths,
                     &current,
                     &Overrides::default(),
-                    timing,
+                    network,
                 )
                 .await?,
                 batch_max_size: args.audit_webhook_batch_max_size.max(1),

@@ -58,6 +58,16 @@ pub enum ProxyError {
         /// The limit that ran out.
         seconds: u64,
     },
+    /// The forward proxy to the apiserver failed or refused.
+    #[error(
+        "proxy {proxy} {reason}; check the proxy's address and credentials (the kubeconfig's proxy-url, or HTTPS_PROXY and NO_PROXY)"
+    )]
+    Proxy {
+        /// The proxy's `host:port`, never its credentials.
+        proxy: String,
+        /// What the proxy did.
+        reason: String,
+    },
     /// The TLS handshake with the apiserver failed.
     #[error("TLS with the apiserver at {server} failed: {source}; {hint}")]
     Tls {
@@ -129,6 +139,7 @@ impl ProxyError {
             E::NotFound(_) => (S::NOT_FOUND, "NotFound"),
             E::Connect { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             E::ConnectTimeout { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            E::Proxy { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Tls { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Upstream { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::AuditUnavailable => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),

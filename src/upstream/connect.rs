@@ -10,22 +10,21 @@ use std::time::Duration;
 use http::Uri;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tower_service::Service;
 
+use super::forward_proxy::{HopConnector, HopIo, ProxyRule};
 use crate::status::ProxyError;
 
-/// A stream to the apiserver, plain or TLS.
-pub type UpstreamIo = MaybeHttpsStream<TokioIo<TcpStream>>;
+/// A stream to the apiserver, plain or TLS, direct or through a proxy.
+pub type UpstreamIo = MaybeHttpsStream<HopIo>;
 
 /// Opens connections to the apiserver; a `Service<Uri>` as hyper-util's
 /// pool wants, and cheap to clone.
 #[derive(Clone)]
 pub struct Connector {
-    inner: HttpsConnector<HttpConnector>,
+    inner: HttpsConnector<HopConnector>,
     timeout: Duration,
     /// Connections opened (each a TLS handshake to a TLS apiserver),
     /// shared by every clone, for `/metrics`.
@@ -34,9 +33,11 @@ pub struct Connector {
 
 impl Connector {
     /// A connector using `tls`, offering HTTP/2 in ALPN when `offer_h2`,
-    /// counting the connections it opens in `opened`.
+    /// through the proxy `proxy` picks, counting the connections it opens
+    /// in `opened`.
     pub fn new(
         tls: &ClientConfig,
+        proxy: &ProxyRule,
         offer_h2: bool,
         server_name: Option<ServerName<'static>>,
         keepalive: Option<Duration>,
@@ -48,6 +49,9 @@ impl Connector {
         http.set_nodelay(true);
         http.set_keepalive(keepalive);
         http.set_connect_timeout(Some(timeout));
+        let mut tls_to_proxy = tls.clone();
+        tls_to_proxy.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http = HopConnector::new(http, &tls_to_proxy, proxy.clone());
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
             .https_or_http();
@@ -120,6 +124,10 @@ pub fn classify(uri: &Uri, error: &(dyn std::error::Error + 'static)) -> ProxyEr
         }
         if let Some(classified) = e.downcast_ref::<ProxyError>() {
             return match classified {
+                ProxyError::Proxy { proxy, reason } => ProxyError::Proxy {
+                    proxy: proxy.clone(),
+                    reason: reason.clone(),
+                },
                 ProxyError::Connect { reason, .. } => ProxyError::Connect {
                     server,
                     reason: reason.clone(),

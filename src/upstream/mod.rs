@@ -5,12 +5,14 @@
 //! - [`tls`]: the rustls client configuration.
 //! - [`connect`]: opening a connection, and what a failure means.
 //! - [`pool`]: HTTP/2 connections that respect the stream limit.
+//! - [`forward_proxy`]: the tunnel through a forward proxy, when one is set.
 //! - [`credentials`]: the token, kept fresh.
 //! - [`settings`]: the apiserver and identity, from a kubeconfig or a
 //!   service account.
 
 pub mod connect;
 pub mod credentials;
+pub mod forward_proxy;
 pub mod pool;
 pub mod settings;
 pub mod tls;
@@ -90,6 +92,7 @@ impl Upstream {
         let connector = |offer_h2| {
             Connector::new(
                 &tls,
+                &settings.proxy,
                 offer_h2,
                 server_name.clone(),
                 settings.keepalive,
@@ -104,6 +107,9 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(64)
             .build(connector(false));
+        if let Some(proxy) = settings.proxy.describe(&settings.server) {
+            tracing::info!(server = %settings.server, "reaching the apiserver through {proxy}");
+        }
         if settings.insecure_skip_tls_verify {
             tracing::warn!(
                 "insecure-skip-tls-verify is set ({}): kubegate will not check the apiserver's certificate, so anyone on the network path can read and change the traffic, credentials included",

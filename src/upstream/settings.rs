@@ -16,6 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::forward_proxy::ProxyRule;
 use crate::error::{StartupError, io_reason};
 
 /// The apiserver and the identity kubegate uses there.
@@ -39,6 +40,8 @@ pub struct UpstreamSettings {
     pub credential: CredentialSource,
     /// `Impersonate-*` headers from the kubeconfig user's `as` fields.
     pub impersonate: Vec<(HeaderName, HeaderValue)>,
+    /// The forward proxy, if any: `proxy-url` or the environment's.
+    pub proxy: ProxyRule,
     /// TCP keep-alive period, `None` to disable.
     pub keepalive: Option<Duration>,
     /// `--connect-timeout`.
@@ -83,15 +86,19 @@ pub enum CredentialSource {
     Exec(Box<ExecConfig>),
 }
 
-/// The connection timings every upstream shares, from the command line.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
+/// What every upstream connection shares: timings from the command line
+/// and the environment's proxies.
+#[derive(Debug, Clone)]
+pub struct Network {
     /// TCP keep-alive period, `None` to disable.
     pub keepalive: Option<Duration>,
     /// `--connect-timeout`.
     pub connect_timeout: Duration,
     /// `--token-reload-interval`.
     pub token_reload_interval: Duration,
+    /// `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY`, for a cluster without
+    /// `proxy-url` and in a pod.
+    pub environment_proxy: ProxyRule,
 }
 
 /// Reads the apiserver and user that `chosen` selects (the current context
@@ -105,7 +112,7 @@ pub async fn from_kubeconfig(
     paths: &[PathBuf],
     chosen: &KubeConfigOptions,
     overrides: &Overrides,
-    timing: Timing,
+    network: &Network,
 ) -> Result<UpstreamSettings, StartupError> {
     let shown = match paths {
         [] => "(none: kubectl's flags alone)".to_string(),
@@ -173,9 +180,18 @@ pub async fn from_kubeconfig(
         client_identity: client_identity(auth, &user_label)?,
         credential: credential_source(auth, &user_label)?,
         impersonate: impersonation(auth, &user_label)?,
-        keepalive: timing.keepalive,
-        connect_timeout: timing.connect_timeout,
-        token_reload_interval: timing.token_reload_interval,
+        proxy: match &loaded.proxy_url {
+            Some(url) => ProxyRule::from_url(&url.to_string()).map_err(|message| {
+                fail(format!(
+                    "{message} (cluster {:?})",
+                    selection.cluster.clone().unwrap_or_default()
+                ))
+            })?,
+            None => network.environment_proxy.clone(),
+        },
+        keepalive: network.keepalive,
+        connect_timeout: network.connect_timeout,
+        token_reload_interval: network.token_reload_interval,
     })
 }
 
@@ -622,7 +638,7 @@ pub fn in_cluster(
     dir: &Path,
     host: &str,
     port: &str,
-    timing: Timing,
+    network: &Network,
 ) -> Result<UpstreamSettings, StartupError> {
     let authority = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
@@ -668,9 +684,10 @@ pub fn in_cluster(
         client_identity: None,
         credential: CredentialSource::TokenFile(token_file),
         impersonate: Vec::new(),
-        keepalive: timing.keepalive,
-        connect_timeout: timing.connect_timeout,
-        token_reload_interval: timing.token_reload_interval,
+        proxy: network.environment_proxy.clone(),
+        keepalive: network.keepalive,
+        connect_timeout: network.connect_timeout,
+        token_reload_interval: network.token_reload_interval,
     })
 }
 
