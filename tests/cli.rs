@@ -361,10 +361,26 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
 #[tokio::test]
 async fn no_credential_appears_in_the_log_at_any_level() {
     let double = Double::with(kubegate_double::Options::default(), Identity::Token).await;
-    let running = start_for(&double, &["-v", "9"]).await;
-    for path in ["/echo", "/api/./x", "/api"] {
+    // Through a proxy that wants credentials, which kubegate must not log.
+    let proxy = ForwardProxy::start(ProxyKind::Tinyproxy {
+        credentials: Some(("alice", "proxy-pass")),
+    })
+    .await;
+    let proxy_url = format!(
+        "proxy-url: http://alice:proxy-pass@127.0.0.1:{}",
+        proxy.port
+    );
+    let config = double.kubeconfig_edited("proxied", None, &[&proxy_url]);
+    let config = config.to_str().unwrap();
+    let running = start(
+        double.dir.path(),
+        &["--kubeconfig", config, "-p", "0", "-v", "9"],
+    )
+    .await;
+    for path in ["/echo", "/api/./x"] {
         get(&running.url(path)).await;
     }
+    assert_eq!(get(&running.url("/api")).await.status, 200);
     support::call(
         http::Method::GET,
         &running.url("/echo"),
@@ -386,7 +402,16 @@ async fn no_credential_appears_in_the_log_at_any_level() {
         log.contains("request refused"),
         "the log is written at this level: {log}"
     );
-    for secret in ["token-1", "client-secret", "PRIVATE KEY"] {
+    let via = format!(
+        "reaching the apiserver through http://127.0.0.1:{}",
+        proxy.port
+    );
+    assert!(log.contains(&via), "{via:?} not in the log: {log}");
+    let proxy_secrets = ["proxy-pass", "YWxpY2U6cHJveHktcGFzcw"];
+    for secret in ["token-1", "client-secret", "PRIVATE KEY"]
+        .iter()
+        .chain(&proxy_secrets)
+    {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }
     // stderr is a pipe here, as for a file or a collector: no colours.

@@ -7,6 +7,7 @@ mod support;
 use std::path::Path;
 use std::process::Stdio;
 
+use kubegate::config::Env;
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
@@ -606,4 +607,170 @@ async fn the_root_lists_the_apiservers_paths() {
             .is_some_and(|p| p.contains(&serde_json::json!("/api"))),
         "{paths}"
     );
+}
+
+/// kubectl's everyday commands through kubegate: list, watch and follow,
+/// exec, and a port-forward round trip.
+async fn everyday_commands(double: &Double, kubegate: &Kubegate, echo: &EchoServer) {
+    let home = double.dir.path();
+    let listed = output(kubectl(home, kubegate, &["get", "pods", "-o", "name"])).await;
+    assert!(listed.contains("pod/box"), "{listed}");
+    double.store().append_log("default", "box", "line one");
+    let _watch = watch_and_follow(double, kubegate, "box").await;
+    let said = output(kubectl(
+        home,
+        kubegate,
+        &["exec", "box", "--", "echo", "hi there"],
+    ))
+    .await;
+    assert_eq!(said.trim(), "hi there");
+    let (_child, mut lines) = stream(kubectl(
+        home,
+        kubegate,
+        &["port-forward", "pod/box", &format!("0:{}", echo.port)],
+    ));
+    let local = forwarded_port(&mut lines).await;
+    let payload = random_bytes(64 * 1024, 7);
+    assert!(within("port-forward", round_trip(local, &payload)).await == payload);
+}
+
+#[tokio::test]
+async fn kubectl_works_through_http_and_socks_proxies_named_in_the_kubeconfig() {
+    let (double, _) = with_box().await;
+    let echo = EchoServer::start().await;
+    let port = double.server.address().port();
+    let tinyproxy = ProxyKind::Tinyproxy { credentials: None };
+    let guarded = ProxyKind::Tinyproxy {
+        credentials: Some(("alice", "s3cret")),
+    };
+    // socks5h hands the name to the proxy, which resolves it.
+    for (kind, scheme, userinfo, host, seen) in [
+        (
+            tinyproxy,
+            "http",
+            "",
+            "127.0.0.1",
+            format!("CONNECT 127.0.0.1:{port}"),
+        ),
+        (
+            guarded,
+            "http",
+            "alice:s3cret@",
+            "127.0.0.1",
+            format!("CONNECT 127.0.0.1:{port}"),
+        ),
+        (
+            ProxyKind::Dante,
+            "socks5",
+            "",
+            "127.0.0.1",
+            format!(" 127.0.0.1.{port}\n"),
+        ),
+        (
+            ProxyKind::Dante,
+            "socks5h",
+            "",
+            "localhost",
+            format!(" 127.0.0.1.{port}\n"),
+        ),
+    ] {
+        let proxy = ForwardProxy::start(kind).await;
+        let config = double.kubeconfig_edited(
+            "proxied",
+            Some(&format!("https://{host}:{port}")),
+            &[&format!(
+                "proxy-url: {scheme}://{userinfo}127.0.0.1:{}",
+                proxy.port
+            )],
+        );
+        let kubegate = Kubegate::try_start(&config, &[]).await.unwrap();
+        everyday_commands(&double, &kubegate, &echo).await;
+        let log = proxy.log();
+        assert!(
+            log.contains(&seen),
+            "{kind:?} {scheme}: {seen:?} not in\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_environments_https_proxy_carries_kubectl_and_no_proxy_and_loopback_bypass_it() {
+    let (double, _) = with_box().await;
+    let echo = EchoServer::start().await;
+    let squid = ForwardProxy::start(ProxyKind::Squid).await;
+    let port = double.server.address().port();
+    let by_name = double.kubeconfig_edited(
+        "by-name",
+        Some(&format!("https://{PROXIED_NAME}:{port}")),
+        &["tls-server-name: localhost"],
+    );
+    let proxy = format!("http://127.0.0.1:{}", squid.port);
+    let flags = ["--kubeconfig", by_name.to_str().unwrap()];
+    let env = Env::from_pairs([("https_proxy", proxy.as_str())]);
+    let kubegate = Kubegate::try_start_in(&env, &flags).await.unwrap();
+    everyday_commands(&double, &kubegate, &echo).await;
+    let connect = format!("CONNECT {PROXIED_NAME}:{port}");
+    assert!(squid.log().contains(&connect), "{}", squid.log());
+    drop(kubegate);
+
+    // NO_PROXY names the apiserver: kubegate goes direct, where no resolver
+    // but squid's knows the name.
+    let env = Env::from_pairs([
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("NO_PROXY", "10.0.0.0/8, .kubegate.test"),
+    ]);
+    let kubegate = Kubegate::try_start_in(&env, &flags).await.unwrap();
+    let answer = get(&kubegate.url("/api")).await;
+    assert_eq!(answer.status, 503, "{}", answer.status_message());
+    let message = answer.status_message();
+    assert!(
+        message.contains(&format!(
+            "cannot reach the apiserver at {PROXIED_NAME}:{port}: dns error"
+        )),
+        "{message}"
+    );
+
+    // A loopback apiserver is never proxied, even by a proxy that is down.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let env = Env::from_pairs([("HTTPS_PROXY", down.as_str())]);
+    let flags = ["--kubeconfig", double.kubeconfig.to_str().unwrap()];
+    let kubegate = Kubegate::try_start_in(&env, &flags).await.unwrap();
+    assert_eq!(get(&kubegate.url("/api")).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_proxy_that_refuses_gets_an_error_naming_the_proxy() {
+    let double = Double::start().await;
+    let proxy = ForwardProxy::start(ProxyKind::Tinyproxy {
+        credentials: Some(("alice", "s3cret")),
+    })
+    .await;
+    let at = format!("127.0.0.1:{}", proxy.port);
+    let config = double.kubeconfig_edited(
+        "no-credentials",
+        None,
+        &[&format!("proxy-url: http://{at}")],
+    );
+    let kubegate = Kubegate::try_start(&config, &[]).await.unwrap();
+    let answer = get(&kubegate.url("/api/v1/namespaces/default/pods")).await;
+    assert_eq!(answer.status, 502);
+    let message = answer.status_message();
+    assert!(
+        message.contains(&format!(
+            "proxy {at} refused CONNECT: 407 Proxy Authentication Required"
+        )),
+        "{message}"
+    );
+
+    let closed = format!("127.0.0.1:{}", free_port());
+    let config = double.kubeconfig_edited(
+        "proxy-down",
+        None,
+        &[&format!("proxy-url: socks5://{closed}")],
+    );
+    let kubegate = Kubegate::try_start(&config, &[]).await.unwrap();
+    let answer = get(&kubegate.url("/api")).await;
+    assert_eq!(answer.status, 502);
+    let message = answer.status_message();
+    assert!(message.contains(&format!("proxy {closed}")), "{message}");
 }

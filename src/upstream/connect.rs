@@ -49,9 +49,7 @@ impl Connector {
         http.set_nodelay(true);
         http.set_keepalive(keepalive);
         http.set_connect_timeout(Some(timeout));
-        let mut tls_to_proxy = tls.clone();
-        tls_to_proxy.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let http = HopConnector::new(http, &tls_to_proxy, proxy.clone());
+        let http = HopConnector::new(http, tls, proxy.clone());
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
             .https_or_http();
@@ -84,7 +82,11 @@ impl Connector {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(io)
             }
-            Ok(Err(error)) => Err(classify(uri, error.as_ref())),
+            // Nothing was sent yet: whatever failed, the server was not reached.
+            Ok(Err(error)) => Err(match classify(uri, error.as_ref()) {
+                ProxyError::Upstream { server, reason } => ProxyError::Connect { server, reason },
+                other => other,
+            }),
             Err(_) => Err(ProxyError::ConnectTimeout {
                 server: authority(uri),
                 seconds: self.timeout.as_secs(),

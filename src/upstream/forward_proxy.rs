@@ -95,7 +95,10 @@ impl ProxyRule {
             .split(',')
             .map(|entry| {
                 let entry = entry.trim();
-                entry.strip_prefix('*').filter(|e| !e.is_empty()).unwrap_or(entry)
+                entry
+                    .strip_prefix('*')
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or(entry)
             })
             .collect();
         let matcher = Matcher::builder()
@@ -138,11 +141,7 @@ impl ProxyRule {
 /// `scheme://host:port` of a proxy, without its credentials.
 fn shown(proxy: &Intercept) -> String {
     let uri = proxy.uri();
-    format!(
-        "{}://{}",
-        uri.scheme_str().unwrap_or("http"),
-        address(uri)
-    )
+    format!("{}://{}", uri.scheme_str().unwrap_or("http"), address(uri))
 }
 
 /// `host:port` of a proxy, for messages.
@@ -203,10 +202,13 @@ impl HopConnector {
                 if let Some((user, password)) = proxy.raw_auth() {
                     socks = socks.with_auth(user.to_string(), password.to_string());
                 }
-                let io = socks.call(destination).await.map_err(|e| ProxyError::Proxy {
-                    proxy: at.clone(),
-                    reason: format!("the SOCKS5 request failed: {e}"),
-                })?;
+                let io = socks
+                    .call(destination)
+                    .await
+                    .map_err(|e| ProxyError::Proxy {
+                        proxy: at.clone(),
+                        reason: format!("the SOCKS5 request failed: {e}"),
+                    })?;
                 Ok(MaybeHttpsStream::Http(io))
             }
             _ => {
@@ -328,7 +330,10 @@ mod tests {
         assert_eq!(proxied(&rule, "https://localhost:6443"), None);
         // `http://` apiservers use HTTP_PROXY, which is unset here.
         assert_eq!(proxied(&rule, "http://api.example.com"), None);
-        assert_eq!(proxied(&environment("http://p:1", "*"), "https://a.b"), None);
+        assert_eq!(
+            proxied(&environment("http://p:1", "*"), "https://a.b"),
+            None
+        );
         assert!(matches!(environment("", ""), ProxyRule::Direct));
     }
 
@@ -342,7 +347,10 @@ mod tests {
         let server = Uri::from_static("https://10.0.0.1");
         let described = format!("{rule:?} {}", rule.describe(&server).unwrap());
         assert!(!described.contains("s3cret"), "{described}");
-        assert!(described.contains("socks5h://socks.corp:1080"), "{described}");
+        assert!(
+            described.contains("socks5h://socks.corp:1080"),
+            "{described}"
+        );
         assert!(ProxyRule::from_url("ftp://x:1").is_err());
         assert!(ProxyRule::from_url("proxy.corp:3128").is_err());
     }

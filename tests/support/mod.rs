@@ -109,6 +109,24 @@ impl Double {
         &self.server.state().store
     }
 
+    /// A copy of this double's kubeconfig with the cluster's `server`
+    /// replaced (when given) and `fields` (`key: value` lines) added.
+    pub fn kubeconfig_edited(&self, name: &str, server: Option<&str>, fields: &[&str]) -> PathBuf {
+        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let edited: Vec<String> = text
+            .lines()
+            .flat_map(|line| match line.trim_start().strip_prefix("server: ") {
+                Some(own) => std::iter::once(format!("    server: {}", server.unwrap_or(own)))
+                    .chain(fields.iter().map(|field| format!("    {field}")))
+                    .collect(),
+                None => vec![line.to_string()],
+            })
+            .collect();
+        let path = self.path(name);
+        std::fs::write(&path, edited.join("\n") + "\n").unwrap();
+        path
+    }
+
     /// Writes another kubeconfig for this double with different settings.
     pub fn kubeconfig_with(
         &self,
@@ -152,10 +170,16 @@ impl Kubegate {
     /// kubegate with exactly `flags` (no kubeconfig unless they name one,
     /// and an empty environment), or its start-up error.
     pub async fn try_start_with(flags: &[&str]) -> Result<Kubegate, StartupError> {
+        Kubegate::try_start_in(&Env::default(), flags).await
+    }
+
+    /// kubegate with exactly `flags` in the environment `env`, or its
+    /// start-up error.
+    pub async fn try_start_in(env: &Env, flags: &[&str]) -> Result<Kubegate, StartupError> {
         let mut argv = vec!["kubegate", "--port", "0"];
         argv.extend_from_slice(flags);
         let args = Args::try_parse_from(&argv).expect("flags parse");
-        let config = Config::load(&args, &Env::default()).await?;
+        let config = Config::load(&args, env).await?;
         let listen = config.listen.clone();
         let proxy = std::sync::Arc::new(kubegate::Proxy::new(config).await?);
         let listener = Listener::bind(&listen).await?;
@@ -474,4 +498,124 @@ pub async fn upload_mib(url: &str, mib: usize) -> Value {
         .expect("answer")
         .to_bytes();
     serde_json::from_slice(&body).expect("a JSON answer")
+}
+
+/// A forward proxy from Debian's packages, on a free loopback port, with
+/// its own log; killed when dropped.
+pub struct ForwardProxy {
+    pub port: u16,
+    dir: TempDir,
+    log: &'static str,
+    _child: tokio::process::Child,
+}
+
+/// The forward proxies the tests run.
+#[derive(Clone, Copy, Debug)]
+pub enum ProxyKind {
+    /// tinyproxy: HTTP `CONNECT`; with basic auth when `credentials`.
+    Tinyproxy {
+        credentials: Option<(&'static str, &'static str)>,
+    },
+    /// squid, resolving `apiserver.kubegate.test` to 127.0.0.1 from its
+    /// own hosts file (the environment's proxy is never used for loopback).
+    Squid,
+    /// Dante's SOCKS5 server.
+    Dante,
+}
+
+/// The name squid resolves to the loopback double.
+pub const PROXIED_NAME: &str = "apiserver.kubegate.test";
+
+impl ForwardProxy {
+    pub async fn start(kind: ProxyKind) -> ForwardProxy {
+        let dir = tempfile::tempdir().unwrap();
+        // The servers drop root privileges; let them write their logs.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let (program, install, config, args, log): (_, _, String, Vec<String>, _) = match kind {
+            ProxyKind::Tinyproxy { credentials } => (
+                "tinyproxy",
+                "apt-get install tinyproxy",
+                format!(
+                    "Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 200\nAllow 127.0.0.1\nLogFile \"{d}/proxy.log\"\nLogLevel Connect\n{}",
+                    credentials
+                        .map(|(user, password)| format!("BasicAuth {user} {password}\n"))
+                        .unwrap_or_default()
+                ),
+                vec!["-d".into(), "-c".into(), format!("{d}/proxy.conf")],
+                "proxy.log",
+            ),
+            ProxyKind::Squid => {
+                std::fs::write(
+                    dir.path().join("hosts"),
+                    format!("127.0.0.1 {PROXIED_NAME}\n"),
+                )
+                .unwrap();
+                (
+                    "squid",
+                    "apt-get install squid",
+                    format!(
+                        "http_port 127.0.0.1:{port}\nhosts_file {d}/hosts\nhttp_access allow all\ncache deny all\naccess_log stdio:{d}/access.log\ncache_log {d}/cache.log\npid_filename {d}/squid.pid\ncoredump_dir {d}\nshutdown_lifetime 0 seconds\n"
+                    ),
+                    vec!["-N".into(), "-f".into(), format!("{d}/proxy.conf")],
+                    "access.log",
+                )
+            }
+            ProxyKind::Dante => (
+                "danted",
+                "apt-get install dante-server",
+                format!(
+                    "logoutput: {d}/proxy.log\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\nsocksmethod: none\nclientmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 log: connect }}\nsocks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 log: connect }}\n"
+                ),
+                vec![
+                    "-f".into(),
+                    format!("{d}/proxy.conf"),
+                    "-p".into(),
+                    format!("{d}/proxy.pid"),
+                ],
+                "proxy.log",
+            ),
+        };
+        std::fs::write(dir.path().join("proxy.conf"), config).unwrap();
+        let child = tokio::process::Command::new(program)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{program} does not run ({e}); {install} (scripts/test does)")
+            });
+        within(program, async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        ForwardProxy {
+            port,
+            dir,
+            log,
+            _child: child,
+        }
+    }
+
+    /// What the proxy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(self.log)).unwrap_or_default()
+    }
+}
+
+/// A port nothing listens on now (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
