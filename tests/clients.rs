@@ -694,6 +694,20 @@ async fn kubectl_works_through_http_and_socks_proxies_named_in_the_kubeconfig() 
 }
 
 #[tokio::test]
+async fn kubectl_works_through_an_https_proxy_verified_with_the_clusters_ca() {
+    let (double, _) = with_box().await;
+    let echo = EchoServer::start().await;
+    let proxy = ForwardProxy::start(ProxyKind::Tinyproxy { credentials: None }).await;
+    let front = ForwardProxy::tls_front(proxy.port, &double.pki.server()).await;
+    let proxy_url = format!("proxy-url: https://localhost:{}", front.port);
+    let config = double.kubeconfig_edited("https-proxy", None, &[&proxy_url]);
+    let kubegate = Kubegate::try_start(&config, &[]).await.unwrap();
+    everyday_commands(&double, &kubegate, &echo).await;
+    let connect = format!("CONNECT 127.0.0.1:{}", double.server.address().port());
+    assert!(proxy.log().contains(&connect), "{}", proxy.log());
+}
+
+#[tokio::test]
 async fn the_environments_https_proxy_carries_kubectl_and_no_proxy_and_loopback_bypass_it() {
     let (double, _) = with_box().await;
     let echo = EchoServer::start().await;

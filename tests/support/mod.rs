@@ -578,11 +578,50 @@ impl ForwardProxy {
                 "proxy.log",
             ),
         };
+        ForwardProxy::spawn(dir, port, program, install, &config, &args, log).await
+    }
+
+    /// stunnel in front of the HTTP proxy on `to`: an `https://` proxy,
+    /// with `certificate` (from the double's PKI, so its CA verifies it).
+    pub async fn tls_front(to: u16, certificate: &kubegate_double::Issued) -> ForwardProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = certificate.write(dir.path(), "front").unwrap();
+        let port = free_port();
+        let config = format!(
+            "foreground = yes\npid =\noutput = {}/stunnel.log\n[proxy]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{to}\ncert = {}\nkey = {}\n",
+            dir.path().display(),
+            cert.display(),
+            key.display()
+        );
+        let args = [dir.path().join("proxy.conf").display().to_string()];
+        let install = "apt-get install stunnel4";
+        ForwardProxy::spawn(
+            dir,
+            port,
+            "stunnel4",
+            install,
+            &config,
+            &args,
+            "stunnel.log",
+        )
+        .await
+    }
+
+    async fn spawn(
+        dir: TempDir,
+        port: u16,
+        program: &str,
+        install: &str,
+        config: &str,
+        args: &[String],
+        log: &'static str,
+    ) -> ForwardProxy {
         std::fs::write(dir.path().join("proxy.conf"), config).unwrap();
         let child = tokio::process::Command::new(program)
-            .args(&args)
+            .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
