@@ -11,6 +11,7 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
 use http::header::{self, HeaderMap};
 use ring::digest::{SHA256, digest};
 use subtle::ConstantTimeEq;
@@ -133,6 +134,41 @@ impl AccessToken {
             .filter_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
             .filter_map(|encoded| URL_SAFE_NO_PAD.decode(encoded.trim_end_matches('=')).ok())
             .any(|token| self.matches(&token))
+    }
+}
+
+/// Removes `base64url.bearer.authorization.k8s.io.*` from the offered
+/// WebSocket subprotocols, keeping the others in order: the access token
+/// is kubegate's own and never goes upstream, upgrade or not.
+pub fn drop_bearer_subprotocol(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+        return;
+    }
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    if !offered
+        .iter()
+        .any(|p| p.starts_with(BEARER_SUBPROTOCOL_PREFIX))
+    {
+        return;
+    }
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    let kept: Vec<&str> = offered
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.starts_with(BEARER_SUBPROTOCOL_PREFIX))
+        .collect();
+    if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
 }
 

@@ -226,7 +226,8 @@ pub struct Args {
     pub read_only: bool,
 
     /// kubegate: regular expressions for browser origins (scheme://host:port)
-    /// allowed to use the proxy, WebSockets included. Requests carrying any
+    /// allowed to use the proxy, WebSockets included; each must match the
+    /// whole origin (unlike kubectl's filter flags, which match substrings). Requests carrying any
     /// other Origin are refused, except kubegate's own (pages from --www).
     #[arg(long, default_value = "", global = true)]
     pub accept_origins: String,

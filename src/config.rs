@@ -154,7 +154,7 @@ impl Config {
             upstream.server_path.clear();
         }
         let origins = OriginPolicy {
-            accept: PatternList::parse("accept-origins", &args.accept_origins)?,
+            accept: PatternList::parse_whole("accept-origins", &args.accept_origins)?,
         };
         let (access_token, generated_access_token) = access_token(args)?;
         let serve_tls = args

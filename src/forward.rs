@@ -3,6 +3,7 @@
 //! `X-Forwarded-*` set from the connection and never copied from the client,
 //! kubegate's credentials in. Bodies are not touched here: they stream.
 
+use http::HeaderValue;
 use http::header::{self, HeaderMap, HeaderName};
 
 use crate::client::ClientOrigin;
@@ -17,6 +18,8 @@ pub struct Outbound<'a> {
     pub client: &'a ClientOrigin,
     /// `--forward-client-credentials`.
     pub forward_client_credentials: bool,
+    /// kubegate's audit ID for the request, which the apiserver adopts.
+    pub audit_id: Option<HeaderValue>,
 }
 
 impl Outbound<'_> {
@@ -25,8 +28,15 @@ impl Outbound<'_> {
     pub fn request_headers(&self, headers: &mut HeaderMap) {
         request_headers(headers, self.client, self.forward_client_credentials);
         self.upstream.authorize(headers);
+        // Set after the hop-by-hop headers are gone, so that a client's
+        // `Connection: Audit-ID` cannot strip it.
+        if let Some(id) = &self.audit_id {
+            headers.insert(AUDIT_ID, id.clone());
+        }
     }
 }
+
+const AUDIT_ID: HeaderName = HeaderName::from_static("audit-id");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -73,6 +83,7 @@ pub fn request_headers(
 ) {
     strip_hop_by_hop(headers);
     headers.remove(header::UPGRADE);
+    crate::access::drop_bearer_subprotocol(headers);
     let host = headers.remove(header::HOST);
     for name in &CLIENT_ORIGIN {
         headers.remove(name);
@@ -89,12 +100,18 @@ pub fn request_headers(
     headers.insert(CLIENT_ORIGIN[2].clone(), origin.proto.clone());
 }
 
-/// Drops `Authorization` and every `Impersonate-*` header.
+/// Drops `Authorization`, every `Impersonate-*` header and the front-proxy
+/// identity headers (`X-Remote-User`, `-Group`, `-Extra-*`), which an
+/// apiserver believes when kubegate authenticates with a front-proxy
+/// certificate.
 pub fn strip_client_credentials(headers: &mut HeaderMap) {
     headers.remove(header::AUTHORIZATION);
     let impersonation: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("impersonate-"))
+        .filter(|name| {
+            let name = name.as_str();
+            name.starts_with("impersonate-") || name.starts_with("x-remote-")
+        })
         .cloned()
         .collect();
     for name in impersonation {

@@ -38,6 +38,24 @@ impl PatternList {
         Ok(PatternList { set })
     }
 
+    /// Parses a list whose patterns must match the whole text, for
+    /// kubegate's own flags: `http://localhost:8080` must not also accept
+    /// `http://localhost:8080.evil.example`.
+    ///
+    /// # Errors
+    ///
+    /// As [`PatternList::parse`].
+    pub fn parse_whole(flag: &'static str, list: &str) -> Result<Self, StartupError> {
+        PatternList::parse(flag, list)?;
+        let anchored: Vec<String> = match list {
+            "" => Vec::new(),
+            list => list.split(',').map(|p| format!("^(?:{p})$")).collect(),
+        };
+        let set =
+            RegexSet::new(&anchored).map_err(|error| invalid(flag, list, &error.to_string()))?;
+        Ok(PatternList { set })
+    }
+
     /// Whether any pattern matches `text`.
     pub fn is_match(&self, text: &str) -> bool {
         self.set.is_match(text)

@@ -193,6 +193,10 @@ impl ProxyService {
         if let Some(preflight) = self.admit(&head, host)? {
             return Ok(preflight);
         }
+        if head.method == Method::CONNECT {
+            // A tunnel to anywhere is not the API's to give.
+            return Err(ProxyError::MethodNotAllowed("CONNECT"));
+        }
         let info = match target {
             Target::Www(dir, path) => return www::serve(dir, path, &head.method).await,
             _ if !self.authenticated(&head.headers) => return Err(ProxyError::Unauthorized),
@@ -218,18 +222,13 @@ impl ProxyService {
             // The access token is kubegate's own; it never goes upstream.
             head.headers.remove(header::AUTHORIZATION);
         }
-        if let Some(record) = record {
-            // kubegate's audit ID goes upstream, where the apiserver adopts
-            // it, so both logs join on one ID; the client's is annotated.
-            head.headers.remove("audit-id");
-            if let Some(id) = record.header() {
-                head.headers.insert("audit-id", id);
-            }
-        }
         let outbound = Outbound {
             upstream: &self.shared.upstream,
             client: &self.origin,
             forward_client_credentials: self.shared.forward_client_credentials,
+            // kubegate's audit ID goes upstream, where the apiserver adopts
+            // it, so both logs join on one ID; the client's is annotated.
+            audit_id: record.and_then(Record::header),
         };
         if info.upgrade() {
             let record = record.cloned();

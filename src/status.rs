@@ -33,6 +33,11 @@ pub enum ProxyError {
         "this connection cannot switch protocols; send exec, attach and port-forward over HTTP/1.1"
     )]
     NotUpgradable,
+    /// A method kubegate does not relay to the API.
+    #[error(
+        "kubegate does not relay {0} requests to the API; exec, attach and port-forward use GET or POST with an upgrade"
+    )]
+    MethodNotAllowed(&'static str),
     /// The path is outside `--api-prefix` and `--www-prefix`.
     #[error("the path {0} is not served here (see --api-prefix and --www-prefix)")]
     NotFound(String),
@@ -137,6 +142,7 @@ impl ProxyError {
             E::Denied(_) | E::Forbidden(_) => (S::FORBIDDEN, "Forbidden"),
             E::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
             E::NotFound(_) => (S::NOT_FOUND, "NotFound"),
+            E::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             E::Connect { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             E::ConnectTimeout { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             E::Proxy { .. } => (S::BAD_GATEWAY, "InternalError"),
@@ -156,6 +162,7 @@ impl ProxyError {
                 | ProxyError::Unauthorized
                 | ProxyError::BadPath(_)
                 | ProxyError::NotUpgradable
+                | ProxyError::MethodNotAllowed(_)
         )
     }
 

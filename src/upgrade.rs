@@ -26,7 +26,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::BEARER_SUBPROTOCOL_PREFIX;
 use crate::admin::{Metrics, StreamKind};
 use crate::audit::Record;
 use crate::body::{BoxError, ProxyBody};
@@ -111,7 +110,6 @@ impl Relays {
         let query = absolute.query().unwrap_or_default().to_string();
         let upgrade = head.headers.get(header::UPGRADE).cloned();
         outbound.request_headers(&mut head.headers);
-        drop_bearer_subprotocol(&mut head.headers);
         if let Some(upgrade) = upgrade {
             head.headers.insert(header::UPGRADE, upgrade);
         }
@@ -316,36 +314,5 @@ fn annotate_session(record: &Record, answer: &HeaderMap, query: &str) {
             "kubegate.io/command",
             serde_json::to_string(&command).unwrap_or_default(),
         );
-    }
-}
-
-/// Removes `base64url.bearer.authorization.k8s.io.*` from the offered
-/// WebSocket subprotocols, keeping the others in order.
-pub fn drop_bearer_subprotocol(headers: &mut HeaderMap) {
-    let offered: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
-        .collect();
-    if !offered
-        .iter()
-        .any(|p| p.starts_with(BEARER_SUBPROTOCOL_PREFIX))
-    {
-        return;
-    }
-    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
-    let kept: Vec<&str> = offered
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !p.starts_with(BEARER_SUBPROTOCOL_PREFIX))
-        .collect();
-    if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
-        && !kept.is_empty()
-    {
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
 }

@@ -220,3 +220,20 @@ async fn an_empty_or_missing_token_file_stops_start_up() {
     .unwrap();
     assert!(error.to_string().contains("/nonexistent/token"), "{error}");
 }
+
+#[tokio::test]
+async fn an_origin_pattern_matches_the_whole_origin() {
+    let double = Double::start().await;
+    let kubegate = Kubegate::start(&double, &["--accept-origins=https://tool.example"]).await;
+    let from = |origin: &'static str| {
+        let url = kubegate.url("/api");
+        async move {
+            call(Method::GET, &url, &[("origin", origin)], Bytes::new())
+                .await
+                .status
+        }
+    };
+    assert_eq!(from("https://tool.example").await, 200);
+    assert_eq!(from("https://tool.example.evil.example").await, 403);
+    assert_eq!(from("https://evil.example/https://tool.example").await, 403);
+}

@@ -102,10 +102,11 @@ async fn events_read_like_the_apiservers_and_join_on_the_audit_id() {
     .await;
     assert_eq!(listed.status, 200);
     let id = listed.headers["audit-id"].to_str().unwrap().to_string();
+    // `Connection: Audit-ID` would make a hop-by-hop header of it.
     let echo = call(
         Method::POST,
         &kubegate.url("/echo"),
-        &[("audit-id", "client-id")],
+        &[("audit-id", "client-id"), ("connection", "Audit-ID")],
         Bytes::new(),
     )
     .await;

@@ -84,6 +84,13 @@ async fn forwarded_headers_come_from_the_connection_not_the_client() {
             ("authorization", "Bearer stolen"),
             ("impersonate-user", "system:admin"),
             ("impersonate-group", "system:masters"),
+            ("x-remote-user", "system:admin"),
+            ("x-remote-group", "system:masters"),
+            ("x-remote-extra-scopes", "all"),
+            (
+                "sec-websocket-protocol",
+                "base64url.bearer.authorization.k8s.io.c2VjcmV0",
+            ),
             ("accept", "application/json;as=Table;v=v1;g=meta.k8s.io"),
             ("accept-encoding", "gzip"),
         ],
@@ -104,6 +111,10 @@ async fn forwarded_headers_come_from_the_connection_not_the_client() {
         "authorization",
         "impersonate-user",
         "impersonate-group",
+        "x-remote-user",
+        "x-remote-group",
+        "x-remote-extra-scopes",
+        "sec-websocket-protocol",
     ] {
         assert!(
             headers.get(gone).is_none(),
@@ -399,4 +410,14 @@ async fn static_files_are_served_under_the_www_prefix() {
         get(&kubegate.url("/api")).await.json()["kind"],
         "APIVersions"
     );
+}
+
+#[tokio::test]
+async fn connect_to_the_api_is_refused_with_405() {
+    let double = Double::start().await;
+    let kubegate = Kubegate::start(&double, &[]).await;
+    let answer = call(Method::CONNECT, &kubegate.url("/api"), &[], Bytes::new()).await;
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.json()["reason"], "MethodNotAllowed");
+    assert!(answer.status_message().contains("CONNECT"));
 }
