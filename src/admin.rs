@@ -112,7 +112,9 @@ pub struct Metrics {
     audit_waiting: Gauge<i64, AtomicI64>,
     /// Whether the apiserver answered in the last minute, as of the last
     /// scrape (the upstream owns the fact; this mirrors it).
-    apiserver_up: AtomicBool,
+    /// Each served context (empty name: the one cluster) and whether its
+    /// apiserver answered recently; written and read at scrape time only.
+    apiservers_up: std::sync::Mutex<Vec<(String, bool)>>,
     shutting_down: AtomicBool,
 }
 
@@ -193,7 +195,7 @@ impl Default for Metrics {
             audit_written,
             audit_lost,
             audit_waiting,
-            apiserver_up: AtomicBool::new(false),
+            apiservers_up: std::sync::Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -268,9 +270,11 @@ impl Metrics {
             .set(failed as i64);
     }
 
-    /// Whether the apiserver answered recently (set by the scrape hook).
-    pub fn apiserver_up(&self, up: bool) {
-        self.apiserver_up.store(up, Ordering::Relaxed);
+    /// Whether each apiserver answered recently (set by the scrape hook).
+    pub fn apiservers_up(&self, up: Vec<(String, bool)>) {
+        if let Ok(mut apiservers) = self.apiservers_up.lock() {
+            *apiservers = up;
+        }
     }
 
     /// `/readyz` fails from now on.
@@ -278,14 +282,47 @@ impl Metrics {
         self.shutting_down.store(true, Ordering::Release);
     }
 
-    fn ready(&self) -> Result<(), &'static str> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err("shutting down");
+    /// `/readyz`: ready when not shutting down and every apiserver answered
+    /// recently; `verbose` lists each check, as the apiserver's does.
+    fn ready(&self, verbose: bool) -> (bool, String) {
+        let mut checks = vec![(
+            "shutdown".to_string(),
+            !self.shutting_down.load(Ordering::Acquire),
+            "shutting down".to_string(),
+        )];
+        let apiservers = self
+            .apiservers_up
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        if apiservers.is_empty() {
+            checks.push(("apiserver".into(), false, "not checked yet".into()));
         }
-        if !self.apiserver_up.load(Ordering::Relaxed) {
-            return Err("the apiserver has not answered in the last minute");
+        for (name, up) in apiservers {
+            let check = match name.as_str() {
+                "" => "apiserver".to_string(),
+                name => format!("context:{name}"),
+            };
+            checks.push((
+                check,
+                up,
+                "the apiserver has not answered in the last minute".into(),
+            ));
         }
-        Ok(())
+        let ready = checks.iter().all(|(_, ok, _)| *ok);
+        let mut text = String::new();
+        for (check, ok, why) in &checks {
+            match ok {
+                true if verbose => text.push_str(&format!("[+]{check} ok\n")),
+                false => text.push_str(&format!("[-]{check} failed: {why}\n")),
+                true => {}
+            }
+        }
+        text.push_str(match ready {
+            true => "ok\n",
+            false => "not ready\n",
+        });
+        (ready, text)
     }
 
     fn encode(&self) -> String {
@@ -313,7 +350,14 @@ pub fn serve(
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let (metrics, audit) = (metrics.clone(), audit.clone());
-                    async move { Ok::<_, Infallible>(answer(&metrics, &*audit, request.uri().path())) }
+                    async move {
+                        Ok::<_, Infallible>(answer(
+                            &metrics,
+                            &*audit,
+                            request.uri().path(),
+                            is_verbose(request.uri().query()),
+                        ))
+                    }
                 });
                 let _ = builder
                     .serve_connection(TokioIo::new(stream), service)
@@ -323,19 +367,20 @@ pub fn serve(
     });
 }
 
-fn answer(metrics: &Metrics, scrape: &dyn Fn(&Metrics), path: &str) -> Response<ProxyBody> {
+fn answer(
+    metrics: &Metrics,
+    scrape: &dyn Fn(&Metrics),
+    path: &str,
+    verbose: bool,
+) -> Response<ProxyBody> {
     if path == "/readyz" || path == "/metrics" {
         scrape(metrics);
     }
     let (code, content_type, body) = match path {
         "/healthz" | "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" => match metrics.ready() {
-            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-            Err(reason) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: {reason}\n"),
-            ),
+        "/readyz" => match metrics.ready(verbose) {
+            (true, text) => (StatusCode::OK, "text/plain", text),
+            (false, text) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", text),
         },
         "/metrics" => (
             StatusCode::OK,
@@ -354,6 +399,14 @@ fn answer(metrics: &Metrics, scrape: &dyn Fn(&Metrics), path: &str) -> Response<
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     response
+}
+
+/// Whether a query asks for `verbose` (`?verbose`, `?verbose=true`).
+fn is_verbose(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair == "verbose" || pair.starts_with("verbose="))
+    })
 }
 
 /// Binds the admin address.
@@ -390,10 +443,18 @@ mod tests {
             text.contains("kubegate_upgraded_streams_open{kind=\"exec\"} 1"),
             "{text}"
         );
-        assert!(metrics.ready().is_err());
-        metrics.apiserver_up(true);
-        assert!(metrics.ready().is_ok());
+        assert!(!metrics.ready(false).0);
+        metrics.apiservers_up(vec![(String::new(), true)]);
+        assert_eq!(metrics.ready(false), (true, "ok\n".to_string()));
+        metrics.apiservers_up(vec![("a".into(), true), ("b".into(), false)]);
+        let (ready, text) = metrics.ready(true);
+        assert!(!ready);
+        assert!(
+            text.contains("[+]context:a ok\n[-]context:b failed"),
+            "{text}"
+        );
+        metrics.apiservers_up(vec![(String::new(), true)]);
         metrics.shutting_down();
-        assert!(metrics.ready().is_err());
+        assert!(!metrics.ready(false).0);
     }
 }

@@ -130,6 +130,16 @@ pub struct Args {
     #[arg(long, value_name = "PATH", global = true)]
     pub kubeconfig: Option<PathBuf>,
 
+    /// kubegate: serve several kubeconfig contexts from one process, each
+    /// under /clusters/<context>/ (comma-separated names); GET /clusters
+    /// lists them.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["context", "cluster", "user", "all_contexts"], global = true)]
+    pub contexts: Vec<String>,
+
+    /// kubegate: serve every context of the kubeconfig, as --contexts does.
+    #[arg(long, conflicts_with_all = ["context", "cluster", "user"], num_args = 0..=1, default_missing_value = "true", global = true)]
+    pub all_contexts: bool,
+
     /// The name of the kubeconfig context to use.
     #[arg(long, global = true)]
     pub context: Option<String>,

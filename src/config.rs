@@ -41,8 +41,11 @@ pub struct Config {
     pub(crate) access_token: Option<AccessToken>,
     /// A generated token, to print once at start.
     pub generated_access_token: Option<String>,
-    /// How to reach and authenticate to the apiserver.
-    pub(crate) upstream: UpstreamSettings,
+    /// How to reach and authenticate to each apiserver: one unnamed, or
+    /// one per context with `--contexts`.
+    pub(crate) upstreams: Vec<(String, UpstreamSettings)>,
+    /// Whether the apiservers are served under `/clusters/<context>/`.
+    pub(crate) named_clusters: bool,
     /// `--forward-client-credentials`.
     pub(crate) forward_client_credentials: bool,
     /// `--shutdown-grace`.
@@ -146,12 +149,50 @@ impl Config {
             Err(StartupError::NoKubeconfig) if args.server.is_some() => Some(Vec::new()),
             found => found?,
         };
-        let mut upstream = match paths {
-            Some(paths) => settings::from_kubeconfig(&paths, &chosen, &overrides, &network).await?,
-            None => in_cluster(&args.service_account_dir, env, &network)?,
+        let named_clusters = args.all_contexts || !args.contexts.is_empty();
+        let mut upstreams = match (paths, named_clusters) {
+            (Some(paths), false) => vec![(
+                String::new(),
+                settings::from_kubeconfig(&paths, &chosen, &overrides, &network).await?,
+            )],
+            (Some(paths), true) => {
+                let names = match args.all_contexts {
+                    true => settings::context_names(&paths)?,
+                    false => args.contexts.clone(),
+                };
+                let mut upstreams = Vec::with_capacity(names.len());
+                for name in names {
+                    let chosen = KubeConfigOptions {
+                        context: Some(name.clone()),
+                        ..KubeConfigOptions::default()
+                    };
+                    let settings =
+                        settings::from_kubeconfig(&paths, &chosen, &overrides, &network).await?;
+                    upstreams.push((name, settings));
+                }
+                upstreams
+            }
+            (None, false) => vec![(
+                String::new(),
+                in_cluster(&args.service_account_dir, env, &network)?,
+            )],
+            (None, true) => {
+                return Err(StartupError::Flag {
+                    flag: "contexts",
+                    message: "needs a kubeconfig that holds the contexts; pass --kubeconfig".into(),
+                });
+            }
         };
-        if !args.append_server_path {
-            upstream.server_path.clear();
+        if upstreams.is_empty() {
+            return Err(StartupError::Flag {
+                flag: "all-contexts",
+                message: "the kubeconfig has no contexts; add one or serve a single cluster".into(),
+            });
+        }
+        for (_, upstream) in &mut upstreams {
+            if !args.append_server_path {
+                upstream.server_path.clear();
+            }
         }
         let origins = OriginPolicy {
             accept: PatternList::parse_whole("accept-origins", &args.accept_origins)?,
@@ -192,7 +233,8 @@ impl Config {
             origins,
             access_token,
             generated_access_token,
-            upstream,
+            upstreams,
+            named_clusters,
             forward_client_credentials: args.forward_client_credentials,
             shutdown_grace: positive_duration("shutdown-grace", &args.shutdown_grace)?,
             audit: audit(args, &network).await?,

@@ -132,21 +132,30 @@ impl Proxy {
                 "Request filter disabled (--disable-filter): any web page or local process that can reach kubegate can use your credentials"
             );
         }
-        let keepalive = config.upstream.keepalive;
+        let primary = &config.upstreams[0].1;
+        let keepalive = primary.keepalive;
         let tls = match &config.serve_tls {
             Some((cert, key)) => Some(serve_tls(cert, key, config.reload_interval)?),
             None => None,
         };
-        let fallback_user = config
-            .upstream
+        let fallback_user = primary
             .client_identity
             .as_ref()
             .map(|identity| audit::identity::from_certificate(&identity.chain[0]))
             .unwrap_or_default();
-        let upstream = Upstream::new(config.upstream).await?;
+        let mut list = Vec::with_capacity(config.upstreams.len());
+        for (name, settings) in config.upstreams {
+            let upstream = Upstream::new(settings).await?;
+            list.push(upstream::clusters::Cluster { name, upstream });
+        }
+        let clusters = match config.named_clusters {
+            true => upstream::clusters::Clusters::named(list),
+            false => upstream::clusters::Clusters::single(list.remove(0).upstream),
+        };
+        let upstream = clusters.primary();
         let audit = match config.audit {
             Some(settings) => Some(Arc::new(
-                audit::Audit::start(settings, &upstream, fallback_user).await?,
+                audit::Audit::start(settings, upstream, fallback_user).await?,
             )),
             None => None,
         };
@@ -162,7 +171,7 @@ impl Proxy {
                 policy: config.policy,
                 origins: config.origins,
                 access_token: config.access_token,
-                upstream,
+                clusters,
                 forward_client_credentials: config.forward_client_credentials,
                 relays: upgrade::Relays::new(metrics.clone()),
                 audit,
@@ -181,7 +190,11 @@ impl Proxy {
 
     /// How many HTTP/2 connections the proxy has opened to the apiserver.
     pub fn upstream_connections_opened(&self) -> usize {
-        self.shared.upstream.h2_connections_opened()
+        self.shared
+            .clusters
+            .iter()
+            .map(|c| c.upstream.h2_connections_opened())
+            .sum()
     }
 
     /// Binds `--admin-address`, if set, and serves `/healthz`, `/readyz`
@@ -208,11 +221,19 @@ impl Proxy {
                 .audit
                 .as_ref()
                 .map_or((0, 0), |a| (a.written(), a.lost()));
-            let (refreshed, failed) = shared.upstream.credential_refreshes();
+            let (mut refreshed, mut failed, mut connections) = (0, 0, 0);
+            let mut up = Vec::new();
+            for cluster in shared.clusters.iter() {
+                let (r, f) = cluster.upstream.credential_refreshes();
+                refreshed += r;
+                failed += f;
+                connections += cluster.upstream.connections_opened();
+                let answered = cluster.upstream.answered_within(admin::READY_WITHIN);
+                up.push((cluster.name.clone(), answered));
+            }
             let waiting = shared.audit.as_ref().map_or(0, |a| a.waiting());
-            let connections = shared.upstream.connections_opened();
             metrics.scrape(written, lost, waiting, connections, refreshed, failed);
-            metrics.apiserver_up(shared.upstream.answered_within(admin::READY_WITHIN));
+            metrics.apiservers_up(up);
         });
         tokio::spawn(keep_ready(self.shared.clone()));
         Ok(bound)
@@ -286,33 +307,41 @@ fn serve_tls(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Asks the apiserver for `/version` whenever nothing else has reached it
+/// Asks each apiserver for `/version` whenever nothing else has reached it
 /// for a while, so that `/readyz` of an idle sidecar stays truthful.
 async fn keep_ready(shared: Arc<Shared>) {
-    use http_body_util::{BodyExt, Either, Full};
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     loop {
         tick.tick().await;
-        if shared
-            .upstream
-            .answered_within(std::time::Duration::from_secs(15))
-        {
-            continue;
+        for cluster in shared.clusters.iter() {
+            // One slow apiserver does not hold up the others' checks.
+            let shared = shared.clone();
+            let name = cluster.name.clone();
+            tokio::spawn(async move {
+                if let Some(cluster) = shared.clusters.iter().find(|c| c.name == name) {
+                    ask_version(&cluster.upstream).await;
+                }
+            });
         }
-        let Ok(uri) = shared
-            .upstream
-            .uri_for(http::uri::PathAndQuery::from_static("/version"))
-        else {
-            continue;
-        };
-        let body = Either::Right(Either::Left(Full::new(bytes::Bytes::new())));
-        let Ok(mut request) = http::Request::get(uri).body(body) else {
-            continue;
-        };
-        shared.upstream.authorize(request.headers_mut());
-        // `send` records the answer; the body is read so the stream closes.
-        if let Ok(response) = shared.upstream.send(request).await {
-            let _ = response.into_body().collect().await;
-        }
+    }
+}
+
+/// `GET /version` on `upstream` unless it answered in the last 15 s.
+async fn ask_version(upstream: &Upstream) {
+    use http_body_util::{BodyExt, Either, Full};
+    if upstream.answered_within(std::time::Duration::from_secs(15)) {
+        return;
+    }
+    let Ok(uri) = upstream.uri_for(http::uri::PathAndQuery::from_static("/version")) else {
+        return;
+    };
+    let body = Either::Right(Either::Left(Full::new(bytes::Bytes::new())));
+    let Ok(mut request) = http::Request::get(uri).body(body) else {
+        return;
+    };
+    upstream.authorize(request.headers_mut());
+    // `send` records the answer; the body is read so the stream closes.
+    if let Ok(response) = upstream.send(request).await {
+        let _ = response.into_body().collect().await;
     }
 }

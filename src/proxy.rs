@@ -30,7 +30,7 @@ use crate::policy::Policy;
 use crate::request::{PathError, RequestInfo, Verb};
 use crate::status::ProxyError;
 use crate::upgrade::{Relays, is_upgrade};
-use crate::upstream::Upstream;
+use crate::upstream::clusters::{Cluster, Clusters, Route};
 use crate::www;
 
 /// How request paths are split between the API and static files.
@@ -57,8 +57,8 @@ pub struct Shared {
     pub origins: OriginPolicy,
     /// The local access token, when one is required.
     pub access_token: Option<AccessToken>,
-    /// The apiserver.
-    pub upstream: Upstream,
+    /// The apiservers: one at `/`, or one per context.
+    pub clusters: Clusters,
     /// `--forward-client-credentials`.
     pub forward_client_credentials: bool,
     /// Upgraded connections being relayed.
@@ -80,16 +80,26 @@ pub struct ProxyService {
 enum Target<'a> {
     /// A `--www` file: the directory and the path under `--www-prefix`.
     Www(&'a PathBuf, &'a str),
-    /// The API, as the apiserver will read the request.
-    Api(RequestInfo<'a>),
+    /// The API of `cluster`, as its apiserver will read the request.
+    Api(RequestInfo<'a>, &'a Cluster),
+    /// `GET /clusters` with `--contexts`: the served contexts.
+    ClusterList,
     /// An API path kubegate cannot read as the apiserver would.
     Unreadable(PathError),
     /// Outside both prefixes.
     NotFound,
+    /// With `--contexts`, a path that names no served context.
+    UnknownContext,
 }
 
 impl<'a> Target<'a> {
-    fn read(routes: &'a Routes, method: &'a Method, uri: &'a Uri, upgrade: bool) -> Self {
+    fn read(
+        routes: &'a Routes,
+        clusters: &'a Clusters,
+        method: &'a Method,
+        uri: &'a Uri,
+        upgrade: bool,
+    ) -> Self {
         let raw = uri.path();
         if let Some((dir, prefix)) = &routes.www
             && let Some(rest) = raw.strip_prefix(prefix.as_str())
@@ -106,15 +116,20 @@ impl<'a> Target<'a> {
             true => &raw[raw.len() - rest.len() - 1..],
             false => raw,
         };
+        let (cluster, api_path) = match clusters.route(api_path) {
+            Route::To(cluster, inside) => (cluster, inside),
+            Route::List => return Target::ClusterList,
+            Route::Unknown => return Target::UnknownContext,
+        };
         match RequestInfo::read(method.as_str(), api_path, uri.query(), upgrade) {
-            Ok(info) => Target::Api(info),
+            Ok(info) => Target::Api(info, cluster),
             Err(error) => Target::Unreadable(error),
         }
     }
 
     fn info(&self) -> Option<&RequestInfo<'a>> {
         match self {
-            Target::Api(info) => Some(info),
+            Target::Api(info, _) => Some(info),
             _ => None,
         }
     }
@@ -153,6 +168,7 @@ impl ProxyService {
         let method = head.method.clone();
         let target = Target::read(
             &self.shared.routes,
+            &self.shared.clusters,
             &method,
             &uri,
             is_upgrade(&head.headers),
@@ -165,6 +181,11 @@ impl ProxyService {
             }
             None => None,
         };
+        if let (Some(record), Target::Api(_, cluster)) = (&record, &target)
+            && !cluster.name.is_empty()
+        {
+            record.annotate(CONTEXT_ANNOTATION, cluster.name.clone());
+        }
         let exchange = Exchange {
             began,
             verb: target.verb(&method),
@@ -197,12 +218,16 @@ impl ProxyService {
             // A tunnel to anywhere is not the API's to give.
             return Err(ProxyError::MethodNotAllowed("CONNECT"));
         }
-        let info = match target {
+        let (info, cluster) = match target {
             Target::Www(dir, path) => return www::serve(dir, path, &head.method).await,
             _ if !self.authenticated(&head.headers) => return Err(ProxyError::Unauthorized),
             Target::NotFound => return Err(ProxyError::NotFound(uri.path().to_string())),
+            Target::UnknownContext => {
+                return Err(ProxyError::UnknownContext(uri.path().to_string()));
+            }
             Target::Unreadable(error) => return Err(error.into()),
-            Target::Api(info) => info,
+            Target::ClusterList => return Ok(cluster_list(&self.shared.clusters)),
+            Target::Api(info, cluster) => (info, cluster),
         };
         self.shared
             .filters
@@ -223,7 +248,7 @@ impl ProxyService {
             head.headers.remove(header::AUTHORIZATION);
         }
         let outbound = Outbound {
-            upstream: &self.shared.upstream,
+            upstream: &cluster.upstream,
             client: &self.origin,
             forward_client_credentials: self.shared.forward_client_credentials,
             // kubegate's audit ID goes upstream, where the apiserver adopts
@@ -342,6 +367,19 @@ impl ProxyService {
         }
         response
     }
+}
+
+/// The audit annotation naming the context a request went to.
+const CONTEXT_ANNOTATION: &str = "kubegate.io/context";
+
+/// `GET /clusters`: the served contexts as JSON.
+fn cluster_list(clusters: &Clusters) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(clusters.listing()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Sends an ordinary request to the apiserver and streams its answer back.

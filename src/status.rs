@@ -33,6 +33,11 @@ pub enum ProxyError {
         "this connection cannot switch protocols; send exec, attach and port-forward over HTTP/1.1"
     )]
     NotUpgradable,
+    /// `/clusters/<name>/` names no served context.
+    #[error(
+        "the path {0} names no context this kubegate serves; GET /clusters lists them, and each is served under /clusters/<context>/"
+    )]
+    UnknownContext(String),
     /// A method kubegate does not relay to the API.
     #[error(
         "kubegate does not relay {0} requests to the API; exec, attach and port-forward use GET or POST with an upgrade"
@@ -141,7 +146,7 @@ impl ProxyError {
             E::BadPath(_) | E::NotUpgradable => (S::BAD_REQUEST, "BadRequest"),
             E::Denied(_) | E::Forbidden(_) => (S::FORBIDDEN, "Forbidden"),
             E::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
-            E::NotFound(_) => (S::NOT_FOUND, "NotFound"),
+            E::NotFound(_) | E::UnknownContext(_) => (S::NOT_FOUND, "NotFound"),
             E::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             E::Connect { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             E::ConnectTimeout { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),

@@ -30,6 +30,11 @@ fn program(name: &str, install: &str) -> Command {
 
 /// kubectl pointed at kubegate, with a throwaway home and no kubeconfig.
 fn kubectl(home: &Path, kubegate: &Kubegate, args: &[&str]) -> Command {
+    kubectl_at(home, &kubegate.url(""), args)
+}
+
+/// kubectl with `server` as its apiserver, a throwaway home and no kubeconfig.
+fn kubectl_at(home: &Path, server: &str, args: &[&str]) -> Command {
     let mut command = program(
         "kubectl",
         "install kubectl from the Kubernetes apt repository or a cloud SDK",
@@ -37,7 +42,7 @@ fn kubectl(home: &Path, kubegate: &Kubegate, args: &[&str]) -> Command {
     command
         .env("HOME", home)
         .env("KUBECONFIG", home.join("no-kubeconfig"))
-        .arg(format!("--server={}", kubegate.url("")))
+        .arg(format!("--server={server}"))
         .args(args);
     command
 }
@@ -787,4 +792,101 @@ async fn a_proxy_that_refuses_gets_an_error_naming_the_proxy() {
     assert_eq!(answer.status, 502);
     let message = answer.status_message();
     assert!(message.contains(&format!("proxy {closed}")), "{message}");
+}
+
+/// A copy of `double`'s kubeconfig whose cluster, user and context are all
+/// called `name`, so that two can be merged.
+fn renamed_kubeconfig(double: &Double, name: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(&double.kubeconfig).unwrap();
+    let path = double.path(&format!("{name}.kubeconfig"));
+    std::fs::write(
+        &path,
+        text.replace(": double-user", ": double")
+            .replace(": double", &format!(": {name}")),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn one_kubegate_serves_two_contexts_each_with_its_own_identity() {
+    let first = Double::start().await;
+    let second = Double::with(kubegate_double::Options::default(), Identity::Token).await;
+    for (double, own) in [(&first, "only-in-one"), (&second, "only-in-two")] {
+        double.store().create("default", pod("box")).unwrap();
+        double.store().create("default", pod(own)).unwrap();
+    }
+    let kubeconfig = format!(
+        "{}:{}",
+        renamed_kubeconfig(&first, "one").display(),
+        renamed_kubeconfig(&second, "two").display()
+    );
+    let log = first.path("audit.log");
+    let env = Env::from_pairs([("KUBECONFIG", kubeconfig.as_str())]);
+    let flags = [
+        "--all-contexts",
+        "--audit-log-path",
+        log.to_str().unwrap(),
+        "--admin-address=127.0.0.1:0",
+    ];
+    let kubegate = Kubegate::try_start_in(&env, &flags).await.unwrap();
+
+    let listed = get(&kubegate.url("/clusters")).await.json();
+    assert_eq!(listed["clusters"][0]["name"], "one");
+    assert_eq!(listed["clusters"][1]["path"], "/clusters/two/");
+    let home = first.dir.path();
+    for (name, own, other, user) in [
+        ("one", "only-in-one", "only-in-two", "alice"),
+        ("two", "only-in-two", "only-in-one", "token-user"),
+    ] {
+        let server = kubegate.url(&format!("/clusters/{name}"));
+        let pods = output(kubectl_at(home, &server, &["get", "pods", "-o", "name"])).await;
+        assert!(
+            pods.contains(own) && !pods.contains(other),
+            "{name}: {pods}"
+        );
+        let said = output(kubectl_at(
+            home,
+            &server,
+            &["exec", "box", "--", "echo", name],
+        ))
+        .await;
+        assert_eq!(said.trim(), name);
+        let echo = get(&format!("{server}/echo")).await.json();
+        assert_eq!(
+            echo["user"]["username"], user,
+            "{name} has its own identity"
+        );
+        assert_eq!(echo["path"], "/echo", "the prefix does not go upstream");
+    }
+    let ready = get(&format!(
+        "http://{}/readyz?verbose",
+        kubegate.admin.unwrap()
+    ))
+    .await;
+    let text = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, 200, "{text}");
+    assert!(
+        text.contains("[+]context:one ok\n[+]context:two ok\n"),
+        "{text}"
+    );
+    let unknown = get(&kubegate.url("/clusters/three/api")).await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.status_message().contains("GET /clusters"));
+    assert_eq!(get(&kubegate.url("/api")).await.status, 404);
+
+    // One apiserver gone: the other context serves on.
+    drop(second);
+    assert_eq!(get(&kubegate.url("/clusters/two/api")).await.status, 503);
+    assert_eq!(get(&kubegate.url("/clusters/one/api")).await.status, 200);
+
+    kubegate.shutdown().await;
+    let events = std::fs::read_to_string(&log).unwrap();
+    for name in ["one", "two"] {
+        let tagged = format!("\"kubegate.io/context\":\"{name}\"");
+        assert!(
+            events.contains(&tagged),
+            "{tagged} missing from the audit log"
+        );
+    }
 }

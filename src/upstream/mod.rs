@@ -2,6 +2,7 @@
 //! over a pooled connection (HTTP/2 when the server offers it, else pooled
 //! HTTP/1.1), with kubegate's own credentials.
 //!
+//! - [`clusters`]: one apiserver at `/`, or one per context (`--contexts`).
 //! - [`tls`]: the rustls client configuration.
 //! - [`connect`]: opening a connection, and what a failure means.
 //! - [`pool`]: HTTP/2 connections that respect the stream limit.
@@ -10,6 +11,7 @@
 //! - [`settings`]: the apiserver and identity, from a kubeconfig or a
 //!   service account.
 
+pub mod clusters;
 pub mod connect;
 pub mod credentials;
 pub mod forward_proxy;

@@ -195,6 +195,28 @@ pub async fn from_kubeconfig(
     })
 }
 
+/// The names of the contexts in the kubeconfig `paths`, merged as kubectl
+/// merges them, in file order (`--all-contexts`).
+///
+/// # Errors
+///
+/// A [`StartupError`] naming a file that cannot be read.
+pub fn context_names(paths: &[PathBuf]) -> Result<Vec<String>, StartupError> {
+    let mut names: Vec<String> = Vec::new();
+    for path in paths {
+        let file = Kubeconfig::read_from(path).map_err(|e| StartupError::Kubeconfig {
+            path: path.display().to_string(),
+            message: format!("{e}; pass --kubeconfig with a readable file"),
+        })?;
+        for context in file.contexts {
+            if !names.contains(&context.name) {
+                names.push(context.name);
+            }
+        }
+    }
+    Ok(names)
+}
+
 /// kubectl's global flags that override the chosen cluster and user of the
 /// kubeconfig, as client-go's `ConfigOverrides` do; with `--server` they
 /// also work with no kubeconfig at all.
