@@ -82,18 +82,37 @@ impl AccessToken {
     pub fn write(path: &Path, token: &str) -> Result<(), StartupError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
+        let fail = |message: String| StartupError::File {
+            what: "access token file",
+            path: path.display().to_string(),
+            message,
+        };
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(fail(
+                "is a symbolic link, which kubegate will not write through; give the path of a regular file".into(),
+            ));
+        }
+        // A new 0600 file beside the target, renamed over it: no reader ever
+        // sees a partial token, and an old file's looser mode is not kept.
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let fresh = path.with_file_name(format!(".{name}.{}.new", std::process::id()));
+        let written = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .open(path)
-            .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
-            .map_err(|e| StartupError::File {
-                what: "access token file",
-                path: path.display().to_string(),
-                message: format!("{}; give a writable path", io_reason(&e)),
+            .open(&fresh)
+            .and_then(|mut file| {
+                file.write_all(format!("{token}\n").as_bytes())?;
+                file.sync_all()
             })
+            .and_then(|()| std::fs::rename(&fresh, path));
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&fresh);
+            fail(format!("{}; give a writable path", io_reason(&e)))
+        })
     }
 
     /// A fresh random token: 32 bytes, base64url.

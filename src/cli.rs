@@ -222,6 +222,27 @@ pub struct Args {
     #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub warnings_as_errors: Option<String>,
 
+    /// kubectl's: accepted for scripts, no effect on a proxy (a warning);
+    /// kubegate passes the client's own `Accept-Encoding` through.
+    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub disable_compression: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect (a warning).
+    #[arg(long, global = true, hide = true)]
+    pub log_flush_frequency: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect (a warning).
+    #[arg(long, global = true, hide = true)]
+    pub profile: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect (a warning).
+    #[arg(long, global = true, hide = true)]
+    pub profile_output: Option<String>,
+
+    /// kubectl's: accepted for scripts, no effect (a warning).
+    #[arg(long, global = true, hide = true)]
+    pub vmodule: Option<String>,
+
     /// kubegate: rules in Kubernetes terms (verbs, resources, namespaces,
     /// non-resource URLs; Allow or Deny, first match wins, no match is
     /// refused), checked after the filters; re-read when it changes. See

@@ -255,6 +255,11 @@ fn overrides(args: &Args) -> Overrides {
         ("cache-dir", args.cache_dir.is_some()),
         ("match-server-version", args.match_server_version.is_some()),
         ("warnings-as-errors", args.warnings_as_errors.is_some()),
+        ("disable-compression", args.disable_compression.is_some()),
+        ("log-flush-frequency", args.log_flush_frequency.is_some()),
+        ("profile", args.profile.is_some()),
+        ("profile-output", args.profile_output.is_some()),
+        ("vmodule", args.vmodule.is_some()),
     ];
     for (flag, _) in ignored.iter().filter(|(_, given)| *given) {
         tracing::warn!("--{flag} has no effect on a proxy; ignored");

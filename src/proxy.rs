@@ -219,7 +219,10 @@ impl ProxyService {
             return Err(ProxyError::MethodNotAllowed("CONNECT"));
         }
         let (info, cluster) = match target {
-            Target::Www(dir, path) => return www::serve(dir, path, &head.method).await,
+            Target::Www(dir, path) => {
+                self.shared.filters.check_host(host)?;
+                return www::serve(dir, path, &head.method).await;
+            }
             _ if !self.authenticated(&head.headers) => return Err(ProxyError::Unauthorized),
             Target::NotFound => return Err(ProxyError::NotFound(uri.path().to_string())),
             Target::UnknownContext => {

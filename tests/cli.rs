@@ -561,6 +561,10 @@ async fn help_reads_like_kubectl_proxy() {
 async fn a_generated_access_token_is_printed_once_and_required() {
     let double = Double::start().await;
     let saved = double.path("saved-token");
+    // An old, readable file is replaced by a new private one.
+    std::fs::write(&saved, "old token\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut child = kubegate(
         double.dir.path(),
         &[
@@ -593,7 +597,6 @@ async fn a_generated_access_token_is_printed_once_and_required() {
         .unwrap()
         .to_string();
     assert_eq!(std::fs::read_to_string(&saved).unwrap().trim(), token);
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
         0o600
@@ -753,4 +756,29 @@ async fn the_version_names_the_commit_and_completions_are_printed() {
     assert!(run(&["completion", "bash"]).contains("_kubegate()"));
     assert!(run(&["completion", "zsh"]).contains("#compdef kubegate"));
     assert!(run(&["completion", "fish"]).contains("complete -c kubegate"));
+}
+
+#[tokio::test]
+async fn a_generated_token_is_never_written_through_a_symlink() {
+    let double = Double::start().await;
+    let target = double.path("elsewhere");
+    std::fs::write(&target, "precious\n").unwrap();
+    let link = double.path("token-link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let kubeconfig = double.kubeconfig.to_str().unwrap();
+    let args = [
+        "--kubeconfig",
+        kubeconfig,
+        "-p",
+        "0",
+        "--generate-access-token",
+    ];
+    let file = ["--access-token-file", link.to_str().unwrap()];
+    refuses_to_start(
+        double.dir.path(),
+        &[&args[..], &file].concat(),
+        &["symbolic link"],
+    )
+    .await;
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
 }

@@ -94,17 +94,17 @@ async fn forwarded_port(lines: &mut Lines<BufReader<ChildStdout>>) -> u16 {
 /// (which holds "line one") to a line appended now; the watch goes on.
 async fn watch_and_follow(
     double: &Double,
-    kubegate: &Kubegate,
+    server: &str,
     pod: &str,
 ) -> (tokio::process::Child, Lines<BufReader<ChildStdout>>) {
     let home = double.dir.path();
-    let (watching, mut watched) = stream(kubectl(
+    let (watching, mut watched) = stream(kubectl_at(
         home,
-        kubegate,
+        server,
         &["get", "pods", "--watch", "-o", "name"],
     ));
     line_containing(&mut watched, &format!("pod/{pod}")).await;
-    let (_following, mut log) = stream(kubectl(home, kubegate, &["logs", "-f", pod]));
+    let (_following, mut log) = stream(kubectl_at(home, server, &["logs", "-f", pod]));
     line_containing(&mut log, "line one").await;
     double.store().append_log("default", pod, "line two");
     line_containing(&mut log, "line two").await;
@@ -173,7 +173,7 @@ async fn kubectl_gets_watches_follows_applies_and_deletes() {
     let (_table_watch, mut table_lines) = stream(kubectl(home, &kubegate, &["get", "pods", "-w"]));
     let row = line_containing(&mut table_lines, "existing").await;
     assert!(row.contains("Running"), "{row}");
-    let (_watching, mut watched) = watch_and_follow(&double, &kubegate, "existing").await;
+    let (_watching, mut watched) = watch_and_follow(&double, &kubegate.url(""), "existing").await;
 
     let manifest = double.path("pod.yaml");
     std::fs::write(
@@ -521,7 +521,7 @@ async fn kubectl_reads_through_read_only_and_every_write_is_refused_with_the_rea
 
     let table = output(kubectl(home, &kubegate, &["get", "pods"])).await;
     assert!(table.contains("box"), "{table}");
-    let _watching = watch_and_follow(&double, &kubegate, "box").await;
+    let _watching = watch_and_follow(&double, &kubegate.url(""), "box").await;
 
     let manifest = double.path("pod.yaml");
     std::fs::write(
@@ -616,22 +616,22 @@ async fn the_root_lists_the_apiservers_paths() {
 
 /// kubectl's everyday commands through kubegate: list, watch and follow,
 /// exec, and a port-forward round trip.
-async fn everyday_commands(double: &Double, kubegate: &Kubegate, echo: &EchoServer) {
+async fn everyday_commands(double: &Double, server: &str, echo: &EchoServer) {
     let home = double.dir.path();
-    let listed = output(kubectl(home, kubegate, &["get", "pods", "-o", "name"])).await;
+    let listed = output(kubectl_at(home, server, &["get", "pods", "-o", "name"])).await;
     assert!(listed.contains("pod/box"), "{listed}");
     double.store().append_log("default", "box", "line one");
-    let _watch = watch_and_follow(double, kubegate, "box").await;
-    let said = output(kubectl(
+    let _watch = watch_and_follow(double, server, "box").await;
+    let said = output(kubectl_at(
         home,
-        kubegate,
+        server,
         &["exec", "box", "--", "echo", "hi there"],
     ))
     .await;
     assert_eq!(said.trim(), "hi there");
-    let (_child, mut lines) = stream(kubectl(
+    let (_child, mut lines) = stream(kubectl_at(
         home,
-        kubegate,
+        server,
         &["port-forward", "pod/box", &format!("0:{}", echo.port)],
     ));
     let local = forwarded_port(&mut lines).await;
@@ -689,7 +689,7 @@ async fn kubectl_works_through_http_and_socks_proxies_named_in_the_kubeconfig() 
             )],
         );
         let kubegate = Kubegate::try_start(&config, &[]).await.unwrap();
-        everyday_commands(&double, &kubegate, &echo).await;
+        everyday_commands(&double, &kubegate.url(""), &echo).await;
         let log = proxy.log();
         assert!(
             log.contains(&seen),
@@ -707,7 +707,7 @@ async fn kubectl_works_through_an_https_proxy_verified_with_the_clusters_ca() {
     let proxy_url = format!("proxy-url: https://localhost:{}", front.port);
     let config = double.kubeconfig_edited("https-proxy", None, &[&proxy_url]);
     let kubegate = Kubegate::try_start(&config, &[]).await.unwrap();
-    everyday_commands(&double, &kubegate, &echo).await;
+    everyday_commands(&double, &kubegate.url(""), &echo).await;
     let connect = format!("CONNECT 127.0.0.1:{}", double.server.address().port());
     assert!(proxy.log().contains(&connect), "{}", proxy.log());
 }
@@ -727,7 +727,7 @@ async fn the_environments_https_proxy_carries_kubectl_and_no_proxy_and_loopback_
     let flags = ["--kubeconfig", by_name.to_str().unwrap()];
     let env = Env::from_pairs([("https_proxy", proxy.as_str())]);
     let kubegate = Kubegate::try_start_in(&env, &flags).await.unwrap();
-    everyday_commands(&double, &kubegate, &echo).await;
+    everyday_commands(&double, &kubegate.url(""), &echo).await;
     let connect = format!("CONNECT {PROXIED_NAME}:{port}");
     assert!(squid.log().contains(&connect), "{}", squid.log());
     drop(kubegate);
@@ -835,9 +835,10 @@ async fn one_kubegate_serves_two_contexts_each_with_its_own_identity() {
     assert_eq!(listed["clusters"][0]["name"], "one");
     assert_eq!(listed["clusters"][1]["path"], "/clusters/two/");
     let home = first.dir.path();
-    for (name, own, other, user) in [
-        ("one", "only-in-one", "only-in-two", "alice"),
-        ("two", "only-in-two", "only-in-one", "token-user"),
+    let echo = EchoServer::start().await;
+    for (double, name, own, other, user) in [
+        (&first, "one", "only-in-one", "only-in-two", "alice"),
+        (&second, "two", "only-in-two", "only-in-one", "token-user"),
     ] {
         let server = kubegate.url(&format!("/clusters/{name}"));
         let pods = output(kubectl_at(home, &server, &["get", "pods", "-o", "name"])).await;
@@ -845,19 +846,14 @@ async fn one_kubegate_serves_two_contexts_each_with_its_own_identity() {
             pods.contains(own) && !pods.contains(other),
             "{name}: {pods}"
         );
-        let said = output(kubectl_at(
-            home,
-            &server,
-            &["exec", "box", "--", "echo", name],
-        ))
-        .await;
-        assert_eq!(said.trim(), name);
-        let echo = get(&format!("{server}/echo")).await.json();
+        // Watch, logs -f, exec and port-forward under the prefix.
+        everyday_commands(double, &server, &echo).await;
+        let seen = get(&format!("{server}/echo")).await.json();
         assert_eq!(
-            echo["user"]["username"], user,
+            seen["user"]["username"], user,
             "{name} has its own identity"
         );
-        assert_eq!(echo["path"], "/echo", "the prefix does not go upstream");
+        assert_eq!(seen["path"], "/echo", "the prefix does not go upstream");
     }
     let ready = get(&format!(
         "http://{}/readyz?verbose",

@@ -406,6 +406,16 @@ async fn static_files_are_served_under_the_www_prefix() {
         400
     );
     assert_eq!(get(&kubegate.url("/static/missing.js")).await.status, 404);
+    // A DNS-rebinding page (any other Host) cannot read the files either.
+    let rebound = call(
+        Method::GET,
+        &kubegate.url("/static/index.html"),
+        &[("host", "attacker.example")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(rebound.status, 403);
+    assert!(rebound.status_message().contains("--accept-hosts"));
     assert_eq!(
         get(&kubegate.url("/api")).await.json()["kind"],
         "APIVersions"

@@ -452,6 +452,11 @@ async fn server_token_and_certificate_authority_flags_need_no_kubeconfig() {
         "--cache-dir=/tmp/cache",
         "--match-server-version",
         "--warnings-as-errors",
+        "--disable-compression",
+        "--log-flush-frequency=5s",
+        "--profile=none",
+        "--profile-output=profile.pprof",
+        "--vmodule=",
     ])
     .await
     .expect("kubegate starts");

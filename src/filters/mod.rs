@@ -65,6 +65,20 @@ impl fmt::Display for Denial {
 }
 
 impl Filters {
+    /// `--accept-hosts` alone, for `--www` files: a DNS-rebinding page
+    /// could read them as well as the API.
+    ///
+    /// # Errors
+    ///
+    /// A [`Denial`] naming `--accept-hosts`.
+    pub fn check_host(&self, host: Option<&str>) -> Result<(), Denial> {
+        let host = host.map(host_without_port).unwrap_or("");
+        if self.disabled || self.accept_hosts.is_match(host) {
+            return Ok(());
+        }
+        Err(denial("accept-hosts", host, None))
+    }
+
     /// Decides whether a request may go upstream.
     ///
     /// `host` is the `Host` header (or HTTP/2 `:authority`). An upgrade
@@ -85,10 +99,7 @@ impl Filters {
         if self.disabled {
             return Ok(());
         }
-        let host = host.map(host_without_port).unwrap_or("");
-        if !self.accept_hosts.is_match(host) {
-            return Err(denial("accept-hosts", host, None));
-        }
+        self.check_host(host)?;
         let path = request.path().as_str();
         if let Some(pattern) = self.reject_paths.first_match(path) {
             return Err(denial("reject-paths", path, Some(pattern)));
