@@ -165,6 +165,15 @@ impl ProxyService {
         // The request is read from its own copy of the method and URI, so
         // that the head can move on while the reading is in use.
         let uri = std::mem::take(&mut head.uri);
+        if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            // The apiserver lower-cases the method to find the verb, so
+            // `delete` deletes: every stage here reads it as `DELETE`.
+            if let Ok(upper) =
+                Method::from_bytes(head.method.as_str().to_ascii_uppercase().as_bytes())
+            {
+                head.method = upper;
+            }
+        }
         let method = head.method.clone();
         let target = Target::read(
             &self.shared.routes,

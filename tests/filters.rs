@@ -206,3 +206,17 @@ async fn the_deno_client_healthcheck_works_with_no_flags() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["kind"], "APIVersions");
 }
+
+#[tokio::test]
+async fn reject_methods_reads_the_method_as_the_apiserver_does() {
+    let double = Double::start().await;
+    double.store().create("default", pod("kept")).unwrap();
+    let kubegate = Kubegate::start(&double, &["--reject-methods=^DELETE$"]).await;
+    let url = kubegate.url("/api/v1/namespaces/default/pods/kept");
+    // The apiserver lower-cases the method to find the verb.
+    let lower = http::Method::from_bytes(b"delete").unwrap();
+    let answer = call(lower, &url, &[], bytes::Bytes::new()).await;
+    assert_eq!(answer.status, 403, "{}", answer.status_message());
+    assert!(answer.status_message().contains("--reject-methods"));
+    assert_eq!(get(&url).await.status, 200, "the pod is still there");
+}
