@@ -132,14 +132,18 @@ fn denial(flag: &'static str, subject: &str, pattern: Option<&str>) -> Denial {
 /// (kubectl drops the brackets and then refuses IPv6 loopback,
 /// kubernetes/kubernetes#77496).
 pub fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
-    }
-    match host.split_once(':') {
-        Some((name, port)) if !port.contains(':') => name,
+    // Anything but `:DIGITS` after the name leaves the value whole, so
+    // that `localhost:80@evil` or `[::1]junk` match no host pattern.
+    let is_port = |rest: &str| {
+        rest.strip_prefix(':')
+            .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let name_end = match host.starts_with('[') {
+        true => host.find(']').map(|end| end + 1),
+        false => host.find(':'),
+    };
+    match name_end {
+        Some(end) if end == host.len() || is_port(&host[end..]) => &host[..end],
         _ => host,
     }
 }

@@ -232,3 +232,23 @@ proptest! {
         prop_assert!(check(&kubectl_defaults(), "POST", "localhost", &raw).is_err(), "{} was accepted", raw);
     }
 }
+
+#[test]
+fn a_host_is_read_strictly_name_then_an_optional_numeric_port() {
+    for (host, name) in [
+        ("localhost", "localhost"),
+        ("localhost:8001", "localhost"),
+        ("[::1]:8001", "[::1]"),
+        ("[::1]", "[::1]"),
+        // Junk after the name or the port keeps the whole value, which no
+        // host pattern of kubectl's defaults accepts.
+        ("localhost:8001x", "localhost:8001x"),
+        ("localhost:", "localhost:"),
+        ("localhost:80@evil.example", "localhost:80@evil.example"),
+        ("[::1]junk", "[::1]junk"),
+        ("[::1]:80:80", "[::1]:80:80"),
+        ("::1", "::1"),
+    ] {
+        assert_eq!(host_without_port(host), name, "{host}");
+    }
+}
