@@ -205,13 +205,12 @@ impl Config {
         if let Listen::Tcp(address) = &listen
             && !address.ip().is_loopback()
             && access_token.is_none()
-            && serve_tls.is_none()
             && !args.allow_unauthenticated_remote
         {
             return Err(StartupError::Flag {
                 flag: "address",
                 message: format!(
-                    "{} is reachable from other machines, and without TLS or an access token anyone who can reach it acts with kubegate's credentials; add --access-token-file (or --generate-access-token) and --tls-cert-file, or pass --allow-unauthenticated-remote if that is really meant",
+                    "{} is reachable from other machines, and without an access token anyone who can reach it acts with kubegate's credentials (TLS alone authenticates no client); add --access-token-file (or --generate-access-token) and --tls-cert-file, or pass --allow-unauthenticated-remote if that is really meant",
                     address.ip()
                 ),
             });

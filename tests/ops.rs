@@ -370,27 +370,32 @@ async fn kubegate_serves_https_with_its_certificate_files() {
 }
 
 #[tokio::test]
-async fn tls_makes_a_network_address_acceptable() {
+async fn a_network_address_needs_the_access_token_not_only_tls() {
     let double = Double::start().await;
     let (cert, key) = double
         .pki
         .server()
         .write(double.dir.path(), "serving")
         .unwrap();
-    // Refused without TLS (see above); with it, only binding can fail.
-    let error = Kubegate::try_start(
-        &double.kubeconfig,
-        &[
-            "--address=192.0.2.10",
-            "--tls-cert-file",
-            cert.to_str().unwrap(),
-            "--tls-private-key-file",
-            key.to_str().unwrap(),
-        ],
-    )
-    .await
-    .err()
-    .unwrap();
+    let tls = [
+        "--address=192.0.2.10",
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-private-key-file",
+        key.to_str().unwrap(),
+    ];
+    // TLS without client authentication authenticates nobody.
+    let error = Kubegate::try_start(&double.kubeconfig, &tls)
+        .await
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("TLS alone"), "{error}");
+    // With the token as well, only binding can fail.
+    let with_token = [&tls[..], &["--generate-access-token"]].concat();
+    let error = Kubegate::try_start(&double.kubeconfig, &with_token)
+        .await
+        .err()
+        .unwrap();
     assert!(
         error.to_string().contains("cannot listen on 192.0.2.10"),
         "{error}"
