@@ -268,6 +268,10 @@ impl ProxyService {
             audit_id: record.and_then(Record::header),
         };
         if info.upgrade() {
+            if carries_body(&head.headers) {
+                // The relay sends none, and the apiserver would wait for it.
+                return Err(ProxyError::UpgradeWithBody);
+            }
             let record = record.cloned();
             return self
                 .shared
@@ -421,6 +425,15 @@ async fn forward(
         .await?;
     forward::response_headers(response.headers_mut());
     Ok(response)
+}
+
+/// Whether a request announces a body (`Content-Length` above 0, or any
+/// `Transfer-Encoding`).
+fn carries_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
 }
 
 /// The `Host` header, or the HTTP/2 `:authority`.

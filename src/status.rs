@@ -38,6 +38,11 @@ pub enum ProxyError {
         "the path {0} names no context this kubegate serves; GET /clusters lists them, and each is served under /clusters/<context>/"
     )]
     UnknownContext(String),
+    /// An exec, attach or port-forward upgrade that announces a body.
+    #[error(
+        "an exec, attach or port-forward upgrade carries no request body; send it without Content-Length or Transfer-Encoding"
+    )]
+    UpgradeWithBody,
     /// A method kubegate does not relay to the API.
     #[error(
         "kubegate does not relay {0} requests to the API; exec, attach and port-forward use GET or POST with an upgrade"
@@ -143,7 +148,7 @@ impl ProxyError {
         use ProxyError as E;
         use StatusCode as S;
         match self {
-            E::BadPath(_) | E::NotUpgradable => (S::BAD_REQUEST, "BadRequest"),
+            E::BadPath(_) | E::NotUpgradable | E::UpgradeWithBody => (S::BAD_REQUEST, "BadRequest"),
             E::Denied(_) | E::Forbidden(_) => (S::FORBIDDEN, "Forbidden"),
             E::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
             E::NotFound(_) | E::UnknownContext(_) => (S::NOT_FOUND, "NotFound"),
@@ -168,6 +173,7 @@ impl ProxyError {
                 | ProxyError::BadPath(_)
                 | ProxyError::NotUpgradable
                 | ProxyError::MethodNotAllowed(_)
+                | ProxyError::UpgradeWithBody
         )
     }
 

@@ -34,6 +34,10 @@ use crate::request::query_pairs;
 use crate::status::ProxyError;
 use crate::upstream::connect::classify;
 
+/// How long the apiserver may take to answer an upgrade (it dials the
+/// kubelet first).
+const HANDSHAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Splice buffer per direction: large, so a bulk transfer moves in few
 /// system calls.
 const SPLICE_BUFFER: usize = 64 * 1024;
@@ -138,9 +142,18 @@ impl Relays {
             head,
             Either::<Empty<bytes::Bytes>, Incoming>::Left(Empty::new()),
         );
-        let mut response = sender
-            .send_request(upstream_request)
+        // The kubelet answers within seconds; a server that never does
+        // must not hold the connection and the client forever.
+        let answered = tokio::time::timeout(HANDSHAKE_LIMIT, sender.send_request(upstream_request));
+        let mut response = answered
             .await
+            .map_err(|_| ProxyError::Upstream {
+                server: upstream.authority().to_string(),
+                reason: format!(
+                    "no answer to the upgrade within {}s",
+                    HANDSHAKE_LIMIT.as_secs()
+                ),
+            })?
             .map_err(|e| classify(&absolute, &e))?;
         upstream.answered();
 

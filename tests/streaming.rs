@@ -388,3 +388,24 @@ async fn an_apiserver_that_drops_mid_session_closes_the_client() {
     .await;
     eventually("relay closed in kubegate", || kubegate.open_relays() == 0).await;
 }
+
+#[tokio::test]
+async fn an_upgrade_with_a_body_is_refused_not_left_waiting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (double, kubegate) = double_with_box().await;
+    let mut client = TcpStream::connect(kubegate.address).await.unwrap();
+    client
+        .write_all(
+            b"POST /api/v1/namespaces/default/pods/box/exec?command=cat&stdin=true HTTP/1.1\r\n\
+              Host: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+              X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let read = within("the answer", client.read(&mut head)).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..read]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(head.contains("carries no request body"), "{head}");
+    nothing_left_open(&double, &kubegate).await;
+}
