@@ -109,11 +109,29 @@ fn bind_unix(path: &Path) -> Result<Listener, StartupError> {
         }
         std::fs::remove_file(path).map_err(|e| listen_error(&shown, &e))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| listen_error(&shown, &e))?;
-    let file = UnixSocketFile(path.to_path_buf());
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| listen_error(&shown, &e))?;
-    Ok(Listener::Unix(listener, file))
+    // Bound in a private directory, made 0600 there, then renamed into
+    // place: no other user can connect in between.
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let private = path.with_file_name(format!(".{name}.{}.d", std::process::id()));
+    let bound = bind_privately(&private, path);
+    let _ = std::fs::remove_dir(&private);
+    let listener = bound.map_err(|e| listen_error(&shown, &e))?;
+    Ok(Listener::Unix(listener, UnixSocketFile(path.to_path_buf())))
+}
+
+/// Binds a socket in the new 0700 directory `private`, makes it 0600 and
+/// renames it to `path`.
+fn bind_privately(private: &Path, path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(private)?;
+    let staged = private.join("socket");
+    let listener = UnixListener::bind(&staged)?;
+    let placed = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staged, path));
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    placed.map(|()| listener)
 }
 
 fn listen_error(address: &str, error: &std::io::Error) -> StartupError {

@@ -441,6 +441,14 @@ async fn the_unix_socket_is_private_serves_and_is_removed_on_exit() {
     assert_eq!(running.served_on, socket.display().to_string());
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    // It was bound in a private directory and renamed into place; the
+    // directory is gone.
+    let staging: Vec<_> = std::fs::read_dir(socket.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".d"))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
     let output = tokio::process::Command::new("curl")
         .args([
             "-sS",
