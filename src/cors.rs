@@ -59,6 +59,34 @@ impl OriginPolicy {
     }
 }
 
+/// The Fetch Metadata resource-isolation policy for requests without an
+/// `Origin`: a browser marks an `<img>`, a `no-cors` fetch or a link from
+/// another site `Sec-Fetch-Site: cross-site` (or `same-site`) and sends no
+/// `Origin`, so the origin check never sees it. Such a request is refused;
+/// `none` (typed by the user) and `same-origin` pass, as do clients that
+/// send no Fetch Metadata at all.
+///
+/// # Errors
+///
+/// A [`Denial`] naming `--accept-origins`.
+pub fn check_fetch_site(headers: &HeaderMap) -> Result<(), Denial> {
+    let site = headers
+        .get("sec-fetch-site")
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    if site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site") {
+        return Err(Denial {
+            flag: "accept-origins",
+            subject: format!(
+                "a {} request without Origin (an <img>, a no-cors fetch or a link from another site)",
+                String::from_utf8_lossy(site)
+            ),
+            pattern: None,
+        });
+    }
+    Ok(())
+}
+
 /// Whether this is a CORS preflight (answered by kubegate, never forwarded).
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
     method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)

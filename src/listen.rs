@@ -111,7 +111,10 @@ fn bind_unix(path: &Path) -> Result<Listener, StartupError> {
     }
     // Bound in a private directory, made 0600 there, then renamed into
     // place: no other user can connect in between.
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let private = path.with_file_name(format!(".{name}.{}.d", std::process::id()));
     let bound = bind_privately(&private, path);
     let _ = std::fs::remove_dir(&private);

@@ -293,6 +293,7 @@ impl ProxyService {
             return Err(ProxyError::AuditUnavailable);
         }
         let Some(origin) = head.headers.get(header::ORIGIN) else {
+            cors::check_fetch_site(&head.headers)?;
             return Ok(None);
         };
         self.shared

@@ -128,10 +128,26 @@ async fn a_page_on_another_origin_is_refused_and_the_apiserver_hears_nothing() {
     let site = Site::serve(Path::new(EXAMPLE)).await;
     let stats = &double.server.state().stats;
     let before = stats.requests.load(Ordering::Acquire);
-    let (status, results) = browse(None, &page(&site, &kubegate, None), &[LIST, EXEC]).await;
+    // Requests a browser sends without an Origin: a no-cors fetch and an
+    // <img> (blind, but a followed log would hold a stream open).
+    let base = "new URLSearchParams(location.search).get('kubegate')";
+    let no_cors = format!(
+        "fetch({base} + '/api/v1/namespaces/default/pods', {{mode: 'no-cors'}}).then(r => r.type)"
+    );
+    let image = format!(
+        "new Promise(done => Object.assign(new Image(), {{onload: () => done('loaded'), onerror: () => done('failed'), src: {base} + '/api/v1/namespaces/default/pods/box/log?follow=true'}}))"
+    );
+    let (status, results) = browse(
+        None,
+        &page(&site, &kubegate, None),
+        &[LIST, EXEC, &no_cors, &image],
+    )
+    .await;
     assert_eq!(status, 200, "the attacker's page itself loads");
     assert!(error(&results[0]).contains("Failed to fetch"));
     assert!(error(&results[1]).contains("refused"));
+    assert_eq!(value(&results[2]), "opaque");
+    assert_eq!(value(&results[3]), "failed");
     assert_eq!(
         stats.requests.load(Ordering::Acquire),
         before,
