@@ -305,6 +305,19 @@ async fn an_exec_plugin_supplies_the_token_and_runs_again_after_a_401() {
         "rotated-user"
     );
     assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 2);
+
+    // The plugin's token is refused too: a burst of 401s does not storm it.
+    double.server.state().revoke_token("token-2");
+    let url = kubegate.url("/echo");
+    let burst = (0..30).map(|_| get(&url));
+    for answer in within("burst", futures_util::future::join_all(burst)).await {
+        assert_eq!(answer.status, 401);
+    }
+    let runs = std::fs::read_to_string(&runs).unwrap().lines().count();
+    assert!(
+        runs <= 3,
+        "the plugin ran {runs} times for 30 refused requests"
+    );
 }
 
 #[tokio::test]

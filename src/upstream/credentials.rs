@@ -30,8 +30,10 @@ pub struct Credentials {
     pub refreshes: Arc<Refreshes>,
     /// Where a fresh credential comes from, for a reload after a 401.
     reload: Reload,
-    /// One reload at a time; a 401 burst runs the plugin once.
-    reloading: tokio::sync::Mutex<()>,
+    /// One reload at a time, and when the last one ran: a 401 burst runs
+    /// the plugin once, and a token the apiserver keeps refusing does not
+    /// run it more than once per [`RELOAD_SPACING`].
+    reloading: tokio::sync::Mutex<Option<std::time::Instant>>,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -50,6 +52,9 @@ impl Refreshes {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// The least time between two reloads after 401s.
+const RELOAD_SPACING: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a reload after a 401 does.
 enum Reload {
@@ -129,7 +134,7 @@ impl Credentials {
                 header,
                 refreshes,
                 reload,
-                reloading: tokio::sync::Mutex::new(()),
+                reloading: tokio::sync::Mutex::new(None),
                 refresher,
             },
             identity,
@@ -146,11 +151,17 @@ impl Credentials {
     /// 401 for the same reason). Runs only on this rare path, never per
     /// request; concurrent callers share one reload.
     pub async fn rejected(&self, sent: Option<&HeaderValue>) {
-        let _one_at_a_time = self.reloading.lock().await;
+        let mut last = self.reloading.lock().await;
         if self.header().as_ref() != sent {
             // Another request reloaded while this one waited.
             return;
         }
+        if last.is_some_and(|at| at.elapsed() < RELOAD_SPACING) {
+            // The fresh credential is refused too; running the plugin again
+            // at once would only storm it.
+            return;
+        }
+        *last = Some(std::time::Instant::now());
         let fresh = match &self.reload {
             Reload::Nothing => return,
             Reload::TokenFile(path) => read_token_file(path),
