@@ -88,6 +88,12 @@ async fn run(
     env: &Env,
     banner: impl FnOnce(&Listener) -> Option<String>,
 ) -> Result<(), StartupError> {
+    // As Go does at start: the soft descriptor limit up to the hard one, so
+    // that many watches and idle clients do not run kubegate out of sockets.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
     let mut config = Config::load(args, env).await?;
     let listen = config.listen.clone();
     if let Some(token) = config.generated_access_token.take() {

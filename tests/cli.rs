@@ -790,3 +790,34 @@ async fn a_generated_token_is_never_written_through_a_symlink() {
     .await;
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
 }
+
+#[tokio::test]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let double = Double::start().await;
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4).map(str::to_string))
+        .unwrap();
+    // Started with a low soft limit, as a shell's `ulimit -Sn 256` leaves it.
+    let script = format!(
+        "ulimit -Sn 256 && exec {KUBEGATE} --kubeconfig {} -p 0",
+        double.kubeconfig.display()
+    );
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let running = run(command).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", running.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let soft = line.split_whitespace().nth(3).unwrap();
+    assert_eq!(soft, hard, "{line}");
+}
