@@ -627,13 +627,9 @@ impl ForwardProxy {
             .unwrap_or_else(|e| {
                 panic!("{program} does not run ({e}); {install} (scripts/test does)")
             });
-        within(program, async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        // Ready when its port answers.
+        eventually(program, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })
         .await;
         ForwardProxy {
