@@ -24,8 +24,9 @@
 //! 11. [`cors`]: browser origins and CORS.
 //! 12. [`access`]: the local access token.
 //! 13. [`certs`]: certificate and key files, reloaded when they change.
-//! 14. [`upstream`]: the apiserver: settings from a kubeconfig, TLS,
-//!     credentials, pooled HTTP/2.
+//! 14. [`upstream`]: the apiservers: settings from a kubeconfig, TLS,
+//!     credentials, forward proxies, pooled HTTP/2, one cluster or one per
+//!     context.
 //! 15. [`forward`]: header rewriting on the way to and from the apiserver.
 //! 16. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
 //! 17. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
