@@ -238,7 +238,11 @@ impl ProxyService {
                 return Err(ProxyError::UnknownContext(uri.path().to_string()));
             }
             Target::Unreadable(error) => return Err(error.into()),
-            Target::ClusterList => return Ok(cluster_list(&self.shared.clusters)),
+            Target::ClusterList => {
+                // The list names the apiservers: no DNS-rebinding page reads it.
+                self.shared.filters.check_host(host)?;
+                return Ok(cluster_list(&self.shared.clusters));
+            }
             Target::Api(info, cluster) => (info, cluster),
         };
         self.shared

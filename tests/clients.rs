@@ -834,6 +834,14 @@ async fn one_kubegate_serves_two_contexts_each_with_its_own_identity() {
     let listed = get(&kubegate.url("/clusters")).await.json();
     assert_eq!(listed["clusters"][0]["name"], "one");
     assert_eq!(listed["clusters"][1]["path"], "/clusters/two/");
+    let rebound = call(
+        http::Method::GET,
+        &kubegate.url("/clusters"),
+        &[("host", "attacker.example")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(rebound.status, 403, "the filters guard the list too");
     let home = first.dir.path();
     let echo = EchoServer::start().await;
     for (double, name, own, other, user) in [
