@@ -476,14 +476,19 @@ async fn an_unwritable_log_refuses_requests_or_continues_as_the_flag_says() {
     assert!(error.to_string().contains("/dev/null/audit.log"), "{error}");
 }
 
-/// A TLS collector for the webhook backend, counting the events it gets.
+/// A TLS collector for the webhook backend, counting the events it gets;
+/// with a `limit`, it answers 413 to a larger batch, as collectors do.
 struct Collector {
     events: Arc<std::sync::Mutex<Vec<Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Collector {
-    async fn start(pki: &kubegate_double::Pki, listener: tokio::net::TcpListener) -> Collector {
+    async fn start(
+        pki: &kubegate_double::Pki,
+        listener: tokio::net::TcpListener,
+        limit: Option<usize>,
+    ) -> Collector {
         use hyper::service::service_fn;
         use rustls::pki_types::pem::PemObject;
         let server = pki.server();
@@ -517,14 +522,18 @@ impl Collector {
                             .await
                             .unwrap()
                             .to_bytes();
+                        if limit.is_some_and(|limit| body.len() > limit) {
+                            let mut refused =
+                                http::Response::new(http_body_util::Full::new(Bytes::new()));
+                            *refused.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
+                            return Ok::<_, std::convert::Infallible>(refused);
+                        }
                         let list: Value = serde_json::from_slice(&body).unwrap();
                         assert_eq!(list["kind"], "EventList");
                         seen.lock()
                             .unwrap()
                             .extend(list["items"].as_array().unwrap().iter().cloned());
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(Bytes::new()),
-                        ))
+                        Ok(http::Response::new(http_body_util::Full::new(Bytes::new())))
                     }
                 });
                 tokio::spawn(
@@ -588,7 +597,7 @@ async fn the_webhook_gets_every_event_in_batches_even_after_being_down() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("the collector's port is free again");
-    let collector = Collector::start(&double.pki, listener).await;
+    let collector = Collector::start(&double.pki, listener, None).await;
     eventually("every event delivered", || collector.count() >= 40).await;
     for _ in 0..10 {
         get(&kubegate.url("/api")).await;
@@ -602,4 +611,49 @@ async fn the_webhook_gets_every_event_in_batches_even_after_being_down() {
         .map(|e| (e["auditID"].as_str().unwrap(), e["stage"].as_str().unwrap()))
         .collect();
     assert_eq!(ids.len(), 60);
+}
+
+#[tokio::test]
+async fn one_huge_event_does_not_hold_up_the_webhook() {
+    let double = Double::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = webhook_config(&double, listener.local_addr().unwrap().port());
+    let collector = Collector::start(&double.pki, listener, Some(64 * 1024)).await;
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--audit-webhook-config-file",
+            config.to_str().unwrap(),
+            "--audit-webhook-batch-max-wait",
+            "50ms",
+            "--audit-webhook-batch-max-size",
+            "7",
+            "--audit-webhook-initial-backoff",
+            "50ms",
+            "--reject-paths=^/api/v1/namespaces/default/secrets",
+        ],
+    )
+    .await;
+    // Refused here, but audited, with events larger than the collector
+    // takes (413).
+    let huge = "x".repeat(200 * 1024);
+    let answer = call(
+        Method::GET,
+        &kubegate.url("/api/v1/namespaces/default/secrets"),
+        &[("user-agent", huge.as_str())],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(answer.status, 403);
+    for _ in 0..10 {
+        assert_eq!(get(&kubegate.url("/api")).await.status, 200);
+    }
+    eventually("the other events delivered", || collector.count() >= 20).await;
+    kubegate.shutdown().await;
+    let events = collector.events.lock().unwrap();
+    assert_eq!(
+        events.len(),
+        20,
+        "every ordinary event, once; the huge ones dropped"
+    );
 }

@@ -1,9 +1,12 @@
 //! The webhook backend: events posted in batches as an `audit.k8s.io/v1`
 //! `EventList` to a collector (Falco's k8saudit plugin, a SIEM), configured
 //! by a kubeconfig-format file as kube-apiserver's
-//! `--audit-webhook-config-file` is. Batches are retried with backoff until
-//! the collector takes them; the buffer is bounded, and what overflows it is
-//! counted and logged (the log backend, when on, still gets every event).
+//! `--audit-webhook-config-file` is. Batches are retried with backoff while
+//! the collector is down or busy (at most [`ATTEMPTS`] times); a batch it
+//! refuses (a 4xx other than 429, such as 413 for one huge event) is sent
+//! again event by event, so one bad event never blocks the rest, and an
+//! event refused alone is dropped. The buffer is bounded; what is dropped
+//! is counted and logged (the log backend, when on, still gets every event).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,11 +66,12 @@ impl WebhookBackend {
             max_wait: settings.batch_max_wait,
             initial_backoff: settings.initial_backoff,
         };
-        let task = tokio::spawn(deliver(collector, batching, receiver));
+        let overflowed = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(deliver(collector, batching, receiver, overflowed.clone()));
         Ok(WebhookBackend {
             sender: ArcSwapOption::from_pointee(sender),
             task: std::sync::Mutex::new(Some(task)),
-            overflowed: Arc::new(AtomicU64::new(0)),
+            overflowed,
         })
     }
 
@@ -113,7 +117,16 @@ struct Batching {
     initial_backoff: Duration,
 }
 
-async fn deliver(collector: Collector, settings: Batching, mut events: mpsc::Receiver<Vec<u8>>) {
+/// Attempts per batch before it is dropped: with the backoff doubling up to
+/// a minute, about ten minutes of a collector that is down.
+const ATTEMPTS: u32 = 14;
+
+async fn deliver(
+    collector: Collector,
+    settings: Batching,
+    mut events: mpsc::Receiver<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
+) {
     loop {
         let Some(first) = events.recv().await else {
             return;
@@ -130,13 +143,67 @@ async fn deliver(collector: Collector, settings: Batching, mut events: mpsc::Rec
                 () = &mut deadline => break,
             }
         }
-        let body = event_list(&batch);
-        let mut backoff = settings.initial_backoff;
-        while let Err(error) = post(&collector, body.clone()).await {
-            tracing::warn!(%error, events = batch.len(), retry_in = ?backoff, "audit webhook: the collector did not take a batch");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(60));
+        let refused = match send(&collector, &settings, &batch).await {
+            Err(Failure::Refused(_)) if batch.len() > 1 => {
+                // One event may be what the collector refuses: alone, the
+                // others go through.
+                let mut refused = 0;
+                for event in &batch {
+                    if send(&collector, &settings, std::slice::from_ref(event))
+                        .await
+                        .is_err()
+                    {
+                        refused += 1;
+                    }
+                }
+                refused
+            }
+            Err(_) => batch.len(),
+            Ok(()) => 0,
+        };
+        if refused > 0 {
+            dropped.fetch_add(refused as u64, Ordering::Relaxed);
+            tracing::error!(
+                events = refused,
+                "audit webhook: events dropped after the collector refused them or stayed down"
+            );
         }
+    }
+}
+
+/// Why a batch did not reach the collector.
+enum Failure {
+    /// The collector said no to this batch (a 4xx other than 429): sending
+    /// it again would get the same answer.
+    Refused(http::StatusCode),
+    /// Down, busy or broken: worth another try.
+    Retry(String),
+}
+
+/// Posts `lines` until the collector takes them, refuses them, or
+/// [`ATTEMPTS`] tries have failed.
+async fn send(
+    collector: &Collector,
+    settings: &Batching,
+    lines: &[Vec<u8>],
+) -> Result<(), Failure> {
+    let body = event_list(lines);
+    let mut backoff = settings.initial_backoff;
+    let mut attempt = 1;
+    loop {
+        let error = match post(collector, body.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(Failure::Refused(status)) => {
+                tracing::warn!(%status, events = lines.len(), "audit webhook: the collector refused a batch");
+                return Err(Failure::Refused(status));
+            }
+            Err(Failure::Retry(error)) if attempt >= ATTEMPTS => return Err(Failure::Retry(error)),
+            Err(Failure::Retry(error)) => error,
+        };
+        tracing::warn!(%error, events = lines.len(), retry_in = ?backoff, "audit webhook: the collector did not take a batch");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+        attempt += 1;
     }
 }
 
@@ -154,31 +221,34 @@ fn event_list(lines: &[Vec<u8>]) -> Bytes {
     Bytes::from(body)
 }
 
-async fn post(collector: &Collector, body: Bytes) -> Result<(), String> {
+async fn post(collector: &Collector, body: Bytes) -> Result<(), Failure> {
     let path = collector.path.parse();
     let uri = collector
         .upstream
-        .uri_for(path.map_err(|e| format!("bad webhook path: {e}"))?)
-        .map_err(|e| e.to_string())?;
+        .uri_for(path.map_err(|e| Failure::Retry(format!("bad webhook path: {e}")))?)
+        .map_err(|e| Failure::Retry(e.to_string()))?;
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(uri)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Either::Right(Either::Left(Full::new(body))))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Retry(e.to_string()))?;
     collector.upstream.authorize(request.headers_mut());
     let response = collector
         .upstream
         .send(request)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Retry(e.to_string()))?;
     let status = response.status();
     // Read the answer to the end so the connection can be reused.
     let _ = response.into_body().collect().await;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("the collector answered {status}"))
+    match status {
+        _ if status.is_success() => Ok(()),
+        http::StatusCode::TOO_MANY_REQUESTS => {
+            Err(Failure::Retry(format!("the collector answered {status}")))
+        }
+        _ if status.is_client_error() => Err(Failure::Refused(status)),
+        _ => Err(Failure::Retry(format!("the collector answered {status}"))),
     }
 }
 
