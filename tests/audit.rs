@@ -569,6 +569,22 @@ fn webhook_config(double: &Double, port: u16) -> PathBuf {
     path
 }
 
+/// kubegate sending to the webhook in `config` in small, quick batches.
+async fn with_webhook(double: &Double, config: &Path, extra: &[&str]) -> Kubegate {
+    let mut flags = vec![
+        "--audit-webhook-config-file",
+        config.to_str().unwrap(),
+        "--audit-webhook-batch-max-wait",
+        "50ms",
+        "--audit-webhook-batch-max-size",
+        "7",
+        "--audit-webhook-initial-backoff",
+        "50ms",
+    ];
+    flags.extend_from_slice(extra);
+    Kubegate::start(double, &flags).await
+}
+
 #[tokio::test]
 async fn the_webhook_gets_every_event_in_batches_even_after_being_down() {
     let double = Double::start().await;
@@ -577,20 +593,7 @@ async fn the_webhook_gets_every_event_in_batches_even_after_being_down() {
     let config = webhook_config(&double, port);
     // The collector is down at first: its port accepts nothing.
     drop(listener);
-    let kubegate = Kubegate::start(
-        &double,
-        &[
-            "--audit-webhook-config-file",
-            config.to_str().unwrap(),
-            "--audit-webhook-batch-max-wait",
-            "50ms",
-            "--audit-webhook-batch-max-size",
-            "7",
-            "--audit-webhook-initial-backoff",
-            "50ms",
-        ],
-    )
-    .await;
+    let kubegate = with_webhook(&double, &config, &[]).await;
     for _ in 0..20 {
         assert_eq!(get(&kubegate.url("/api")).await.status, 200);
     }
@@ -619,21 +622,8 @@ async fn one_huge_event_does_not_hold_up_the_webhook() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = webhook_config(&double, listener.local_addr().unwrap().port());
     let collector = Collector::start(&double.pki, listener, Some(64 * 1024)).await;
-    let kubegate = Kubegate::start(
-        &double,
-        &[
-            "--audit-webhook-config-file",
-            config.to_str().unwrap(),
-            "--audit-webhook-batch-max-wait",
-            "50ms",
-            "--audit-webhook-batch-max-size",
-            "7",
-            "--audit-webhook-initial-backoff",
-            "50ms",
-            "--reject-paths=^/api/v1/namespaces/default/secrets",
-        ],
-    )
-    .await;
+    let reject = "--reject-paths=^/api/v1/namespaces/default/secrets";
+    let kubegate = with_webhook(&double, &config, &[reject]).await;
     // Refused here, but audited, with events larger than the collector
     // takes (413).
     let huge = "x".repeat(200 * 1024);
