@@ -251,7 +251,8 @@ fn stream_kind(uri: &http::Uri) -> StreamKind {
     }
 }
 
-/// Counts the bytes read from one side of a splice: what it sent.
+/// Counts the bytes read from one side of a splice (what it sent), and
+/// reads its failure as its end.
 struct Counted<T> {
     io: T,
     read: Arc<AtomicU64>,
@@ -273,7 +274,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         self.read
             .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
-        polled
+        match polled {
+            // A side that fails (a reset, a TLS stream cut without
+            // close_notify) has ended: read as end-of-stream, so that the
+            // splice still delivers what it had read and then closes the
+            // other side, where an error would drop that data.
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(%error, "relayed stream ended with an error");
+                Poll::Ready(Ok(()))
+            }
+            polled => polled,
+        }
     }
 }
 
@@ -327,5 +338,69 @@ fn annotate_session(record: &Record, answer: &HeaderMap, query: &str) {
             "kubegate.io/command",
             serde_json::to_string(&command).unwrap_or_default(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A stream that sends `data` and then fails, as a TLS stream cut
+    /// without close_notify does.
+    struct SendsThenFails(Option<&'static [u8]>);
+
+    impl AsyncRead for SendsThenFails {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(match self.0.take() {
+                Some(data) => {
+                    buf.put_slice(data);
+                    Ok(())
+                }
+                None => Err(std::io::ErrorKind::ConnectionReset.into()),
+            })
+        }
+    }
+
+    impl AsyncWrite for SendsThenFails {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_failing_side_sent_before_failing_is_delivered() {
+        let (client, mut far_end) = tokio::io::duplex(1024);
+        let counted = Arc::new(AtomicU64::new(0));
+        let mut server = Counted::new(SendsThenFails(Some(b"last words")), counted.clone());
+        let mut client = Counted::new(client, Arc::default());
+        let splice =
+            tokio::spawn(
+                async move { tokio::io::copy_bidirectional(&mut client, &mut server).await },
+            );
+        let mut received = vec![0u8; 10];
+        far_end.read_exact(&mut received).await.unwrap();
+        assert_eq!(received, b"last words");
+        // Then end-of-stream, and the splice ends once the client does.
+        assert_eq!(far_end.read(&mut [0u8; 1]).await.unwrap(), 0);
+        far_end.shutdown().await.unwrap();
+        splice.await.unwrap().unwrap();
+        assert_eq!(counted.load(Ordering::Relaxed), 10);
     }
 }
