@@ -183,12 +183,14 @@ impl ProxyService {
             is_upgrade(&head.headers),
         );
         let record = match &self.shared.audit {
-            Some(audit) => {
+            // A request refused because the log cannot be written has no
+            // record to queue behind the ones waiting for the disk.
+            Some(audit) if !audit.refusing() => {
                 audit
                     .begin(&head, &uri, target.info(), &self.origin.peer)
                     .await
             }
-            None => None,
+            _ => None,
         };
         if let (Some(record), Target::Api(_, cluster)) = (&record, &target)
             && !cluster.name.is_empty()

@@ -4,15 +4,19 @@
 //! and then returns.
 
 use std::future::Future;
+
+use hyper::rt::Executor;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::client::{ClientOrigin, Peer};
 use crate::listen::{Accepted, Listener};
@@ -34,6 +38,35 @@ pub struct Connections {
 /// How long a client has to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long closed connections get to finish their last writes (their
+/// requests' audit events) after the grace period.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Every task serving clients (connections and their HTTP/2 streams),
+/// tracked so that shutdown can close the ones the grace period did not
+/// see end, and wait until they are gone.
+#[derive(Clone)]
+struct Tasks {
+    tracker: TaskTracker,
+    closing: CancellationToken,
+}
+
+impl<F> hyper::rt::Executor<F> for Tasks
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let closing = self.closing.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = future => {}
+                () = closing.cancelled() => {}
+            }
+        });
+    }
+}
+
 /// Accepts and serves connections until `shutdown` resolves, then drains
 /// them for up to `grace`.
 pub async fn serve(
@@ -43,7 +76,11 @@ pub async fn serve(
     grace: Duration,
     connections: Connections,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let tasks = Tasks {
+        tracker: TaskTracker::new(),
+        closing: CancellationToken::new(),
+    };
+    let mut builder = auto::Builder::new(tasks.clone());
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -68,8 +105,8 @@ pub async fn serve(
                     let tls = connections.tls.is_some();
                     let service = ProxyService::new(shared.clone(), tcp_origin(peer, tls));
                     match &connections.tls {
-                        Some(acceptor) => spawn_tls_connection(&builder, &graceful, acceptor.clone(), stream, service),
-                        None => spawn_connection(&builder, &graceful, stream, service),
+                        Some(acceptor) => spawn_tls_connection(&builder, &graceful, &tasks, acceptor.clone(), stream, service),
+                        None => spawn_connection(&builder, &graceful, &tasks, stream, service),
                     }
                 }
                 Ok(Accepted::Unix(stream)) => {
@@ -79,7 +116,7 @@ pub async fn serve(
                     };
                     let peer = Peer { ip: None, description };
                     let origin = ClientOrigin { forwarded_for: None, proto: HeaderValue::from_static("http"), peer };
-                    spawn_connection(&builder, &graceful, stream, ProxyService::new(shared.clone(), origin));
+                    spawn_connection(&builder, &graceful, &tasks, stream, ProxyService::new(shared.clone(), origin));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed; pausing");
@@ -92,6 +129,9 @@ pub async fn serve(
     // /readyz fails first, then kubegate stops accepting (and removes a unix
     // socket file) and drains.
     shared.metrics.shutting_down();
+    if let Some(audit) = &shared.audit {
+        audit.shutting_down();
+    }
     drop(listener);
     let open = graceful.count();
     if open > 0 {
@@ -106,7 +146,15 @@ pub async fn serve(
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them");
         shared.relays.close_all();
-        shared.relays.drain().await;
+        tasks.closing.cancel();
+        let closed = async {
+            shared.relays.drain().await;
+            tasks.tracker.close();
+            tasks.tracker.wait().await;
+        };
+        if tokio::time::timeout(CLOSE_LIMIT, closed).await.is_err() {
+            tracing::warn!("connections still closing; exiting without them");
+        }
     }
     // Last: every event of every request is written before exit.
     if let Some(audit) = &shared.audit {
@@ -129,15 +177,16 @@ fn tcp_origin(peer: SocketAddr, tls: bool) -> ClientOrigin {
 /// Like [`spawn_connection`], after a TLS handshake done in the
 /// connection's own task (a slow client never holds up the accept loop).
 fn spawn_tls_connection(
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<Tasks>,
     graceful: &GracefulShutdown,
+    tasks: &Tasks,
     acceptor: TlsAcceptor,
     stream: tokio::net::TcpStream,
     service: ProxyService,
 ) {
     let builder = builder.clone();
     let watcher = graceful.watcher();
-    tokio::spawn(async move {
+    tasks.execute(async move {
         let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => return tracing::debug!(%error, "client TLS handshake failed"),
@@ -151,8 +200,9 @@ fn spawn_tls_connection(
 }
 
 fn spawn_connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<Tasks>,
     graceful: &GracefulShutdown,
+    tasks: &Tasks,
     io: I,
     service: ProxyService,
 ) where
@@ -162,7 +212,7 @@ fn spawn_connection<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     let watched = graceful.watch(connection);
-    tokio::spawn(async move {
+    tasks.execute(async move {
         if let Err(error) = watched.await {
             tracing::debug!(%error, "client connection ended with an error");
         }

@@ -295,6 +295,57 @@ async fn a_watch_gets_response_started_then_complete_when_it_ends() {
 }
 
 #[tokio::test]
+async fn requests_their_clients_give_up_on_still_complete() {
+    use tokio::io::AsyncWriteExt;
+    let double = Double::start().await;
+    let log = double.path("audit.log");
+    let kubegate = Kubegate::start(&double, &["--audit-log-path", log.to_str().unwrap()]).await;
+    let requests = &double.server.state().stats.requests;
+    // Counted from here: kubegate's own start-up request is not one of them.
+    let before = requests.load(Ordering::Acquire);
+    let reached = || requests.load(Ordering::Acquire) - before;
+    let slow = kubegate.url("/faults/slow?ms=60000");
+    // HTTP/2: 300 streams sent upstream, then reset by their client.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let streams: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(h2.get(slow.parse().unwrap())))
+        .collect();
+    eventually("300 streams reach the apiserver", || reached() >= 300).await;
+    for stream in streams {
+        stream.abort();
+    }
+    // HTTP/1.1: a client that hangs up while its request is upstream.
+    let mut tcp = tokio::net::TcpStream::connect(kubegate.address)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /faults/slow?ms=60000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the HTTP/1.1 request reaches the apiserver", || {
+        reached() >= 301
+    })
+    .await;
+    drop(tcp);
+    let completes = || {
+        events(&log)
+            .into_iter()
+            .filter(|e| e["stage"] == "ResponseComplete")
+            .collect::<Vec<_>>()
+    };
+    eventually("301 ResponseComplete events", || completes().len() == 301).await;
+    for event in completes() {
+        assert_eq!(
+            event["annotations"]["kubegate.io/response"], "ended before the response",
+            "{event}"
+        );
+        assert_eq!(event["responseStatus"]["code"], 499, "{event}");
+    }
+    validate(&log).await;
+}
+
+#[tokio::test]
 async fn an_exec_session_records_command_subprotocol_duration_and_bytes() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;

@@ -640,6 +640,111 @@ async fn sigterm_flushes_every_audit_event_before_exit() {
 }
 
 #[tokio::test]
+async fn sigterm_writes_the_response_complete_of_an_open_watch() {
+    let double = Double::start().await;
+    let log = double.path("audit.log");
+    let flags = ["--shutdown-grace", "200ms", "--audit-log-path"];
+    let running = start_for(&double, &[&flags[..], &[log.to_str().unwrap()]].concat()).await;
+    let watch = send(
+        http::Method::GET,
+        &running.url("/api/v1/namespaces/default/pods?watch=1"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(watch.status(), 200);
+    let id = watch.headers()["audit-id"].to_str().unwrap().to_string();
+    running.signal("TERM");
+    assert_eq!(running.exit_code().await, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let complete: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|e: &serde_json::Value| {
+            e["auditID"] == id.as_str() && e["stage"] == "ResponseComplete"
+        })
+        .collect();
+    assert_eq!(complete.len(), 1, "{text}");
+    assert_eq!(
+        complete[0]["annotations"]["kubegate.io/response"],
+        "closed by kubegate's shutdown before its body was complete"
+    );
+    drop(watch);
+}
+
+#[tokio::test]
+async fn a_full_disk_tears_no_line_and_loses_no_event() {
+    let double = Double::start().await;
+    let log = double.path("audit.log");
+    // The file size limit (RLIMIT_FSIZE) stands for a full disk: a write
+    // past it fails partway with EFBIG.
+    let mut command = Command::new("prlimit");
+    command
+        .args(["--fsize=65536", "--", KUBEGATE, "--kubeconfig"])
+        .arg(&double.kubeconfig)
+        .args(["-p", "0", "--audit-log-path"])
+        .arg(&log)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let running = run(command).await;
+    let mut ids = Vec::new();
+    let refused = within("the log fills and requests are refused", async {
+        loop {
+            let answer = get(&running.url("/api")).await;
+            if answer.status == 503 {
+                return answer;
+            }
+            assert_eq!(answer.status, 200);
+            ids.push(answer.headers["audit-id"].to_str().unwrap().to_string());
+        }
+    })
+    .await;
+    assert!(
+        refused.status_message().contains("audit"),
+        "{}",
+        refused.status_message()
+    );
+    let full = std::fs::read_to_string(&log).unwrap();
+    assert!(full.ends_with('\n'), "the full log ends with a whole line");
+    for line in full.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("every line is a whole event");
+    }
+    // Space is freed (the log moved aside): kubegate writes what it held
+    // and serves again.
+    let aside = double.path("audit.log.full");
+    std::fs::rename(&log, &aside).unwrap();
+    let mut answer = get(&running.url("/api")).await;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    within("requests are served again", async {
+        while answer.status != 200 {
+            tick.tick().await;
+            answer = get(&running.url("/api")).await;
+        }
+    })
+    .await;
+    running.signal("TERM");
+    assert_eq!(running.exit_code().await, 0);
+    let text = std::fs::read_to_string(&aside).unwrap() + &std::fs::read_to_string(&log).unwrap();
+    let completed: std::collections::HashSet<String> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["stage"] == "ResponseComplete")
+        .map(|event| event["auditID"].as_str().unwrap().to_string())
+        .collect();
+    let lost: Vec<_> = ids.iter().filter(|id| !completed.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered requests have no ResponseComplete",
+        lost.len(),
+        ids.len()
+    );
+}
+
+#[tokio::test]
 async fn an_open_exec_session_is_closed_after_the_grace_period() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;

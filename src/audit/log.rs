@@ -3,6 +3,12 @@
 //! never drops an event), rotated as kube-apiserver rotates its audit log
 //! (lumberjack: `audit-2006-01-02T15-04-05.000.log` backups, at most
 //! `maxbackup` of them, none older than `maxage`).
+//!
+//! A write that fails (disk full, file size limit) loses nothing and tears
+//! nothing: what it wrote of the batch is cut back to the last whole line,
+//! and the batch is written again, to the file reopened, until it succeeds.
+//! Meanwhile `refuse` mode refuses new requests and `continue` mode drops
+//! what does not fit in the queue (counted as lost).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -17,6 +23,18 @@ use tokio::sync::mpsc;
 
 /// Lines queued for the writer at most.
 const QUEUE: usize = 8192;
+
+/// Lines written in one batch at most.
+const BATCH: usize = 1024;
+
+/// The first pause before a failed batch is written again; it doubles up
+/// to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Attempts a failed batch gets once kubegate is shutting down: exit is
+/// not held up forever by a disk that stays full.
+const ATTEMPTS_AT_EXIT: u32 = 3;
 
 /// Where the log goes.
 #[derive(Debug, Clone)]
@@ -60,6 +78,9 @@ pub struct Health {
 pub struct LogBackend {
     sender: ArcSwapOption<mpsc::Sender<Vec<u8>>>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `continue` mode: while writes fail, a line that finds the queue
+    /// full is dropped rather than waited for.
+    drop_while_failing: bool,
     /// Shared counters.
     pub health: Arc<Health>,
 }
@@ -67,11 +88,20 @@ pub struct LogBackend {
 impl LogBackend {
     /// Opens the target (creating its directory, mode 0700, and the file,
     /// mode 0600, as the apiserver does) and starts the writer thread.
+    /// `drop_while_failing` is `continue` mode.
     ///
     /// # Errors
     ///
     /// The error opening the file.
-    pub fn start(target: Target) -> io::Result<LogBackend> {
+    pub fn start(target: Target, drop_while_failing: bool) -> io::Result<LogBackend> {
+        // A file size limit (RLIMIT_FSIZE) must fail the write with EFBIG,
+        // which is retried, not kill the process: SIGXFSZ gets a handler
+        // (tokio's stays installed for the life of the process).
+        if let Err(error) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+        {
+            tracing::debug!(%error, "cannot catch SIGXFSZ");
+        }
         let output = Output::open(target)?;
         let (sender, receiver) = mpsc::channel(QUEUE);
         let health = Arc::new(Health::default());
@@ -82,6 +112,7 @@ impl LogBackend {
         Ok(LogBackend {
             sender: ArcSwapOption::from_pointee(sender),
             writer: std::sync::Mutex::new(Some(writer)),
+            drop_while_failing,
             health,
         })
     }
@@ -96,7 +127,9 @@ impl LogBackend {
     /// Queues a line, waiting while the queue is full.
     pub async fn send(&self, line: Vec<u8>) {
         let sender = self.sender.load_full();
-        if let Some(sender) = sender {
+        if let Some(sender) = sender
+            && let Some(line) = self.try_send(&sender, line)
+        {
             let _ = sender.send(line).await;
         }
     }
@@ -107,10 +140,25 @@ impl LogBackend {
         let Some(sender) = self.sender.load_full() else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(line)) = sender.try_send(line) {
+        if let Some(line) = self.try_send(&sender, line) {
             tokio::spawn(async move {
                 let _ = sender.send(line).await;
             });
+        }
+    }
+
+    /// Queues a line if there is room; returns it if it must wait for
+    /// room. In `continue` mode a failing log drops it instead.
+    fn try_send(&self, sender: &mpsc::Sender<Vec<u8>>, line: Vec<u8>) -> Option<Vec<u8>> {
+        match sender.try_send(line) {
+            Err(mpsc::error::TrySendError::Full(_))
+                if self.drop_while_failing && self.health.failing.load(Ordering::Acquire) =>
+            {
+                self.health.lost.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(mpsc::error::TrySendError::Full(line)) => Some(line),
+            _ => None,
         }
     }
 
@@ -160,18 +208,43 @@ impl Output {
         }
     }
 
-    fn write_batch(&mut self, lines: &[Vec<u8>]) -> io::Result<()> {
+    /// Writes `lines`; on failure, says how many of them were written
+    /// whole (and nothing of the rest is left in a file).
+    fn write_batch(&mut self, lines: &[Vec<u8>]) -> Result<(), Failed> {
         match self {
             Output::Stdout(out) => {
                 let mut out = out.lock();
-                for line in lines {
-                    out.write_all(line)?;
+                for (done, line) in lines.iter().enumerate() {
+                    out.write_all(line)
+                        .map_err(|error| Failed { done, error })?;
                 }
-                out.flush()
+                out.flush().map_err(|error| Failed {
+                    done: lines.len(),
+                    error,
+                })
             }
             Output::File(file) => file.write_batch(lines),
         }
     }
+
+    /// Opens the file again before a retry: if it was moved or deleted to
+    /// free space, a new one takes its place.
+    fn reopen(&mut self) -> io::Result<()> {
+        match self {
+            Output::Stdout(_) => Ok(()),
+            Output::File(file) => {
+                file.file = open_append(&file.path)?;
+                file.size = file.file.metadata()?.len();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A failed batch write: the lines written whole before `error`.
+struct Failed {
+    done: usize,
+    error: io::Error,
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -192,22 +265,48 @@ struct RotatingFile {
 }
 
 impl RotatingFile {
-    fn write_batch(&mut self, lines: &[Vec<u8>]) -> io::Result<()> {
+    fn write_batch(&mut self, lines: &[Vec<u8>]) -> Result<(), Failed> {
         let mut buffer = Vec::with_capacity(lines.iter().map(Vec::len).sum());
-        for line in lines {
+        // Lines before `done` are in a file.
+        let mut done = 0;
+        for (index, line) in lines.iter().enumerate() {
             if self.max_bytes > 0
                 && self.size + (buffer.len() + line.len()) as u64 > self.max_bytes
                 && self.size + buffer.len() as u64 > 0
             {
-                self.file.write_all(&buffer)?;
+                self.append(&buffer)
+                    .map_err(|error| Failed { done, error })?;
                 buffer.clear();
-                self.rotate()?;
+                done = index;
+                self.rotate().map_err(|error| Failed { done, error })?;
             }
             buffer.extend_from_slice(line);
         }
-        self.file.write_all(&buffer)?;
-        self.size += buffer.len() as u64;
-        Ok(())
+        self.append(&buffer).map_err(|error| Failed { done, error })
+    }
+
+    /// Appends whole lines or nothing: a write that fails partway (disk
+    /// full, file size limit) is cut back off, so that the file never
+    /// holds a torn line for the next one to be appended to.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        let error = loop {
+            if written == bytes.len() {
+                self.size += written as u64;
+                return Ok(());
+            }
+            match self.file.write(&bytes[written..]) {
+                Ok(0) => break io::ErrorKind::WriteZero.into(),
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => break error,
+            }
+        };
+        if written > 0 {
+            let length = self.file.metadata()?.len();
+            self.file.set_len(length.saturating_sub(written as u64))?;
+        }
+        Err(error)
     }
 
     /// Renames the log to a timestamped backup and starts a new one.
@@ -292,34 +391,60 @@ fn backup_name(path: &Path, at: jiff::Timestamp) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// The writer thread: takes what is queued in one batch, writes, flushes.
+/// The writer thread: takes what is queued in one batch and writes it,
+/// writing a failed batch again until it is written.
 fn write_lines(mut output: Output, mut lines: mpsc::Receiver<Vec<u8>>, health: &Health) {
-    let mut batch = Vec::with_capacity(256);
-    while let Some(first) = lines.blocking_recv() {
-        batch.push(first);
-        while batch.len() < 1024 {
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(256);
+    let mut pause = RETRY_FIRST;
+    let mut attempts_left = ATTEMPTS_AT_EXIT;
+    loop {
+        if batch.is_empty() {
+            match lines.blocking_recv() {
+                Some(first) => batch.push(first),
+                None => return,
+            }
+        }
+        while batch.len() < BATCH {
             match lines.try_recv() {
                 Ok(line) => batch.push(line),
                 Err(_) => break,
             }
         }
-        match output.write_batch(&batch) {
-            Ok(()) => {
-                health
-                    .written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if health.failing.swap(false, Ordering::AcqRel) {
-                    tracing::warn!("the audit log is being written again");
-                }
+        let failed = match output.write_batch(&batch) {
+            Ok(()) => None,
+            Err(Failed { done, error }) => {
+                health.written.fetch_add(done as u64, Ordering::Relaxed);
+                batch.drain(..done);
+                Some(error)
             }
-            Err(error) => {
+        };
+        let Some(error) = failed else {
+            health
+                .written
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
+            pause = RETRY_FIRST;
+            if health.failing.swap(false, Ordering::AcqRel) {
+                tracing::warn!("the audit log is being written again");
+            }
+            continue;
+        };
+        if !health.failing.swap(true, Ordering::AcqRel) {
+            tracing::error!(%error, "CANNOT WRITE THE AUDIT LOG: holding events and retrying; see --audit-failure");
+        }
+        if lines.is_closed() {
+            attempts_left -= 1;
+            if attempts_left == 0 {
                 health.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if !health.failing.swap(true, Ordering::AcqRel) {
-                    tracing::error!(%error, "CANNOT WRITE THE AUDIT LOG: events are being lost; see --audit-failure");
-                }
+                tracing::error!(%error, lost = batch.len(), "exiting with audit events unwritten");
+                return;
             }
         }
-        batch.clear();
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(RETRY_MAX);
+        if let Err(error) = output.reopen() {
+            tracing::debug!(%error, "cannot reopen the audit log");
+        }
     }
 }
 
@@ -355,7 +480,7 @@ mod tests {
             .map(|i| format!("line {i:04} ............\n").into_bytes())
             .collect();
         for chunk in lines.chunks(3) {
-            output.write_batch(chunk).unwrap();
+            assert!(output.write_batch(chunk).is_ok());
         }
         let files: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

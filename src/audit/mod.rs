@@ -20,7 +20,7 @@ pub mod webhook;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::request::Parts;
@@ -39,6 +39,8 @@ use event::{Event, Level, ObjectRef, ResponseStatus, Stage, UserInfo};
 pub const DECISION: &str = "authorization.k8s.io/decision";
 /// Annotation: why.
 pub const REASON: &str = "authorization.k8s.io/reason";
+/// Annotation: how a response that did not end normally ended.
+const RESPONSE: &str = "kubegate.io/response";
 
 /// What to do when the log cannot be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,9 @@ pub struct Audit {
     failure: FailureMode,
     max_body_bytes: usize,
     ids: Ids,
+    /// Set when kubegate starts shutting down: a request cut short from
+    /// then on was closed by the shutdown, not by its client.
+    shutting_down: AtomicBool,
 }
 
 impl Audit {
@@ -102,13 +107,14 @@ impl Audit {
             None => None,
         };
         let log = match settings.log {
-            Some(target) => Some(log::LogBackend::start(target.clone()).map_err(|error| {
-                StartupError::File {
+            Some(target) => Some(
+                log::LogBackend::start(target.clone(), settings.failure == FailureMode::Continue)
+                    .map_err(|error| StartupError::File {
                     what: "audit log",
                     path: target.to_string(),
                     message: format!("{}; fix --audit-log-path", io_reason(&error)),
-                }
-            })?),
+                })?,
+            ),
             None => None,
         };
         Ok(Audit {
@@ -119,6 +125,7 @@ impl Audit {
             failure: settings.failure,
             max_body_bytes: settings.max_body_bytes,
             ids: Ids::new(),
+            shutting_down: AtomicBool::new(false),
         })
     }
 
@@ -203,6 +210,7 @@ impl Audit {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             received,
+            completed: AtomicBool::new(false),
             state: Mutex::new(RecordState {
                 annotations,
                 request_object: None,
@@ -229,6 +237,26 @@ impl Audit {
         if let Some(log) = &self.log {
             log.send_soon(line);
         }
+    }
+
+    /// Notes that kubegate is shutting down, so that requests cut short
+    /// from now on say so in their `ResponseComplete`.
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Why a request ended before its response did: `before` names what
+    /// it had not reached.
+    fn cut_short(&self, before: &str) -> String {
+        if self.closed_by_shutdown() {
+            format!("closed by kubegate's shutdown before {before}")
+        } else {
+            format!("ended before {before}")
+        }
+    }
+
+    fn closed_by_shutdown(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     /// Writes everything queued and stops the backends (at shutdown).
@@ -291,6 +319,8 @@ struct RecordInner {
     source_ips: Vec<String>,
     user_agent: Option<String>,
     received: jiff::Timestamp,
+    /// `ResponseComplete` has been written (or was due and omitted).
+    completed: AtomicBool,
     state: Mutex<RecordState>,
 }
 
@@ -327,10 +357,7 @@ impl Record {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, RecordState> {
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.state()
     }
 
     /// Adds an annotation.
@@ -419,7 +446,8 @@ impl Record {
             limit,
             Box::new(move |captured: Captured| {
                 if !captured.complete {
-                    record.annotate("kubegate.io/response", "ended before its body was complete");
+                    let why = record.0.audit.cut_short("its body was complete");
+                    record.annotate(RESPONSE, why);
                 }
                 if record.wants_response_body() {
                     let object = record.object_from(captured, "kubegate.io/response-body");
@@ -436,25 +464,45 @@ impl Record {
             .await;
     }
 
+    async fn emit(&self, stage: Stage, status: Option<ResponseStatus>) {
+        if let Some(line) = self.0.event(stage, status) {
+            self.0.audit.send(line).await;
+        }
+    }
+
+    fn emit_soon(&self, stage: Stage, status: Option<ResponseStatus>) {
+        self.0.emit_soon(stage, status);
+    }
+}
+
+impl RecordInner {
+    fn state(&self) -> std::sync::MutexGuard<'_, RecordState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn event(&self, stage: Stage, status: Option<ResponseStatus>) -> Option<Vec<u8>> {
-        if self.0.omit.contains(&stage) {
+        let complete = stage == Stage::ResponseComplete;
+        if complete {
+            self.completed.store(true, Ordering::Release);
+        }
+        if self.omit.contains(&stage) {
             return None;
         }
-        let inner = &self.0;
         let mut state = self.state();
-        let complete = stage == Stage::ResponseComplete;
         let event = Event {
             kind: "Event",
             api_version: "audit.k8s.io/v1",
-            level: inner.level,
-            audit_id: inner.id.clone(),
+            level: self.level,
+            audit_id: self.id.clone(),
             stage,
-            request_uri: inner.request_uri.clone(),
-            verb: inner.verb.clone(),
-            user: inner.audit.user.clone(),
-            source_ips: inner.source_ips.clone(),
-            user_agent: inner.user_agent.clone(),
-            object_ref: inner.object.clone(),
+            request_uri: self.request_uri.clone(),
+            verb: self.verb.clone(),
+            user: self.audit.user.clone(),
+            source_ips: self.source_ips.clone(),
+            user_agent: self.user_agent.clone(),
+            object_ref: self.object.clone(),
             response_status: status,
             request_object: if complete {
                 state.request_object.take()
@@ -466,7 +514,7 @@ impl Record {
             } else {
                 None
             },
-            request_received_timestamp: event::timestamp(inner.received),
+            request_received_timestamp: event::timestamp(self.received),
             stage_timestamp: event::timestamp(jiff::Timestamp::now()),
             annotations: state.annotations.clone(),
         };
@@ -476,16 +524,36 @@ impl Record {
         Some(line)
     }
 
-    async fn emit(&self, stage: Stage, status: Option<ResponseStatus>) {
-        if let Some(line) = self.event(stage, status) {
-            self.0.audit.send(line).await;
-        }
-    }
-
     fn emit_soon(&self, stage: Stage, status: Option<ResponseStatus>) {
         if let Some(line) = self.event(stage, status) {
-            self.0.audit.send_soon(line);
+            self.audit.send_soon(line);
         }
+    }
+}
+
+/// A request that reached kubegate always gets its `ResponseComplete`:
+/// one dropped before its response (the client went away, an HTTP/2
+/// stream was reset, shutdown closed it) gets it here, saying so.
+impl Drop for RecordInner {
+    fn drop(&mut self) {
+        if self.completed.load(Ordering::Acquire) {
+            return;
+        }
+        let why = self.audit.cut_short("the response");
+        // No response was sent: 499, nginx's "client closed request", or
+        // 503 when kubegate's shutdown closed it.
+        let code = match self.audit.closed_by_shutdown() {
+            true => StatusCode::SERVICE_UNAVAILABLE,
+            false => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        };
+        let status = ResponseStatus {
+            status: Some("Failure"),
+            message: Some(format!("the request {why}")),
+            code: code.as_u16(),
+            ..ResponseStatus::default()
+        };
+        self.state().annotations.insert(RESPONSE, why);
+        self.emit_soon(Stage::ResponseComplete, Some(status));
     }
 }
 
