@@ -185,6 +185,79 @@ async fn events_read_like_the_apiservers_and_join_on_the_audit_id() {
 }
 
 #[tokio::test]
+async fn escaped_spellings_and_an_api_prefix_are_audited_as_the_apiserver_reads_them() {
+    let double = Double::start().await;
+    double.store().create("default", pod("busybox")).unwrap();
+    let log = double.path("audit.log");
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--api-prefix=/k8s/",
+            "--audit-log-path",
+            log.to_str().unwrap(),
+        ],
+    )
+    .await;
+    // (method, path as sent, verb, resource, subresource, name)
+    let cases = [
+        (
+            "GET",
+            "/k8s/%61pi/v1/namespaces/default/pods",
+            "list",
+            "pods",
+            "",
+            "",
+        ),
+        (
+            "GET",
+            "/k8s/api/v1/namespaces/default/pods/%62usybox/l%6Fg",
+            "get",
+            "pods",
+            "log",
+            "busybox",
+        ),
+        (
+            "DELETE",
+            "/k8s/api/v1/namespaces/default/p%6Fds/busybox",
+            "delete",
+            "pods",
+            "",
+            "busybox",
+        ),
+    ];
+    for (method, path, ..) in cases {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let answer = send(method, &kubegate.url(path), &[], Bytes::new()).await;
+        assert!(answer.status().is_success(), "{path}: {}", answer.status());
+        http_body_util::BodyExt::collect(answer.into_body())
+            .await
+            .unwrap();
+    }
+    assert!(
+        double.store().get("default", "busybox").is_none(),
+        "the DELETE deleted"
+    );
+    kubegate.shutdown().await;
+    let all = events(&log);
+    for (_, path, verb, resource, subresource, name) in cases {
+        let event = all
+            .iter()
+            .find(|e| e["requestURI"] == path && e["stage"] == "ResponseComplete")
+            .unwrap_or_else(|| panic!("no event for {path}"));
+        assert_eq!(event["verb"], verb, "{event}");
+        let object = &event["objectRef"];
+        assert_eq!(object["resource"], resource, "{event}");
+        assert_eq!(object["namespace"], "default", "{event}");
+        assert_eq!(
+            object["subresource"].as_str().unwrap_or(""),
+            subresource,
+            "{event}"
+        );
+        assert_eq!(object["name"].as_str().unwrap_or(""), name, "{event}");
+    }
+}
+
+#[tokio::test]
 async fn a_policy_selects_levels_bodies_and_stages() {
     let double = Double::start().await;
     let log = double.path("audit.log");

@@ -162,6 +162,81 @@ impl From<Resource<'_>> for ObjectRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::RequestInfo;
+    use proptest::prelude::*;
+
+    /// The attributes an event records of a request: its verb and object.
+    fn audited(method: &str, path: &str, query: &str) -> (String, Option<String>) {
+        let info = RequestInfo::read(method, path, Some(query), false)
+            .unwrap_or_else(|error| panic!("{path}?{query} is refused: {error}"));
+        let object = info
+            .resource()
+            .map(|resource| format!("{:?}", ObjectRef::from(resource)));
+        (info.verb_text().into_owned(), object)
+    }
+
+    /// `text` with each byte percent-encoded where `escape` says, in upper
+    /// or lower case hex: a spelling the apiserver decodes to `text`.
+    fn spelled(text: &str, escape: &[(bool, bool)]) -> String {
+        text.bytes()
+            .zip(escape.iter().cycle())
+            .map(|(byte, &(escaped, upper))| match (escaped, upper) {
+                (false, _) => (byte as char).to_string(),
+                (true, true) => format!("%{byte:02X}"),
+                (true, false) => format!("%{byte:02x}"),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Audit reads the request the apiserver acts on: any spelling of
+        /// a path (escaped letters, digits, dashes) and of a field selector
+        /// is recorded with the plain spelling's verb and object.
+        #[test]
+        fn every_spelling_is_audited_as_its_plain_form(
+            method in prop::sample::select(vec!["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            group in prop::sample::select(vec!["api/v1", "apis/apps/v1", "apis/batch/v1"]),
+            namespace in proptest::option::of("[a-z0-9][a-z0-9-]{0,8}"),
+            resource in prop::sample::select(vec!["pods", "deployments", "secrets", "configmaps"]),
+            name in proptest::option::of("[a-z0-9][a-z0-9-]{0,8}"),
+            subresource in proptest::option::of(prop::sample::select(vec!["exec", "log", "status", "attach", "portforward"])),
+            selected in proptest::option::of("[a-z0-9][a-z0-9-]{0,8}"),
+            escape in proptest::collection::vec((prop::bool::weighted(0.3), any::<bool>()), 1..64),
+        ) {
+            let mut segments = vec![group.to_string()];
+            if let Some(namespace) = &namespace {
+                segments.push(format!("namespaces/{namespace}"));
+            }
+            segments.push(resource.to_string());
+            if let Some(name) = &name {
+                segments.push(name.clone());
+                if let Some(subresource) = subresource {
+                    segments.push(subresource.to_string());
+                }
+            }
+            let plain_path = format!("/{}", segments.join("/"));
+            let plain_query = selected
+                .as_ref()
+                .map(|name| format!("fieldSelector=metadata.name%3D{name}"))
+                .unwrap_or_default();
+            let path: String = plain_path
+                .split('/')
+                .map(|segment| spelled(segment, &escape))
+                .collect::<Vec<_>>()
+                .join("/");
+            let query = selected
+                .as_ref()
+                .map(|name| format!("fieldSelector={}", spelled(&format!("metadata.name={name}"), &escape)))
+                .unwrap_or_default();
+            prop_assert_eq!(
+                audited(method, &path, &query),
+                audited(method, &plain_path, &plain_query),
+                "{}?{}", path, query
+            );
+        }
+    }
 
     #[test]
     fn timestamps_have_microseconds() {
