@@ -741,15 +741,25 @@ async fn the_webhook_gets_every_event_in_batches_even_after_being_down() {
 }
 
 #[tokio::test]
-async fn one_huge_event_does_not_hold_up_the_webhook() {
+async fn huge_events_are_bounded_and_none_holds_up_the_webhook() {
     let double = Double::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = webhook_config(&double, listener.local_addr().unwrap().port());
     let collector = Collector::start(&double.pki, listener, Some(64 * 1024)).await;
+    let policy = double.path("policy.yaml");
+    let rules = "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Request\n";
+    std::fs::write(&policy, rules).unwrap();
     let reject = "--reject-paths=^/api/v1/namespaces/default/secrets";
-    let kubegate = with_webhook(&double, &config, &[reject]).await;
-    // Refused here, but audited, with events larger than the collector
-    // takes (413).
+    let flags = [
+        reject,
+        "--audit-policy-file",
+        policy.to_str().unwrap(),
+        "--audit-max-body-bytes",
+        "1000000",
+    ];
+    let kubegate = with_webhook(&double, &config, &flags).await;
+    // A 200 KiB User-Agent, on a request refused here: recorded cut to
+    // its bound, and marked.
     let huge = "x".repeat(200 * 1024);
     let answer = call(
         Method::GET,
@@ -759,15 +769,35 @@ async fn one_huge_event_does_not_hold_up_the_webhook() {
     )
     .await;
     assert_eq!(answer.status, 403);
+    // Bodies: 90 KiB makes an event the collector refuses (413), which is
+    // dropped alone; 150 KiB is over the webhook's event limit, so its
+    // event goes without the body, marked as the apiserver marks it.
+    for (name, size) in [("ninety", 90 * 1024), ("big", 150 * 1024)] {
+        let mut body = pod(name);
+        body["metadata"]["annotations"] = serde_json::json!({ "filler": "y".repeat(size) });
+        let pods = kubegate.url("/api/v1/namespaces/default/pods");
+        call(Method::POST, &pods, &[], body.to_string()).await;
+    }
     for _ in 0..10 {
         assert_eq!(get(&kubegate.url("/api")).await.status, 200);
     }
-    eventually("the other events delivered", || collector.count() >= 20).await;
+    eventually("the other events delivered", || collector.count() >= 25).await;
     kubegate.shutdown().await;
     let events = collector.events.lock().unwrap();
+    assert_eq!(events.len(), 25, "every event once, but the refused one");
+    let refused = events
+        .iter()
+        .find(|e| e["stage"] == "ResponseComplete" && e["responseStatus"]["code"] == 403)
+        .unwrap();
+    assert_eq!(refused["userAgent"].as_str().unwrap().len(), 1024);
     assert_eq!(
-        events.len(),
-        20,
-        "every ordinary event, once; the huge ones dropped"
+        refused["annotations"]["kubegate.io/truncated"],
+        "userAgent (204800 bytes)"
     );
+    let cut = events
+        .iter()
+        .filter(|e| e["annotations"]["audit.k8s.io/truncated"] == "true")
+        .collect::<Vec<_>>();
+    assert_eq!(cut.len(), 1, "the 150 KiB body's event, without it");
+    assert!(cut[0].get("requestObject").is_none());
 }

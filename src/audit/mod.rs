@@ -41,6 +41,18 @@ pub const DECISION: &str = "authorization.k8s.io/decision";
 pub const REASON: &str = "authorization.k8s.io/reason";
 /// Annotation: how a response that did not end normally ended.
 const RESPONSE: &str = "kubegate.io/response";
+/// Annotation: fields cut to their bound, with their sizes.
+const TRUNCATED: &str = "kubegate.io/truncated";
+
+/// Longest client header value (`User-Agent`, a client's `Audit-ID`) an
+/// event records.
+const MAX_HEADER_VALUE: usize = 1024;
+/// Longest `requestURI` an event records.
+const MAX_REQUEST_URI: usize = 16 * 1024;
+/// Largest event the webhook sends whole: a larger one goes without its
+/// request and response bodies, marked as the apiserver's truncating
+/// backend marks it (its default `--audit-webhook-truncate-max-event-size`).
+const WEBHOOK_MAX_EVENT: usize = 100 * 1024;
 
 /// What to do when the log cannot be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,9 +200,21 @@ impl Audit {
         }
         let received = jiff::Timestamp::now();
         let mut annotations = BTreeMap::new();
+        let mut truncated = Vec::new();
         annotations.insert("kubegate.io/client", peer.description.clone());
         if let Some(client_id) = head.headers.get("audit-id").and_then(|v| v.to_str().ok()) {
-            annotations.insert("kubegate.io/client-audit-id", client_id.to_string());
+            let client_id = bounded(client_id, MAX_HEADER_VALUE, "Audit-ID", &mut truncated);
+            annotations.insert("kubegate.io/client-audit-id", client_id);
+        }
+        let request_uri = uri.path_and_query().map_or(path, |pq| pq.as_str());
+        let request_uri = bounded(request_uri, MAX_REQUEST_URI, "requestURI", &mut truncated);
+        let user_agent = head
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|agent| bounded(agent, MAX_HEADER_VALUE, "userAgent", &mut truncated));
+        if !truncated.is_empty() {
+            annotations.insert(TRUNCATED, truncated.join(", "));
         }
         let record = Record(Arc::new(RecordInner {
             audit: self.clone(),
@@ -198,17 +222,11 @@ impl Audit {
             omit,
             long_running: info.is_some_and(RequestInfo::long_running),
             id: self.ids.next(),
-            request_uri: uri
-                .path_and_query()
-                .map_or_else(|| path.to_string(), |pq| pq.to_string()),
+            request_uri,
             verb: verb.into_owned(),
             object: resource.map(ObjectRef::from),
             source_ips: peer.ip.iter().cloned().collect(),
-            user_agent: head
-                .headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            user_agent,
             received,
             completed: AtomicBool::new(false),
             state: Mutex::new(RecordState {
@@ -221,22 +239,41 @@ impl Audit {
         Some(record)
     }
 
-    async fn send(&self, line: Vec<u8>) {
-        if let Some(webhook) = &self.webhook {
-            webhook.send(&line);
-        }
-        if let Some(log) = &self.log {
+    async fn send(&self, event: Event) {
+        if let Some(line) = self.render(event)
+            && let Some(log) = &self.log
+        {
             log.send(line).await;
         }
     }
 
-    fn send_soon(&self, line: Vec<u8>) {
-        if let Some(webhook) = &self.webhook {
-            webhook.send(&line);
-        }
-        if let Some(log) = &self.log {
+    fn send_soon(&self, event: Event) {
+        if let Some(line) = self.render(event)
+            && let Some(log) = &self.log
+        {
             log.send_soon(line);
         }
+    }
+
+    /// The event's line, after handing the webhook its copy: the same
+    /// line, or for an event over [`WEBHOOK_MAX_EVENT`] one without bodies.
+    fn render(&self, mut event: Event) -> Option<Vec<u8>> {
+        let line = line_of(&event)?;
+        if let Some(webhook) = &self.webhook {
+            if line.len() > WEBHOOK_MAX_EVENT {
+                event.request_object = None;
+                event.response_object = None;
+                event
+                    .annotations
+                    .insert("audit.k8s.io/truncated", "true".into());
+                if let Some(smaller) = line_of(&event) {
+                    webhook.send(&smaller);
+                }
+            } else {
+                webhook.send(&line);
+            }
+        }
+        Some(line)
     }
 
     /// Notes that kubegate is shutting down, so that requests cut short
@@ -465,8 +502,8 @@ impl Record {
     }
 
     async fn emit(&self, stage: Stage, status: Option<ResponseStatus>) {
-        if let Some(line) = self.0.event(stage, status) {
-            self.0.audit.send(line).await;
+        if let Some(event) = self.0.event(stage, status) {
+            self.0.audit.send(event).await;
         }
     }
 
@@ -482,7 +519,7 @@ impl RecordInner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn event(&self, stage: Stage, status: Option<ResponseStatus>) -> Option<Vec<u8>> {
+    fn event(&self, stage: Stage, status: Option<ResponseStatus>) -> Option<Event> {
         let complete = stage == Stage::ResponseComplete;
         if complete {
             self.completed.store(true, Ordering::Release);
@@ -519,14 +556,12 @@ impl RecordInner {
             annotations: state.annotations.clone(),
         };
         drop(state);
-        let mut line = serde_json::to_vec(&event).ok()?;
-        line.push(b'\n');
-        Some(line)
+        Some(event)
     }
 
     fn emit_soon(&self, stage: Stage, status: Option<ResponseStatus>) {
-        if let Some(line) = self.event(stage, status) {
-            self.audit.send_soon(line);
+        if let Some(event) = self.event(stage, status) {
+            self.audit.send_soon(event);
         }
     }
 }
@@ -555,6 +590,27 @@ impl Drop for RecordInner {
         self.state().annotations.insert(RESPONSE, why);
         self.emit_soon(Stage::ResponseComplete, Some(status));
     }
+}
+
+/// One JSON line.
+fn line_of(event: &Event) -> Option<Vec<u8>> {
+    let mut line = serde_json::to_vec(event).ok()?;
+    line.push(b'\n');
+    Some(line)
+}
+
+/// `value`, or its first `limit` bytes (at a character boundary) with the
+/// field and its full size noted in `truncated`.
+fn bounded(value: &str, limit: usize, field: &str, truncated: &mut Vec<String>) -> String {
+    if value.len() <= limit {
+        return value.to_string();
+    }
+    truncated.push(format!("{field} ({} bytes)", value.len()));
+    let mut end = limit;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_string()
 }
 
 fn code_status(code: StatusCode) -> ResponseStatus {
