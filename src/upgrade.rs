@@ -11,7 +11,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -189,8 +189,14 @@ impl Relays {
         self.tracker.spawn(async move {
             let splice = async {
                 let (client, server) = tokio::try_join!(client_upgrade, upstream_upgrade)?;
-                let mut client = Counted::new(TokioIo::new(client), session.to_server.clone());
-                let mut server = Counted::new(TokioIo::new(server), session.to_client.clone());
+                let failed = Arc::new(AtomicBool::new(false));
+                let mut client = Counted::new(
+                    TokioIo::new(client),
+                    session.to_server.clone(),
+                    failed.clone(),
+                );
+                let mut server =
+                    Counted::new(TokioIo::new(server), session.to_client.clone(), failed);
                 tokio::io::copy_bidirectional_with_sizes(
                     &mut client,
                     &mut server,
@@ -251,16 +257,38 @@ fn stream_kind(uri: &http::Uri) -> StreamKind {
     }
 }
 
-/// Counts the bytes read from one side of a splice (what it sent), and
-/// reads its failure as its end.
+/// One side of a splice: counts the bytes read from it (what it sent).
+///
+/// A side that fails (a reset, a TLS stream cut without close_notify)
+/// ends the session, but only after what it sent before failing has been
+/// delivered: its failure reads as end-of-stream (so the splice writes out
+/// what it had read, where an error would drop it), the other side's reads
+/// end too, and writes to a failed session cannot fail it again.
 struct Counted<T> {
     io: T,
     read: Arc<AtomicU64>,
+    /// Shared by both sides of the splice.
+    failed: Arc<AtomicBool>,
 }
 
 impl<T> Counted<T> {
-    fn new(io: T, read: Arc<AtomicU64>) -> Self {
-        Counted { io, read }
+    fn new(io: T, read: Arc<AtomicU64>, failed: Arc<AtomicBool>) -> Self {
+        Counted { io, read, failed }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// After a failure, an error (writing to the failed side) is moot.
+    fn settle<V>(&self, polled: Poll<std::io::Result<V>>, moot: V) -> Poll<std::io::Result<V>> {
+        match polled {
+            Poll::Ready(Err(error)) if self.failed() => {
+                tracing::debug!(%error, "relayed session already failed");
+                Poll::Ready(Ok(moot))
+            }
+            polled => polled,
+        }
     }
 }
 
@@ -270,17 +298,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.failed() {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         self.read
             .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         match polled {
-            // A side that fails (a reset, a TLS stream cut without
-            // close_notify) has ended: read as end-of-stream, so that the
-            // splice still delivers what it had read and then closes the
-            // other side, where an error would drop that data.
             Poll::Ready(Err(error)) => {
                 tracing::debug!(%error, "relayed stream ended with an error");
+                self.failed.store(true, Ordering::Release);
+                // The other direction, polled by this same task, may be
+                // waiting on its reader: poll again, so it sees the end.
+                cx.waker().wake_by_ref();
                 Poll::Ready(Ok(()))
             }
             polled => polled,
@@ -294,15 +325,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        self.settle(polled, data.len())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.settle(polled, ())
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.settle(polled, ())
     }
 }
 
@@ -385,11 +419,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn what_a_failing_side_sent_before_failing_is_delivered() {
+    async fn what_a_failing_side_sent_before_failing_is_delivered_then_the_session_ends() {
         let (client, mut far_end) = tokio::io::duplex(1024);
         let counted = Arc::new(AtomicU64::new(0));
-        let mut server = Counted::new(SendsThenFails(Some(b"last words")), counted.clone());
-        let mut client = Counted::new(client, Arc::default());
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut server = Counted::new(
+            SendsThenFails(Some(b"last words")),
+            counted.clone(),
+            failed.clone(),
+        );
+        let mut client = Counted::new(client, Arc::default(), failed);
         let splice =
             tokio::spawn(
                 async move { tokio::io::copy_bidirectional(&mut client, &mut server).await },
@@ -397,10 +436,11 @@ mod tests {
         let mut received = vec![0u8; 10];
         far_end.read_exact(&mut received).await.unwrap();
         assert_eq!(received, b"last words");
-        // Then end-of-stream, and the splice ends once the client does.
+        // Then end-of-stream, and the session ends though the client has
+        // not closed its side.
         assert_eq!(far_end.read(&mut [0u8; 1]).await.unwrap(), 0);
-        far_end.shutdown().await.unwrap();
         splice.await.unwrap().unwrap();
         assert_eq!(counted.load(Ordering::Relaxed), 10);
+        far_end.shutdown().await.unwrap();
     }
 }
