@@ -366,6 +366,23 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_name = "DURATION", global = true)]
     pub shutdown_grace: String,
 
+    /// kubegate: most client connections open at once; more wait in the
+    /// listen backlog until one closes. 0: half the open file limit (each
+    /// relayed exec or port-forward holds two descriptors), less a reserve.
+    #[arg(long, default_value_t = 0, value_name = "N", global = true)]
+    pub max_connections: usize,
+
+    /// kubegate: how long a new client connection has to send its first
+    /// request (the TLS handshake and HTTP/2 preface included).
+    #[arg(long, default_value = "30s", value_name = "DURATION", global = true)]
+    pub first_request_timeout: String,
+
+    /// kubegate: how long a client connection with no request in flight
+    /// stays open (HTTP/1.1 keep-alive, HTTP/2); a watch, log stream, exec
+    /// or port-forward in flight is never cut.
+    #[arg(long, default_value = "90s", value_name = "DURATION", global = true)]
+    pub client_idle_timeout: String,
+
     /// kubegate: limit for opening a connection (TCP and TLS) to the apiserver.
     #[arg(long, default_value = "30s", value_name = "DURATION", global = true)]
     pub connect_timeout: String,

@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use crate::access::AccessToken;
 use crate::audit::{self, FailureMode};
 use crate::cli::Args;
+use crate::connection::Deadlines;
 use crate::cors::OriginPolicy;
 use crate::error::{StartupError, io_reason};
 use crate::filters::Filters;
@@ -50,6 +51,10 @@ pub struct Config {
     pub(crate) forward_client_credentials: bool,
     /// `--shutdown-grace`.
     pub(crate) shutdown_grace: Duration,
+    /// `--max-connections`, resolved.
+    pub(crate) max_connections: usize,
+    /// `--first-request-timeout` and `--client-idle-timeout`.
+    pub(crate) client_deadlines: Deadlines,
     /// The audit settings, when any audit backend is on.
     pub(crate) audit: Option<audit::Settings>,
     /// `--admin-address`.
@@ -236,6 +241,14 @@ impl Config {
             named_clusters,
             forward_client_credentials: args.forward_client_credentials,
             shutdown_grace: positive_duration("shutdown-grace", &args.shutdown_grace)?,
+            max_connections: max_connections(args.max_connections),
+            client_deadlines: Deadlines {
+                first_request: nonzero_duration(
+                    "first-request-timeout",
+                    &args.first_request_timeout,
+                )?,
+                idle: nonzero_duration("client-idle-timeout", &args.client_idle_timeout)?,
+            },
             audit: audit(args, &network).await?,
             admin,
             serve_tls,
@@ -514,6 +527,33 @@ fn positive_duration(flag: &'static str, text: &str) -> Result<Duration, Startup
             message: format!("{text:?} is negative; give a duration like 10s"),
         }),
     }
+}
+
+fn nonzero_duration(flag: &'static str, text: &str) -> Result<Duration, StartupError> {
+    match positive_duration(flag, text)? {
+        zero if zero.is_zero() => Err(StartupError::Flag {
+            flag,
+            message: format!(
+                "{text:?} would close every connection at once; give a duration like 30s"
+            ),
+        }),
+        duration => Ok(duration),
+    }
+}
+
+/// `--max-connections`, or with 0 what the open file limit allows: half
+/// of it (a relayed session holds a client and an upstream descriptor),
+/// less a reserve for upstream connections, audit files and the admin port.
+fn max_connections(asked: usize) -> usize {
+    const RESERVE: u64 = 64;
+    if asked > 0 {
+        return asked;
+    }
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let half = limit.saturating_sub(RESERVE) / 2;
+    usize::try_from(half)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1 << 20)
 }
 
 #[cfg(test)]

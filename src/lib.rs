@@ -12,31 +12,33 @@
 //! 1. [`error`]: start-up errors, one line naming the file or flag.
 //! 2. [`cli`]: the command line (kubectl proxy's flags first); clap only.
 //! 3. [`body`]: the one response body type, and the tee audit uses.
-//! 4. [`pattern`]: kubectl's comma-separated regex lists.
-//! 5. [`reload`]: files read again when they change.
-//! 6. [`request`]: the one reading of a request: canonical path, verb,
+//! 4. [`connection`]: one client connection's requests in flight and
+//!    its idle deadlines.
+//! 5. [`pattern`]: kubectl's comma-separated regex lists.
+//! 6. [`reload`]: files read again when they change.
+//! 7. [`request`]: the one reading of a request: canonical path, verb,
 //!    resource, namespace, name, as the apiserver reads them.
-//! 7. [`filters`]: kubectl's host, path and method filters.
-//! 8. [`policy`]: `--policy-file` and `--read-only`: rules in Kubernetes
+//! 8. [`filters`]: kubectl's host, path and method filters.
+//! 9. [`policy`]: `--policy-file` and `--read-only`: rules in Kubernetes
 //!    terms.
-//! 9. [`status`]: every failure as a `metav1.Status` response.
-//! 10. [`client`]: who is at the other end of a connection.
-//! 11. [`cors`]: browser origins and CORS.
-//! 12. [`access`]: the local access token.
-//! 13. [`certs`]: certificate and key files, reloaded when they change.
-//! 14. [`upstream`]: the apiservers: settings from a kubeconfig, TLS,
+//! 10. [`status`]: every failure as a `metav1.Status` response.
+//! 11. [`client`]: who is at the other end of a connection.
+//! 12. [`cors`]: browser origins and CORS.
+//! 13. [`access`]: the local access token.
+//! 14. [`certs`]: certificate and key files, reloaded when they change.
+//! 15. [`upstream`]: the apiservers: settings from a kubeconfig, TLS,
 //!     credentials, forward proxies, pooled HTTP/2, one cluster or one per
 //!     context.
-//! 15. [`forward`]: header rewriting on the way to and from the apiserver.
-//! 16. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
-//! 17. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
-//! 18. [`upgrade`]: exec, attach, port-forward: the byte splice.
-//! 19. [`www`]: `--www` static files.
-//! 20. [`listen`]: TCP and unix sockets.
-//! 21. [`proxy`]: the request handler, in stages.
-//! 22. [`serve`]: connections, TLS, graceful shutdown.
-//! 23. [`shutdown`]: the signals.
-//! 24. [`config`]: command line and kubeconfig into a typed
+//! 16. [`forward`]: header rewriting on the way to and from the apiserver.
+//! 17. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
+//! 18. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
+//! 19. [`upgrade`]: exec, attach, port-forward: the byte splice.
+//! 20. [`www`]: `--www` static files.
+//! 21. [`listen`]: TCP and unix sockets.
+//! 22. [`proxy`]: the request handler, in stages.
+//! 23. [`serve`]: connections, TLS, graceful shutdown.
+//! 24. [`shutdown`]: the signals.
+//! 25. [`config`]: command line and kubeconfig into a typed
 //!     [`config::Config`].
 //!
 //! The crate root ties them together ([`Proxy`]); the binary adds `main`
@@ -52,22 +54,24 @@
 //!    resource and namespace worked out as the apiserver will. With auditing
 //!    on, [`audit`] opens the request's record (`RequestReceived`).
 //! 3. Admission: a browser's `Origin` must be kubegate's own or match
+//! 4. [`connection`]: one client connection's requests in flight and
+//!    its idle deadlines.
 //!    `--accept-origins` ([`cors`]); preflights are answered here. Then the
 //!    route: `--www-prefix` to [`www`] (no token needed: a page must load
 //!    before it can send one); with an access token configured, anything
 //!    else must carry it ([`access`]); outside `--api-prefix` is 404.
-//! 4. [`filters`] applies kubectl's host, path and method filters to that
+//! 5. [`filters`] applies kubectl's host, path and method filters to that
 //!    reading, then [`policy`] the Kubernetes-aware rules (`--policy-file`,
 //!    `--read-only`).
-//! 5. [`forward`] drops hop-by-hop headers and client credentials and sets
+//! 6. [`forward`] drops hop-by-hop headers and client credentials and sets
 //!    `X-Forwarded-*`; [`upstream`] adds kubegate's credential and sends the
 //!    request over a pooled connection, bodies streaming both ways.
 //!    An upgrade (exec, attach, port-forward) instead goes to [`upgrade`]:
 //!    a fresh HTTP/1.1 connection, the apiserver's `101` passed back, and
 //!    the two byte streams spliced until either side ends.
-//! 6. Any failure becomes a [`status::ProxyError`] and then the status
+//! 7. Any failure becomes a [`status::ProxyError`] and then the status
 //!    and `metav1.Status` body the apiserver would give.
-//! 7. The finish: [`audit`] writes the rest of the request's events in
+//! 8. The finish: [`audit`] writes the rest of the request's events in
 //!    stage order (`ResponseStarted` for long-running requests,
 //!    `ResponseComplete` when the body ends), refusals included, and its
 //!    audit ID goes upstream and back to the client as `Audit-Id`; metrics
@@ -84,6 +88,7 @@ pub(crate) mod certs;
 pub mod cli;
 pub(crate) mod client;
 pub mod config;
+pub(crate) mod connection;
 pub(crate) mod cors;
 pub mod error;
 pub(crate) mod filters;
@@ -117,6 +122,8 @@ pub struct Proxy {
     tls: Option<tokio_rustls::TlsAcceptor>,
     grace: std::time::Duration,
     keepalive: Option<std::time::Duration>,
+    max_connections: usize,
+    client_deadlines: connection::Deadlines,
     admin: Option<std::net::SocketAddr>,
 }
 
@@ -180,6 +187,8 @@ impl Proxy {
             }),
             grace: config.shutdown_grace,
             keepalive,
+            max_connections: config.max_connections,
+            client_deadlines: config.client_deadlines,
             admin: config.admin,
         })
     }
@@ -246,6 +255,8 @@ impl Proxy {
         let connections = serve::Connections {
             keepalive: self.keepalive,
             tls: self.tls.clone(),
+            max: self.max_connections,
+            deadlines: self.client_deadlines,
         };
         serve::serve(
             listener,

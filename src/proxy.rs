@@ -23,6 +23,7 @@ use crate::admin::{Decision, Metrics};
 use crate::audit::{Audit, Record};
 use crate::body::{Capture, ProxyBody};
 use crate::client::ClientOrigin;
+use crate::connection::{Activity, Served};
 use crate::cors::{self, OriginPolicy};
 use crate::filters::Filters;
 use crate::forward::{self, Outbound};
@@ -74,6 +75,7 @@ pub struct Shared {
 pub struct ProxyService {
     shared: Arc<Shared>,
     origin: ClientOrigin,
+    activity: Arc<Activity>,
 }
 
 /// Where a request goes, read from its path once.
@@ -154,9 +156,14 @@ struct Exchange {
 }
 
 impl ProxyService {
-    /// A service for a connection from `origin`.
-    pub fn new(shared: Arc<Shared>, origin: ClientOrigin) -> Self {
-        ProxyService { shared, origin }
+    /// A service for a connection from `origin`, counting its requests in
+    /// `activity`.
+    pub fn new(shared: Arc<Shared>, origin: ClientOrigin, activity: Arc<Activity>) -> Self {
+        ProxyService {
+            shared,
+            origin,
+            activity,
+        }
     }
 
     async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
@@ -471,12 +478,16 @@ fn upstream_path(info: &RequestInfo<'_>, uri: &Uri) -> Result<PathAndQuery, Prox
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<ProxyBody>;
+    type Response = Response<Served>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(request).await) })
+        let in_flight = self.activity.begin();
+        Box::pin(async move {
+            let response = this.handle(request).await;
+            Ok(response.map(|body| Served::new(body, in_flight)))
+        })
     }
 }

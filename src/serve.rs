@@ -1,57 +1,63 @@
 //! Serving connections: HTTP/1.1 (with upgrades) and HTTP/2 on every
-//! accepted socket, each connection in its own task, all watched so that a
-//! shutdown stops accepting, lets requests finish within the grace period,
-//! and then returns.
+//! accepted socket, each connection in its own task. At most
+//! `--max-connections` are open at once (more wait in the listen backlog),
+//! each is closed when idle past its deadline ([`crate::connection`]), and
+//! a shutdown stops accepting, lets requests finish within the grace
+//! period, and then closes what is left.
 
 use std::future::Future;
-
-use hyper::rt::Executor;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use hyper::rt::Executor;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{ClientOrigin, Peer};
+use crate::connection::{Activity, Deadlines};
 use crate::listen::{Accepted, Listener};
 use crate::proxy::{ProxyService, Shared};
-use tokio_rustls::TlsAcceptor;
 
 /// How long to pause accepting after an accept error such as EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How accepted TCP connections are set up.
+/// How accepted connections are set up and bounded.
 pub struct Connections {
     /// TCP keep-alive, so that a quiet exec session an hour long still
     /// notices a vanished peer.
     pub keepalive: Option<Duration>,
     /// `--tls-cert-file`: a TLS handshake first (in the connection's task).
     pub tls: Option<TlsAcceptor>,
+    /// `--max-connections`.
+    pub max: usize,
+    /// `--first-request-timeout` and `--client-idle-timeout`.
+    pub deadlines: Deadlines,
 }
-
-/// How long a client has to finish its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long closed connections get to finish their last writes (their
 /// requests' audit events) after the grace period.
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Every task serving clients (connections and their HTTP/2 streams),
-/// tracked so that shutdown can close the ones the grace period did not
-/// see end, and wait until they are gone.
+/// tracked so that shutdown can ask them to finish, close the ones the
+/// grace period did not see end, and wait until they are gone.
 #[derive(Clone)]
 struct Tasks {
     tracker: TaskTracker,
+    /// Shutdown has begun: connections finish what is in flight and close.
+    draining: CancellationToken,
+    /// The grace period is over: what is left is dropped.
     closing: CancellationToken,
 }
 
-impl<F> hyper::rt::Executor<F> for Tasks
+impl<F> Executor<F> for Tasks
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -67,6 +73,14 @@ where
     }
 }
 
+/// What every connection task is given.
+#[derive(Clone)]
+struct Serving {
+    builder: auto::Builder<Tasks>,
+    tasks: Tasks,
+    deadlines: Deadlines,
+}
+
 /// Accepts and serves connections until `shutdown` resolves, then drains
 /// them for up to `grace`.
 pub async fn serve(
@@ -78,6 +92,7 @@ pub async fn serve(
 ) {
     let tasks = Tasks {
         tracker: TaskTracker::new(),
+        draining: CancellationToken::new(),
         closing: CancellationToken::new(),
     };
     let mut builder = auto::Builder::new(tasks.clone());
@@ -90,12 +105,30 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(1000)
         .keep_alive_interval(Duration::from_secs(30));
-    let graceful = GracefulShutdown::new();
+    let serving = Serving {
+        builder,
+        tasks: tasks.clone(),
+        deadlines: connections.deadlines,
+    };
+    let slots = Arc::new(Semaphore::new(connections.max));
     tokio::pin!(shutdown);
     loop {
+        let accepted = async {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::warn!(
+                        max = connections.max,
+                        "at --max-connections: new clients wait until a connection closes"
+                    );
+                    slots.clone().acquire_owned().await.ok()?
+                }
+            };
+            Some((listener.accept().await, slot))
+        };
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(Accepted::Tcp(stream, peer)) => {
+            accepted = accepted => match accepted {
+                Some((Ok(Accepted::Tcp(stream, peer)), slot)) => {
                     if let Some(period) = connections.keepalive {
                         let probe = socket2::TcpKeepalive::new().with_time(period).with_interval(period);
                         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probe) {
@@ -103,25 +136,26 @@ pub async fn serve(
                         }
                     }
                     let tls = connections.tls.is_some();
-                    let service = ProxyService::new(shared.clone(), tcp_origin(peer, tls));
+                    let origin = tcp_origin(peer, tls);
                     match &connections.tls {
-                        Some(acceptor) => spawn_tls_connection(&builder, &graceful, &tasks, acceptor.clone(), stream, service),
-                        None => spawn_connection(&builder, &graceful, &tasks, stream, service),
+                        Some(acceptor) => serving.spawn_tls(acceptor.clone(), stream, shared.clone(), origin, slot),
+                        None => serving.spawn(stream, shared.clone(), origin, slot),
                     }
                 }
-                Ok(Accepted::Unix(stream)) => {
+                Some((Ok(Accepted::Unix(stream)), slot)) => {
                     let description = match stream.peer_cred() {
                         Ok(cred) => format!("unix socket, uid={}, pid={}", cred.uid(), cred.pid().map_or_else(|| "?".into(), |p| p.to_string())),
                         Err(_) => "unix socket".to_string(),
                     };
                     let peer = Peer { ip: None, description };
                     let origin = ClientOrigin { forwarded_for: None, proto: HeaderValue::from_static("http"), peer };
-                    spawn_connection(&builder, &graceful, &tasks, stream, ProxyService::new(shared.clone(), origin));
+                    serving.spawn(stream, shared.clone(), origin, slot);
                 }
-                Err(error) => {
+                Some((Err(error), _)) => {
                     tracing::warn!(%error, "accept failed; pausing");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
+                None => break,
             },
             () = &mut shutdown => break,
         }
@@ -133,14 +167,16 @@ pub async fn serve(
         audit.shutting_down();
     }
     drop(listener);
-    let open = graceful.count();
+    let open = connections.max - slots.available_permits();
     if open > 0 {
         tracing::info!(open, grace = ?grace, "waiting for open connections to finish");
     }
+    tasks.draining.cancel();
+    tasks.tracker.close();
     // Requests and upgraded sessions share one grace period; what is still
     // open after it is closed.
     let drained = async {
-        graceful.shutdown().await;
+        tasks.tracker.wait().await;
         shared.relays.drain().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
@@ -149,7 +185,6 @@ pub async fn serve(
         tasks.closing.cancel();
         let closed = async {
             shared.relays.drain().await;
-            tasks.tracker.close();
             tasks.tracker.wait().await;
         };
         if tokio::time::timeout(CLOSE_LIMIT, closed).await.is_err() {
@@ -174,47 +209,76 @@ fn tcp_origin(peer: SocketAddr, tls: bool) -> ClientOrigin {
     }
 }
 
-/// Like [`spawn_connection`], after a TLS handshake done in the
-/// connection's own task (a slow client never holds up the accept loop).
-fn spawn_tls_connection(
-    builder: &auto::Builder<Tasks>,
-    graceful: &GracefulShutdown,
-    tasks: &Tasks,
-    acceptor: TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    service: ProxyService,
-) {
-    let builder = builder.clone();
-    let watcher = graceful.watcher();
-    tasks.execute(async move {
-        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => return tracing::debug!(%error, "client TLS handshake failed"),
-            Err(_) => return tracing::debug!("client TLS handshake timed out"),
-        };
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-        if let Err(error) = watcher.watch(connection).await {
-            tracing::debug!(%error, "client connection ended with an error");
-        }
-    });
-}
+impl Serving {
+    /// Like [`Serving::spawn`], after a TLS handshake done in the
+    /// connection's own task (a slow client never holds up the accept
+    /// loop), within the first-request deadline.
+    fn spawn_tls(
+        &self,
+        acceptor: TlsAcceptor,
+        stream: tokio::net::TcpStream,
+        shared: Arc<Shared>,
+        origin: ClientOrigin,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let serving = self.clone();
+        self.tasks.execute(async move {
+            let deadline = serving.deadlines.first_request;
+            let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => return tracing::debug!(%error, "client TLS handshake failed"),
+                Err(_) => return tracing::debug!("client TLS handshake timed out"),
+            };
+            serving.serve(tls, shared, origin, slot).await;
+        });
+    }
 
-fn spawn_connection<I>(
-    builder: &auto::Builder<Tasks>,
-    graceful: &GracefulShutdown,
-    tasks: &Tasks,
-    io: I,
-    service: ProxyService,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    let watched = graceful.watch(connection);
-    tasks.execute(async move {
-        if let Err(error) = watched.await {
+    /// Serves one connection in its own task.
+    fn spawn<I>(&self, io: I, shared: Arc<Shared>, origin: ClientOrigin, slot: OwnedSemaphorePermit)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let serving = self.clone();
+        self.tasks
+            .execute(async move { serving.serve(io, shared, origin, slot).await });
+    }
+
+    /// Serves one connection until it ends, is idle past its deadline, or
+    /// shutdown asks it to finish; then it finishes what is in flight
+    /// (HTTP/2: `GOAWAY`) and closes. Its slot is free once it has.
+    async fn serve<I>(
+        &self,
+        io: I,
+        shared: Arc<Shared>,
+        origin: ClientOrigin,
+        slot: OwnedSemaphorePermit,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::default());
+        let service = ProxyService::new(shared, origin, activity.clone());
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => Some(ended),
+            () = activity.idle_for(self.deadlines) => {
+                tracing::debug!("closing an idle client connection");
+                None
+            }
+            () = self.tasks.draining.cancelled() => None,
+        };
+        let ended = match ended {
+            Some(ended) => ended,
+            None => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = ended {
             tracing::debug!(%error, "client connection ended with an error");
         }
-    });
+        drop(slot);
+    }
 }

@@ -15,7 +15,21 @@ const KUBEGATE: &str = env!("CARGO_BIN_EXE_kubegate");
 
 /// The binary with a clean environment (no KUBECONFIG, an empty HOME).
 fn kubegate(home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(KUBEGATE);
+    prepared(Command::new(KUBEGATE), home, args)
+}
+
+/// The binary in front of `double`, on a free port, under a resource
+/// limit set by `prlimit` (`limit` like `--fsize=65536`).
+async fn start_limited(double: &Double, limit: &str, extra: &[&str]) -> Running {
+    let mut command = Command::new("prlimit");
+    command.args([limit, "--", KUBEGATE]);
+    let kubeconfig = double.kubeconfig.to_str().unwrap();
+    let args = [&["--kubeconfig", kubeconfig, "-p", "0"], extra].concat();
+    run(prepared(command, double.dir.path(), &args)).await
+}
+
+/// `command` with `args` and a clean environment.
+fn prepared(mut command: Command, home: &Path, args: &[&str]) -> Command {
     command
         .args(args)
         .env_clear()
@@ -678,19 +692,12 @@ async fn a_full_disk_tears_no_line_and_loses_no_event() {
     let log = double.path("audit.log");
     // The file size limit (RLIMIT_FSIZE) stands for a full disk: a write
     // past it fails partway with EFBIG.
-    let mut command = Command::new("prlimit");
-    command
-        .args(["--fsize=65536", "--", KUBEGATE, "--kubeconfig"])
-        .arg(&double.kubeconfig)
-        .args(["-p", "0", "--audit-log-path"])
-        .arg(&log)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let running = run(command).await;
+    let running = start_limited(
+        &double,
+        "--fsize=65536",
+        &["--audit-log-path", log.to_str().unwrap()],
+    )
+    .await;
     let mut ids = Vec::new();
     let refused = within("the log fills and requests are refused", async {
         loop {
@@ -742,6 +749,33 @@ async fn a_full_disk_tears_no_line_and_loses_no_event() {
         lost.len(),
         ids.len()
     );
+}
+
+#[tokio::test]
+async fn idle_sockets_past_the_descriptor_limit_do_not_stop_service() {
+    let double = Double::start().await;
+    // 128 descriptors: --max-connections defaults to 32, and idle sockets
+    // beyond it wait in the backlog, not on kubegate's descriptors.
+    let running = start_limited(&double, "--nofile=128", &["--first-request-timeout=1s"]).await;
+    let mut idle = Vec::new();
+    for _ in 0..140 {
+        idle.push(
+            tokio::net::TcpStream::connect(&running.served_on)
+                .await
+                .unwrap(),
+        );
+    }
+    // Served once the idle sockets before it have had their deadline.
+    let answer = within(
+        "a request behind 140 idle sockets",
+        get(&running.url("/api")),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    drop(idle);
+    assert_eq!(get(&running.url("/api")).await.status, 200);
+    running.signal("TERM");
+    assert_eq!(running.exit_code().await, 0);
 }
 
 #[tokio::test]

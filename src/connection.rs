@@ -1,0 +1,165 @@
+//! One client connection's life: the requests it has in flight, and the
+//! deadlines that close it when it has none (one for the first request,
+//! one for keep-alive idleness), so that a socket that sends nothing, half
+//! an HTTP/2 preface or nothing more after a response cannot be held open
+//! forever. A request in flight (a watch, `logs -f`, a proxied stream) is
+//! never cut: a connection is idle only while every response it was sent
+//! has ended. An upgraded connection (exec, attach, port-forward) leaves
+//! hyper, and this accounting, when it switches protocols.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxError, ProxyBody};
+
+/// How long a client connection may be idle.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// `--first-request-timeout`: from accept (TLS handshake and HTTP/2
+    /// preface included) to the first request.
+    pub first_request: Duration,
+    /// `--client-idle-timeout`: with no request in flight, after one.
+    pub idle: Duration,
+}
+
+/// Requests started and ended on one connection: two counters, so the
+/// request path takes no lock.
+#[derive(Debug, Default)]
+pub struct Activity {
+    started: AtomicU64,
+    ended: AtomicU64,
+}
+
+impl Activity {
+    /// Counts a request until the returned guard (kept with its response
+    /// body) is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.started.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for its
+    /// deadline. Checked every half deadline (a timer, not a lock per
+    /// request): a connection seen idle, with no request started between,
+    /// at three checks in a row has been idle a whole deadline, so it is
+    /// closed between one and one and a half deadlines after its last
+    /// response ended (exactly one after accept, with no request).
+    pub async fn idle_for(&self, deadlines: Deadlines) {
+        // The requests started as of the last check, if it found the
+        // connection idle; accept counts as such a check.
+        let mut idle_at_last_check = Some(0);
+        let mut quiet_checks = 0;
+        while quiet_checks < 2 {
+            let period = match self.started.load(Ordering::Acquire) {
+                0 => deadlines.first_request,
+                _ => deadlines.idle,
+            };
+            tokio::time::sleep(period / 2).await;
+            let started = self.started.load(Ordering::Acquire);
+            let idle = self.ended.load(Ordering::Acquire) == started;
+            quiet_checks = match idle && idle_at_last_check == Some(started) {
+                true => quiet_checks + 1,
+                false => 0,
+            };
+            idle_at_last_check = idle.then_some(started);
+        }
+    }
+}
+
+/// One request in flight on its connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted in flight until it ends
+/// or is dropped.
+#[derive(Debug)]
+pub struct Served {
+    body: ProxyBody,
+    in_flight: Option<InFlight>,
+}
+
+impl Served {
+    /// `body`, counted by `in_flight`.
+    pub fn new(body: ProxyBody, in_flight: InFlight) -> Self {
+        Served {
+            body,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl Body for Served {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            // Ended: idle from now, not from when hyper drops the body.
+            self.in_flight.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINES: Deadlines = Deadlines {
+        first_request: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_closes_at_the_first_deadline() {
+        let activity = Activity::default();
+        let began = tokio::time::Instant::now();
+        activity.idle_for(DEADLINES).await;
+        assert_eq!(began.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_never_cut_and_idleness_counts_from_its_end() {
+        let activity = Arc::new(Activity::default());
+        let in_flight = activity.begin();
+        let watcher = activity.clone();
+        let idle = tokio::spawn(async move {
+            watcher.idle_for(DEADLINES).await;
+            tokio::time::Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!idle.is_finished(), "a long watch is not idle");
+        drop(in_flight);
+        let ended = tokio::time::Instant::now();
+        let closed = idle.await.unwrap();
+        let after = closed - ended;
+        assert!(
+            after >= Duration::from_secs(60) && after <= Duration::from_secs(90),
+            "{after:?}"
+        );
+    }
+}
