@@ -285,16 +285,19 @@ async fn a_large_body_streams_both_ways() {
     );
 }
 
-#[tokio::test]
-async fn a_thousand_watches_flow_past_a_hundred_stream_limit() {
-    let double = Double::with(streams(100), Identity::Certificate).await;
+/// `watches` watches opened at once through kubegate against an apiserver
+/// that allows `options.max_concurrent_streams` per connection: every one
+/// gets its head and the next event, none queued behind a full connection.
+async fn watches_flow_past_a_stream_limit(options: Options, watches: usize) {
+    let limit = options.max_concurrent_streams;
+    let double = Double::with(options, Identity::Certificate).await;
     let kubegate = Kubegate::start(&double, &[]).await;
     double.store().create("default", pod("seed")).unwrap();
     let rv = double.store().resource_version();
     let url = kubegate.url(&format!(
         "/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}"
     ));
-    // The clients speak HTTP/2 to kubegate too: 4 connections of 250 streams.
+    // The clients speak HTTP/2 to kubegate too: 4 connections.
     let mut senders = Vec::new();
     for _ in 0..4 {
         let tcp = tokio::net::TcpStream::connect(kubegate.address)
@@ -309,34 +312,33 @@ async fn a_thousand_watches_flow_past_a_hundred_stream_limit() {
         tokio::spawn(connection);
         senders.push(sender);
     }
-    let mut watches = Vec::new();
-    for i in 0..1000 {
+    let mut opened = Vec::new();
+    for i in 0..watches {
         let mut sender = senders[i % 4].clone();
         let request = http::Request::get(&url)
             .header("host", "localhost")
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        watches.push(tokio::spawn(async move {
+        opened.push(tokio::spawn(async move {
             let response = sender.send_request(request).await.unwrap();
             assert_eq!(response.status(), 200);
             response.into_body()
         }));
     }
     let mut bodies = Vec::new();
-    for watch in watches {
+    for watch in opened {
         bodies.push(within("watch head", watch).await.unwrap());
     }
-    assert_eq!(
-        double
-            .server
-            .state()
-            .stats
-            .open_watches
-            .load(std::sync::atomic::Ordering::Acquire),
-        1000
-    );
+    let open = double
+        .server
+        .state()
+        .stats
+        .open_watches
+        .load(std::sync::atomic::Ordering::Acquire);
+    assert_eq!(open, watches);
+    let needed = watches.div_ceil(limit as usize);
     assert!(
-        kubegate.upstream_connections() >= 10,
+        kubegate.upstream_connections() >= needed,
         "opened {}",
         kubegate.upstream_connections()
     );
@@ -349,6 +351,22 @@ async fn a_thousand_watches_flow_past_a_hundred_stream_limit() {
         let text = String::from_utf8_lossy(frame.data_ref().unwrap()).into_owned();
         assert!(text.contains("everyone-sees-this"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn a_thousand_watches_flow_past_a_hundred_stream_limit() {
+    watches_flow_past_a_stream_limit(streams(100), 1000).await;
+}
+
+/// SETTINGS that arrive late, with a limit below what a pool might assume
+/// meanwhile: no connection is over-committed while they are on their way.
+#[tokio::test]
+async fn three_hundred_watches_at_once_flow_past_a_fifty_stream_limit_set_late() {
+    let late = Options {
+        settings_delay: std::time::Duration::from_millis(300),
+        ..streams(50)
+    };
+    watches_flow_past_a_stream_limit(late, 300).await;
 }
 
 #[tokio::test]

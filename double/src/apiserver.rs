@@ -53,6 +53,9 @@ pub struct Options {
     /// port-forward echoes, in process, so the double is never the
     /// bottleneck.
     pub fast_streams: bool,
+    /// A slow link: how long after the TLS handshake the double starts
+    /// speaking HTTP (so its HTTP/2 SETTINGS arrive that much later).
+    pub settings_delay: Duration,
 }
 
 impl Default for Options {
@@ -62,6 +65,7 @@ impl Default for Options {
             http1_only: false,
             tokens: HashMap::new(),
             fast_streams: false,
+            settings_delay: Duration::ZERO,
         }
     }
 }
@@ -264,6 +268,7 @@ async fn accept_loop(
         .max_concurrent_streams(options.max_concurrent_streams);
     let builder = Arc::new(builder);
     let verifiers = Arc::new(verifiers);
+    let settings_delay = options.settings_delay;
     // Owning the connections here means aborting this task drops them all.
     let mut connections = JoinSet::new();
     loop {
@@ -290,6 +295,7 @@ async fn accept_loop(
                             Ok::<_, Infallible>(response)
                         }
                     });
+                    tokio::time::sleep(settings_delay).await;
                     let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await;
                 });
             }

@@ -6,10 +6,16 @@
 //! forever. This pool counts open streams per connection and dials another
 //! connection when every one is full. Picking a connection is lock-free; only
 //! dialing takes a lock, so that a burst opens one connection, not fifty.
+//!
+//! A new connection carries only the request that dialed it until the
+//! server's SETTINGS say how many streams it allows: assuming a number
+//! would queue, inside hyper, every stream past a smaller real limit. A
+//! burst waits for those SETTINGS (one round trip) rather than dialing a
+//! connection per request, then fills the connection and dials the next.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,8 +29,14 @@ use super::connect::{Connector, classify};
 use crate::body::StreamGuard;
 use crate::status::ProxyError;
 
-/// Streams assumed allowed until the server's SETTINGS say otherwise.
-const INITIAL_MAX_STREAMS: usize = 100;
+/// Streams a new connection carries until the server's SETTINGS arrive:
+/// the request that dialed it.
+const BEFORE_SETTINGS: usize = 1;
+
+/// How long requests wait for a new connection's SETTINGS before dialing
+/// their own; a server that has sent none by then is taken to allow one
+/// stream.
+const SETTINGS_WAIT: Duration = Duration::from_secs(5);
 
 /// A slot on a connection: the sender to use and the guard that frees it.
 pub type Slot = (http2::SendRequest<UpstreamBody>, StreamGuard);
@@ -40,9 +52,47 @@ pub enum Checkout {
 struct H2Connection {
     sender: http2::SendRequest<UpstreamBody>,
     in_flight: Arc<AtomicUsize>,
-    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, published by the task
-    /// that drives the connection (only the connection object can read it).
-    max_streams: Arc<AtomicUsize>,
+    /// What the task that drives the connection (only the connection
+    /// object can read them) learns of the server's settings.
+    settings: Arc<Settings>,
+}
+
+/// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, once known.
+#[derive(Default)]
+struct Settings {
+    max_streams: AtomicUsize,
+    /// The server's SETTINGS arrived (or will not: the wait is over).
+    known: AtomicBool,
+    arrived: tokio::sync::Notify,
+}
+
+impl Settings {
+    /// Publishes what the connection knows now: until the first SETTINGS,
+    /// h2 reports [`BEFORE_SETTINGS`]; after, the server's limit (or
+    /// unlimited). A server that sets exactly that is known at the wait's
+    /// end.
+    fn publish(&self, max_streams: usize, ended: bool) {
+        self.max_streams.store(max_streams, Ordering::Release);
+        let learnt = max_streams != BEFORE_SETTINGS || ended;
+        if learnt && !self.known.load(Ordering::Acquire) && !self.known.swap(true, Ordering::AcqRel)
+        {
+            self.arrived.notify_waiters();
+        }
+    }
+
+    /// Waits until the server's SETTINGS are known, for at most
+    /// [`SETTINGS_WAIT`].
+    async fn known(&self) {
+        let arrived = self.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        if self.known.load(Ordering::Acquire) {
+            return;
+        }
+        if tokio::time::timeout(SETTINGS_WAIT, arrived).await.is_err() {
+            self.known.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// The HTTP/2 connections to one apiserver.
@@ -75,21 +125,45 @@ impl H2Pool {
     ///
     /// A [`ProxyError`] when a new connection cannot be made.
     pub async fn checkout(&self, uri: &Uri) -> Result<Checkout, ProxyError> {
-        if let Some(slot) = self.reserve() {
-            return Ok(Checkout::H2(slot));
+        loop {
+            if let Some(slot) = self.reserve() {
+                return Ok(Checkout::H2(slot));
+            }
+            let dialing = self.dialing.lock().await;
+            // Another request may have dialed while this one waited.
+            if let Some(slot) = self.reserve() {
+                return Ok(Checkout::H2(slot));
+            }
+            // A connection whose SETTINGS are on their way may have room
+            // for this request and many more.
+            match self.awaiting_settings() {
+                Some(settings) => {
+                    drop(dialing);
+                    settings.known().await;
+                }
+                None => return self.dial(uri).await,
+            }
         }
-        let _dialing = self.dialing.lock().await;
-        // Another request may have dialed while this one waited.
-        if let Some(slot) = self.reserve() {
-            return Ok(Checkout::H2(slot));
-        }
+    }
+
+    fn awaiting_settings(&self) -> Option<Arc<Settings>> {
+        self.connections
+            .load()
+            .iter()
+            .find(|c| !c.sender.is_closed() && !c.settings.known.load(Ordering::Acquire))
+            .map(|c| c.settings.clone())
+    }
+
+    /// Dials a connection and takes its first stream (the dialing lock is
+    /// held).
+    async fn dial(&self, uri: &Uri) -> Result<Checkout, ProxyError> {
         let io = self.connector.connect(uri).await?;
         if !io.connected().is_negotiated_h2() {
             return Ok(Checkout::Http1);
         }
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_max_send_streams(INITIAL_MAX_STREAMS)
+            .initial_max_send_streams(BEFORE_SETTINGS)
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .keep_alive_interval(Duration::from_secs(30))
@@ -97,13 +171,21 @@ impl H2Pool {
             .handshake(io)
             .await
             .map_err(|e| classify(uri, &e))?;
-        let max_streams = Arc::new(AtomicUsize::new(INITIAL_MAX_STREAMS));
-        let published = max_streams.clone();
+        let settings = Arc::new(Settings::default());
+        settings.publish(BEFORE_SETTINGS, false);
+        let published = settings.clone();
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
+            // hyper reads frames in a task of its own, and this one wakes
+            // only for requests: until the server's SETTINGS are known,
+            // look every millisecond (a round trip or two).
+            let mut look = tokio::time::interval(Duration::from_millis(1));
             let ended = std::future::poll_fn(|cx| {
                 let polled = connection.as_mut().poll(cx);
-                published.store(connection.current_max_send_streams(), Ordering::Release);
+                published.publish(connection.current_max_send_streams(), polled.is_ready());
+                if !published.known.load(Ordering::Acquire) {
+                    while look.poll_tick(cx).is_ready() {}
+                }
                 polled
             })
             .await;
@@ -115,7 +197,7 @@ impl H2Pool {
         let fresh = Arc::new(H2Connection {
             sender,
             in_flight: Arc::new(AtomicUsize::new(1)),
-            max_streams,
+            settings,
         });
         let slot = (
             fresh.sender.clone(),
@@ -138,7 +220,11 @@ impl H2Pool {
             if connection.sender.is_closed() {
                 continue;
             }
-            let limit = connection.max_streams.load(Ordering::Acquire).max(1);
+            let limit = connection
+                .settings
+                .max_streams
+                .load(Ordering::Acquire)
+                .max(1);
             if connection.in_flight.fetch_add(1, Ordering::AcqRel) < limit {
                 return Some((
                     connection.sender.clone(),
