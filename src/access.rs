@@ -160,31 +160,29 @@ impl AccessToken {
 /// WebSocket subprotocols, keeping the others in order: the access token
 /// is kubegate's own and never goes upstream, upgrade or not.
 pub fn drop_bearer_subprotocol(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
-        return;
-    }
-    let offered: Vec<String> = headers
+    // Read as bytes: a line that is not text (obs-text) must not hide an
+    // entry from this check.
+    let entries = |value: &HeaderValue| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|entry| !entry.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect::<Vec<_>>()
+    };
+    let is_bearer = |entry: &Vec<u8>| entry.starts_with(BEARER_SUBPROTOCOL_PREFIX.as_bytes());
+    let offered: Vec<Vec<u8>> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
+        .flat_map(entries)
         .collect();
-    if !offered
-        .iter()
-        .any(|p| p.starts_with(BEARER_SUBPROTOCOL_PREFIX))
-    {
+    if !offered.iter().any(is_bearer) {
         return;
     }
     headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
-    let kept: Vec<&str> = offered
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !p.starts_with(BEARER_SUBPROTOCOL_PREFIX))
-        .collect();
-    if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+    let kept: Vec<Vec<u8>> = offered.into_iter().filter(|e| !is_bearer(e)).collect();
+    if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b", "[..]))
         && !kept.is_empty()
     {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);

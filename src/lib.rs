@@ -40,6 +40,8 @@
 //! 24. [`shutdown`]: the signals.
 //! 25. [`config`]: command line and kubeconfig into a typed
 //!     [`config::Config`].
+//! 26. `fuzz` (tests only): every parser of client and file input, fed
+//!     random and mutated input.
 //!
 //! The crate root ties them together ([`Proxy`]); the binary adds `main`
 //! and, with the default `demo` feature, `kubegate demo` (src/demo.rs) on
@@ -105,6 +107,9 @@ pub(crate) mod status;
 pub(crate) mod upgrade;
 pub(crate) mod upstream;
 pub(crate) mod www;
+
+#[cfg(test)]
+mod fuzz;
 
 use std::future::Future;
 use std::sync::Arc;

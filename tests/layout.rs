@@ -24,10 +24,15 @@ fn stated_order(lib: &str) -> Vec<String> {
         .collect()
 }
 
-/// The modules `src/lib.rs` declares.
+/// The modules `src/lib.rs` declares, but for test-only ones (after
+/// `#[cfg(test)]`), which are no part of the layout.
 fn declared(lib: &str) -> BTreeSet<String> {
-    lib.lines()
-        .filter_map(|line| {
+    let lines: Vec<&str> = lib.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || lines[i - 1].trim() != "#[cfg(test)]")
+        .filter_map(|(_, line)| {
             let line = line.trim();
             let rest = line
                 .strip_prefix("pub mod ")

@@ -37,7 +37,7 @@ struct PolicyFile {
 
 /// One rule of the file.
 #[derive(Debug, Clone)]
-struct Rule {
+pub(crate) struct Rule {
     allow: bool,
     selector: Selector,
 }
@@ -262,7 +262,7 @@ fn read_rules(path: &Path) -> Result<Vec<Rule>, StartupError> {
 }
 
 /// Parses a policy file; the error names the rule (from 1) and the fix.
-fn parse(text: &str) -> Result<Vec<Rule>, String> {
+pub(crate) fn parse(text: &str) -> Result<Vec<Rule>, String> {
     let raw: RawFile = yaml(text).map_err(|e| {
         format!("is not a kubegate policy ({e}); see docs/policy.md for the format")
     })?;

@@ -1,0 +1,167 @@
+//! Fuzz-style property tests over everything kubegate parses itself from
+//! clients and files: request paths and queries, `Host`, the WebSocket
+//! subprotocol list, the policy file and the audit policy file. Input is
+//! random bytes, or valid input mutated byte by byte, so the parsers' error
+//! paths are walked too. Nothing may panic, and what each parser promises
+//! must hold for whatever it accepts.
+//!
+//! CI runs 2,048 cases per property; `KUBEGATE_FUZZ_CASES=1000000 cargo
+//! test --lib fuzz` runs as many as asked. (cargo-fuzz needs a nightly
+//! toolchain, so proptest drives this on stable.)
+
+use http::{HeaderMap, HeaderValue, header};
+use proptest::prelude::*;
+
+use crate::access::{BEARER_SUBPROTOCOL_PREFIX, drop_bearer_subprotocol};
+use crate::filters::host_without_port;
+use crate::request::{RequestInfo, normalize};
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("KUBEGATE_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2048);
+    ProptestConfig::with_cases(cases)
+}
+
+/// Valid input with up to eight byte-level edits: a byte replaced, bytes
+/// inserted from `alphabet`, or a range deleted.
+fn mutated(
+    seeds: &'static [&'static str],
+    alphabet: &'static [u8],
+) -> impl Strategy<Value = String> {
+    let edit = (
+        any::<prop::sample::Index>(),
+        0u8..3,
+        prop::collection::vec(prop::sample::select(alphabet), 1..6),
+    );
+    (
+        prop::sample::select(seeds),
+        prop::collection::vec(edit, 0..8),
+    )
+        .prop_map(|(seed, edits)| {
+            let mut bytes = seed.as_bytes().to_vec();
+            for (at, kind, insert) in edits {
+                let at = at.index(bytes.len() + 1);
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = insert[0],
+                    1 => {
+                        bytes.splice(at..at, insert);
+                    }
+                    _ => {
+                        let end = (at + insert.len()).min(bytes.len());
+                        bytes.drain(at..end);
+                    }
+                }
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+}
+
+const PATHS: &[&str] = &[
+    "/api/v1/namespaces/default/pods/web/exec",
+    "/apis/apps/v1/namespaces/kube-system/deployments/coredns/scale",
+    "/api/v1/watch/namespaces/default/pods",
+    "/api/v1/namespaces/default/services/web:80/proxy/a/b",
+    "/version",
+];
+const PATH_BYTES: &[u8] = b"/%.:2Fe5cC0aAz-_~\\?#[]@!$&'()*+,;= \t\n\x00";
+
+const QUERIES: &[&str] = &[
+    "watch=true&resourceVersion=10",
+    "fieldSelector=metadata.name%3Dweb&limit=500",
+    "command=sh&command=-c&command=ls&stdin=true&tty=true",
+    "ports=80,8080&timeoutSeconds=30",
+];
+const QUERY_BYTES: &[u8] = b"=&%3D2Cmetadata.name,watch1true0-+ ";
+
+const POLICIES: &[&str] = &[
+    include_str!("../examples/policy/agent-guard.yaml"),
+    include_str!("../examples/policy/never-secrets.yaml"),
+    include_str!("../examples/policy/sidecar-one-namespace.yaml"),
+];
+const AUDIT_POLICIES: &[&str] = &[
+    "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n  - level: None\n    nonResourceURLs: [\"/version\", \"/healthz*\"]\n  - level: RequestResponse\n    verbs: [\"create\", \"delete\"]\n    resources: [{ group: \"\", resources: [\"pods\", \"pods/exec\"] }]\n    namespaces: [\"default\"]\n  - level: Metadata\n    users: [\"admin\"]\n    userGroups: [\"system:masters\"]\n    omitStages: [\"ResponseStarted\"]\n",
+];
+const YAML_BYTES: &[u8] = b" \n-:[]{}\"'*#&!|>,.0123456789aAzZ/\t\\";
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A path and query, random or mutated from real ones: read without
+    /// panicking; an accepted path is canonical (encoding it and reading
+    /// it again changes nothing) and has no empty or dot segment.
+    #[test]
+    fn request_paths_and_queries(
+        path in prop_oneof![mutated(PATHS, PATH_BYTES), any::<String>()],
+        query in prop_oneof![mutated(QUERIES, QUERY_BYTES), any::<String>()],
+        method in prop_oneof![Just("GET".to_string()), Just("POST".to_string()), "[A-Za-z]{0,8}"],
+        upgrade in any::<bool>(),
+    ) {
+        if let Ok(info) = RequestInfo::read(&method, &path, Some(&query), upgrade) {
+            let _ = (info.verb_text(), info.resource(), info.long_running());
+        }
+        if let Ok(canonical) = normalize(&path) {
+            let decoded = canonical.as_str();
+            let encoded = canonical.encoded();
+            match normalize(&encoded) {
+                Ok(again) => prop_assert_eq!(again.as_str(), decoded),
+                Err(error) => prop_assert!(false, "{path:?} encodes to {encoded:?}, refused: {error}"),
+            }
+            prop_assert!(decoded == "/" || !decoded.split('/').skip(1).any(|s| s.is_empty() || s == "." || s == ".."));
+        }
+    }
+
+    /// `Host`: the name is a prefix of the header, and a port is cut only
+    /// when it is all digits.
+    #[test]
+    fn host_headers(host in prop_oneof![any::<String>(), "\\[?[0-9a-z:.]{0,12}\\]?(:[0-9a-z@]{0,6})?"]) {
+        let name = host_without_port(&host);
+        prop_assert!(host.starts_with(name));
+        let rest = &host[name.len()..];
+        prop_assert!(rest.is_empty() || (rest.len() > 1 && rest[1..].bytes().all(|b| b.is_ascii_digit())));
+    }
+
+    /// The subprotocol list, however it is split over header lines and
+    /// whatever bytes it holds: no bearer entry goes upstream.
+    #[test]
+    fn websocket_subprotocol_lists(
+        lines in prop::collection::vec(
+            prop::collection::vec(prop_oneof![
+                Just(format!("{BEARER_SUBPROTOCOL_PREFIX}dG9rZW4")),
+                Just("v5.channel.k8s.io".to_string()),
+                "[ -~\u{80}-\u{ff}]{0,12}",
+            ], 1..4),
+            1..3,
+        ),
+    ) {
+        let mut headers = HeaderMap::new();
+        for line in &lines {
+            let bytes: Vec<u8> = line.join(", ").chars().map(|c| c as u32 as u8).collect();
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                headers.append(header::SEC_WEBSOCKET_PROTOCOL, value);
+            }
+        }
+        drop_bearer_subprotocol(&mut headers);
+        for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            prop_assert!(!text.contains(BEARER_SUBPROTOCOL_PREFIX), "{text:?} goes upstream");
+        }
+    }
+
+    /// The policy file: any text is read or refused with a message.
+    #[test]
+    fn policy_files(text in prop_oneof![mutated(POLICIES, YAML_BYTES), any::<String>()]) {
+        if let Err(message) = crate::policy::parse(&text) {
+            prop_assert!(!message.is_empty());
+        }
+    }
+
+    /// The audit policy file, likewise.
+    #[test]
+    fn audit_policy_files(text in prop_oneof![mutated(AUDIT_POLICIES, YAML_BYTES), any::<String>()]) {
+        if let Err(message) = crate::audit::policy::Policy::parse(&text) {
+            prop_assert!(!message.is_empty());
+        }
+    }
+}
