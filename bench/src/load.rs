@@ -41,7 +41,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    async fn connect(&self) -> Option<http1::SendRequest<Empty<Bytes>>> {
+    /// A fresh HTTP/1.1 connection.
+    pub async fn connect(&self) -> Option<http1::SendRequest<Empty<Bytes>>> {
         let tcp = TcpStream::connect(&self.address).await.ok()?;
         let _ = tcp.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await.ok()?;
@@ -49,7 +50,8 @@ impl Endpoint {
         Some(sender)
     }
 
-    fn request(&self, path: &str) -> http::Request<Empty<Bytes>> {
+    /// A GET of `path` with the endpoint's headers.
+    pub fn request(&self, path: &str) -> http::Request<Empty<Bytes>> {
         let mut request = http::Request::get(path).header("host", "localhost");
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());

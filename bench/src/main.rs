@@ -10,6 +10,7 @@
 
 mod load;
 mod proxies;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ struct Args {
     /// Where BENCHMARKS.md and results.json go (default: the repository).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Instead of the comparison: kubegate alone under mixed load for this
+    /// many minutes; its section of BENCHMARKS.md is replaced.
+    #[arg(long, value_name = "MINUTES")]
+    soak_minutes: Option<u64>,
 }
 
 /// Phase sizes: the full run, or the smoke test's.
@@ -146,6 +151,40 @@ async fn main() {
     )
     .expect("kubeconfig");
 
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+    std::fs::create_dir_all(&out).expect("output directory");
+    let benchmarks = out.join("BENCHMARKS.md");
+    let previous = std::fs::read_to_string(&benchmarks).unwrap_or_default();
+    if let Some(minutes) = args.soak_minutes {
+        let webhook = scratch.path().join("webhook.kubeconfig");
+        let collector = format!("{}/audit-collector", upstream.url());
+        let user = KubeconfigUser::Certificate {
+            cert: &cert,
+            key: &key,
+        };
+        write_kubeconfig(&webhook, &collector, &ca, user).expect("webhook config");
+        let duration = Duration::from_secs(minutes.max(1) * 60);
+        let section = soak::run(
+            &kubegate,
+            &kubeconfig,
+            &webhook,
+            &upstream,
+            scratch.path(),
+            duration,
+        )
+        .await;
+        println!("{section}");
+        let before = previous
+            .find("## Soak")
+            .map_or(previous.as_str(), |at| &previous[..at]);
+        std::fs::write(&benchmarks, format!("{}\n\n{section}", before.trim_end()))
+            .expect("BENCHMARKS.md");
+        return;
+    }
+
     let kubectl = std::process::Command::new("kubectl")
         .arg("version")
         .arg("--client")
@@ -223,11 +262,12 @@ async fn main() {
         args.smoke,
     );
     println!("{report}");
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
-    std::fs::create_dir_all(&out).expect("output directory");
-    std::fs::write(out.join("BENCHMARKS.md"), &report).expect("BENCHMARKS.md");
+    // The soak's section, from its own run, is kept.
+    let report = match soak::section_of(&previous) {
+        Some(section) if !args.smoke => format!("{}\n\n{section}", report.trim_end()),
+        _ => report,
+    };
+    std::fs::write(&benchmarks, &report).expect("BENCHMARKS.md");
     let json = json!({ "date": jiff::Timestamp::now().to_string(), "machine": machine(), "rounds": rounds, "results": medians(&results), "runs": results });
     let json_path = if out.join("bench").is_dir() {
         out.join("bench/results.json")

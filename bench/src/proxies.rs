@@ -128,6 +128,20 @@ impl Proxy {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// Stops the proxy as an orchestrator does (SIGTERM) and waits for it
+    /// to exit.
+    pub async fn terminate(mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        if let Some(child) = &mut self.child {
+            let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+        }
+    }
+
     /// Stops the proxy.
     pub async fn stop(mut self) {
         if let Some(child) = &mut self.child {

@@ -212,6 +212,7 @@ pub async fn handle(
             json_response(StatusCode::OK, &json!({ "slept": ms }))
         }
         (_, ["faults", "drop"]) => drop_mid_stream(),
+        (Method::POST, ["audit-collector"]) => collect_audit(&state, request).await,
         _ => status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -525,4 +526,27 @@ fn drop_mid_stream() -> Response<DoubleBody> {
             .await;
     });
     Response::new(body)
+}
+
+/// An audit webhook collector, for the benchmark's soak: counts the events
+/// of each `EventList`; while `collector_down` is set, answers 503 as a
+/// collector that is down does.
+async fn collect_audit(state: &State, request: Request<Incoming>) -> Response<DoubleBody> {
+    if state.stats.collector_down.load(Ordering::Acquire) {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the collector is down",
+        );
+    }
+    let Ok(body) = request.into_body().collect().await else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "the body broke");
+    };
+    let list: Value = serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
+    let events = list["items"].as_array().map_or(0, Vec::len);
+    state
+        .stats
+        .audit_events
+        .fetch_add(events, Ordering::Relaxed);
+    json_response(StatusCode::OK, &json!({}))
 }

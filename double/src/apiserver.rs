@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, StatusCode, header};
@@ -83,6 +83,10 @@ pub struct Stats {
     pub open_streams: Arc<AtomicUsize>,
     /// The last terminal size a client sent on the resize channel.
     pub terminal: Arc<TerminalSize>,
+    /// Audit events `/audit-collector` took.
+    pub audit_events: AtomicUsize,
+    /// `/audit-collector` answers 503 while set.
+    pub collector_down: AtomicBool,
 }
 
 /// A terminal's size as a client last set it.
