@@ -171,7 +171,10 @@ pub fn drop_bearer_subprotocol(headers: &mut HeaderMap) {
             .map(<[u8]>::to_vec)
             .collect::<Vec<_>>()
     };
-    let is_bearer = |entry: &Vec<u8>| entry.starts_with(BEARER_SUBPROTOCOL_PREFIX.as_bytes());
+    // Anywhere in the entry: the apiserver trims more kinds of space
+    // (Unicode's) than an ASCII trim does.
+    let prefix = BEARER_SUBPROTOCOL_PREFIX.as_bytes();
+    let is_bearer = |entry: &Vec<u8>| entry.windows(prefix.len()).any(|w| w == prefix);
     let offered: Vec<Vec<u8>> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()

@@ -61,8 +61,11 @@ impl Activity {
                 _ => deadlines.idle,
             };
             tokio::time::sleep(period / 2).await;
+            // Ended first: a request starting between the loads then
+            // counts as in flight.
+            let ended = self.ended.load(Ordering::Acquire);
             let started = self.started.load(Ordering::Acquire);
-            let idle = self.ended.load(Ordering::Acquire) == started;
+            let idle = ended == started;
             quiet_checks = match idle && idle_at_last_check == Some(started) {
                 true => quiet_checks + 1,
                 false => 0,

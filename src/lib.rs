@@ -127,7 +127,6 @@ pub struct Proxy {
     tls: Option<tokio_rustls::TlsAcceptor>,
     grace: std::time::Duration,
     keepalive: Option<std::time::Duration>,
-    max_connections: usize,
     client_deadlines: connection::Deadlines,
     admin: Option<std::net::SocketAddr>,
 }
@@ -187,12 +186,13 @@ impl Proxy {
                 clusters,
                 forward_client_credentials: config.forward_client_credentials,
                 relays: upgrade::Relays::new(metrics.clone()),
+                slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+                max_connections: config.max_connections,
                 audit,
                 metrics,
             }),
             grace: config.shutdown_grace,
             keepalive,
-            max_connections: config.max_connections,
             client_deadlines: config.client_deadlines,
             admin: config.admin,
         })
@@ -260,7 +260,6 @@ impl Proxy {
         let connections = serve::Connections {
             keepalive: self.keepalive,
             tls: self.tls.clone(),
-            max: self.max_connections,
             deadlines: self.client_deadlines,
         };
         serve::serve(

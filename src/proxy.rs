@@ -33,6 +33,7 @@ use crate::status::ProxyError;
 use crate::upgrade::{Relays, is_upgrade};
 use crate::upstream::clusters::{Cluster, Clusters, Route};
 use crate::www;
+use tokio::sync::Semaphore;
 
 /// How request paths are split between the API and static files.
 #[derive(Debug, Clone)]
@@ -64,6 +65,11 @@ pub struct Shared {
     pub forward_client_credentials: bool,
     /// Upgraded connections being relayed.
     pub relays: Relays,
+    /// `--max-connections`: a slot per client connection, and per relayed
+    /// session (which outlives its connection in hyper).
+    pub slots: Arc<Semaphore>,
+    /// How many slots there are.
+    pub max_connections: usize,
     /// The audit trail, when on.
     pub audit: Option<Arc<Audit>>,
     /// What `/metrics` and `/readyz` report.
@@ -286,10 +292,16 @@ impl ProxyService {
                 return Err(ProxyError::UpgradeWithBody);
             }
             let record = record.cloned();
+            let slot = self
+                .shared
+                .slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ProxyError::AtConnectionLimit(self.shared.max_connections))?;
             return self
                 .shared
                 .relays
-                .relay(&outbound, head, path_and_query, record)
+                .relay(&outbound, head, path_and_query, record, slot)
                 .await;
         }
         forward(&outbound, head, body, path_and_query, record).await

@@ -15,7 +15,7 @@ use hyper::rt::Executor;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,8 +35,6 @@ pub struct Connections {
     pub keepalive: Option<Duration>,
     /// `--tls-cert-file`: a TLS handshake first (in the connection's task).
     pub tls: Option<TlsAcceptor>,
-    /// `--max-connections`.
-    pub max: usize,
     /// `--first-request-timeout` and `--client-idle-timeout`.
     pub deadlines: Deadlines,
 }
@@ -110,21 +108,25 @@ pub async fn serve(
         tasks: tasks.clone(),
         deadlines: connections.deadlines,
     };
-    let slots = Arc::new(Semaphore::new(connections.max));
+    let slots = shared.slots.clone();
     tokio::pin!(shutdown);
     loop {
         let accepted = async {
+            // Wait for room without holding it while accept waits: a
+            // relayed session may take a slot meanwhile.
+            if slots.available_permits() == 0 {
+                tracing::warn!(
+                    max = shared.max_connections,
+                    "at --max-connections: new clients wait until a connection closes"
+                );
+                drop(slots.acquire().await.ok()?);
+            }
+            let accepted = listener.accept().await;
             let slot = match slots.clone().try_acquire_owned() {
                 Ok(slot) => slot,
-                Err(_) => {
-                    tracing::warn!(
-                        max = connections.max,
-                        "at --max-connections: new clients wait until a connection closes"
-                    );
-                    slots.clone().acquire_owned().await.ok()?
-                }
+                Err(_) => slots.clone().acquire_owned().await.ok()?,
             };
-            Some((listener.accept().await, slot))
+            Some((accepted, slot))
         };
         tokio::select! {
             accepted = accepted => match accepted {
@@ -167,7 +169,7 @@ pub async fn serve(
         audit.shutting_down();
     }
     drop(listener);
-    let open = connections.max - slots.available_permits();
+    let open = shared.max_connections - slots.available_permits();
     if open > 0 {
         tracing::info!(open, grace = ?grace, "waiting for open connections to finish");
     }

@@ -107,6 +107,11 @@ pub enum ProxyError {
         "the audit log cannot be written, so kubegate refuses requests (--audit-failure=refuse); free disk space or fix --audit-log-path"
     )]
     AuditUnavailable,
+    /// Every connection slot is taken, and an upgraded session holds one.
+    #[error(
+        "kubegate has {0} connections open, its --max-connections: close an exec, attach or port-forward session, or raise the limit"
+    )]
+    AtConnectionLimit(usize),
 }
 
 /// The `metav1.Status` body, written by kubegate.
@@ -158,7 +163,9 @@ impl ProxyError {
             E::Proxy { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Tls { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Upstream { .. } => (S::BAD_GATEWAY, "InternalError"),
-            E::AuditUnavailable => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            E::AuditUnavailable | E::AtConnectionLimit(_) => {
+                (S::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
         }
     }
 

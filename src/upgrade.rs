@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -104,6 +105,7 @@ impl Relays {
         mut head: Parts,
         path_and_query: PathAndQuery,
         record: Option<Record>,
+        slot: OwnedSemaphorePermit,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_upgrade = head
             .extensions
@@ -171,6 +173,7 @@ impl Relays {
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
         let session = Session {
+            _slot: slot,
             kind: stream_kind(&absolute),
             record,
             began: std::time::Instant::now(),
@@ -223,6 +226,8 @@ impl Relays {
 
 /// One relayed session: what it is and what it moved.
 struct Session {
+    /// Its `--max-connections` slot, held until the session ends.
+    _slot: OwnedSemaphorePermit,
     kind: StreamKind,
     record: Option<Record>,
     began: std::time::Instant,
@@ -259,32 +264,52 @@ fn stream_kind(uri: &http::Uri) -> StreamKind {
 
 /// One side of a splice: counts the bytes read from it (what it sent).
 ///
-/// A side that fails (a reset, a TLS stream cut without close_notify)
-/// ends the session, but only after what it sent before failing has been
-/// delivered: its failure reads as end-of-stream (so the splice writes out
-/// what it had read, where an error would drop it), the other side's reads
-/// end too, and writes to a failed session cannot fail it again.
+/// A side that fails (a reset, a TLS stream cut without close_notify, a
+/// write refused) ends the session, but only after what was already read
+/// has been delivered where it still can be: a failure is never an error
+/// to the splice (which would drop its buffers) but ends the session; from
+/// then on reads on both sides end (end-of-stream), writes to the side
+/// that failed are discarded, and the other side still gets what was read.
 struct Counted<T> {
     io: T,
     read: Arc<AtomicU64>,
-    /// Shared by both sides of the splice.
-    failed: Arc<AtomicBool>,
+    /// This side failed.
+    broken: bool,
+    /// The session is over: shared by both sides of the splice.
+    ended: Arc<AtomicBool>,
 }
 
 impl<T> Counted<T> {
-    fn new(io: T, read: Arc<AtomicU64>, failed: Arc<AtomicBool>) -> Self {
-        Counted { io, read, failed }
+    fn new(io: T, read: Arc<AtomicU64>, ended: Arc<AtomicBool>) -> Self {
+        Counted {
+            io,
+            read,
+            broken: false,
+            ended,
+        }
     }
 
-    fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
-    /// After a failure, an error (writing to the failed side) is moot.
-    fn settle<V>(&self, polled: Poll<std::io::Result<V>>, moot: V) -> Poll<std::io::Result<V>> {
+    /// A failure ends the session instead of failing the splice.
+    fn settle<V>(
+        &mut self,
+        cx: &Context<'_>,
+        polled: Poll<std::io::Result<V>>,
+        moot: V,
+    ) -> Poll<std::io::Result<V>> {
         match polled {
-            Poll::Ready(Err(error)) if self.failed() => {
-                tracing::debug!(%error, "relayed session already failed");
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(%error, "relayed stream failed");
+                self.broken = true;
+                if !self.ended.swap(true, Ordering::AcqRel) {
+                    // The other direction, polled by this same task, may
+                    // be waiting on its reader: poll again, so it sees
+                    // the end.
+                    cx.waker().wake_by_ref();
+                }
                 Poll::Ready(Ok(moot))
             }
             polled => polled,
@@ -298,24 +323,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if self.failed() {
+        if self.ended() {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         self.read
             .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
-        match polled {
-            Poll::Ready(Err(error)) => {
-                tracing::debug!(%error, "relayed stream ended with an error");
-                self.failed.store(true, Ordering::Release);
-                // The other direction, polled by this same task, may be
-                // waiting on its reader: poll again, so it sees the end.
-                cx.waker().wake_by_ref();
-                Poll::Ready(Ok(()))
-            }
-            polled => polled,
-        }
+        self.settle(cx, polled, ())
     }
 }
 
@@ -325,18 +340,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.broken {
+            return Poll::Ready(Ok(data.len()));
+        }
         let polled = Pin::new(&mut self.io).poll_write(cx, data);
-        self.settle(polled, data.len())
+        self.settle(cx, polled, data.len())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.broken {
+            return Poll::Ready(Ok(()));
+        }
         let polled = Pin::new(&mut self.io).poll_flush(cx);
-        self.settle(polled, ())
+        self.settle(cx, polled, ())
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.broken {
+            return Poll::Ready(Ok(()));
+        }
         let polled = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.settle(polled, ())
+        self.settle(cx, polled, ())
     }
 }
 

@@ -75,3 +75,44 @@ async fn a_watch_is_never_cut_for_idleness() {
     let event = watch.next().await.expect("the watch is still open");
     assert!(event.contains("\"late\""), "{event}");
 }
+
+#[tokio::test]
+async fn a_relayed_session_holds_a_connection_slot() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, &["--max-connections=2"]).await;
+    let exec = || async {
+        let path = "/api/v1/namespaces/default/pods/box/exec?command=cat&stdin=true&stdout=true";
+        let mut request = kubegate
+            .url(path)
+            .replace("http", "ws")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "v5.channel.k8s.io".parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(request).await
+    };
+    let first = exec().await.expect("the first session opens");
+    // The first session's slot and this request's connection: none left
+    // for a second session.
+    match exec().await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => {
+            assert_eq!(refused.status(), 503);
+            let body =
+                String::from_utf8_lossy(refused.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("--max-connections"), "{body}");
+        }
+        other => panic!("a second session past the limit: {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    eventually("the first session's slot is free", || {
+        kubegate.open_relays() == 0
+    })
+    .await;
+    exec()
+        .await
+        .expect("a session opens once the first has gone");
+}

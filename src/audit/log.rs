@@ -72,6 +72,8 @@ pub struct Health {
     pub written: AtomicU64,
     /// Lines lost to write errors.
     pub lost: AtomicU64,
+    /// kubegate is exiting: a failing disk gets a few more attempts.
+    closing: AtomicBool,
 }
 
 /// The running log backend.
@@ -125,12 +127,23 @@ impl LogBackend {
     }
 
     /// Queues a line, waiting while the queue is full.
+    /// A request dropped while it waits (its client gone) still has its
+    /// line queued, by a task.
     pub async fn send(&self, line: Vec<u8>) {
         let sender = self.sender.load_full();
         if let Some(sender) = sender
             && let Some(line) = self.try_send(&sender, line)
         {
-            let _ = sender.send(line).await;
+            let mut waiting = Waiting {
+                line: Some(line),
+                sender,
+                lost: self.health.clone(),
+            };
+            if let Ok(room) = waiting.sender.reserve().await
+                && let Some(line) = waiting.line.take()
+            {
+                room.send(line);
+            }
         }
     }
 
@@ -141,9 +154,7 @@ impl LogBackend {
             return;
         };
         if let Some(line) = self.try_send(&sender, line) {
-            tokio::spawn(async move {
-                let _ = sender.send(line).await;
-            });
+            queue_later(sender, line, self.health.clone());
         }
     }
 
@@ -164,12 +175,39 @@ impl LogBackend {
 
     /// Stops taking lines and waits until every queued line is written.
     pub async fn close(&self) {
+        self.health.closing.store(true, Ordering::Release);
         self.sender.store(None);
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(writer) = writer {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
     }
+}
+
+/// A line waiting for room in the queue; queued by a task if the wait is
+/// abandoned.
+struct Waiting {
+    line: Option<Vec<u8>>,
+    sender: Arc<mpsc::Sender<Vec<u8>>>,
+    lost: Arc<Health>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            queue_later(self.sender.clone(), line, self.lost.clone());
+        }
+    }
+}
+
+/// Queues `line` from a task of its own, once there is room; a line the
+/// writer is gone for (at exit) is counted lost.
+fn queue_later(sender: Arc<mpsc::Sender<Vec<u8>>>, line: Vec<u8>, health: Arc<Health>) {
+    tokio::spawn(async move {
+        if sender.send(line).await.is_err() {
+            health.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    });
 }
 
 enum Output {
@@ -432,11 +470,16 @@ fn write_lines(mut output: Output, mut lines: mpsc::Receiver<Vec<u8>>, health: &
         if !health.failing.swap(true, Ordering::AcqRel) {
             tracing::error!(%error, "CANNOT WRITE THE AUDIT LOG: holding events and retrying; see --audit-failure");
         }
-        if lines.is_closed() {
+        if health.closing.load(Ordering::Acquire) {
             attempts_left -= 1;
             if attempts_left == 0 {
-                health.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!(%error, lost = batch.len(), "exiting with audit events unwritten");
+                let mut lost = batch.len();
+                lines.close();
+                while lines.try_recv().is_ok() {
+                    lost += 1;
+                }
+                health.lost.fetch_add(lost as u64, Ordering::Relaxed);
+                tracing::error!(%error, lost, "exiting with audit events unwritten");
                 return;
             }
         }

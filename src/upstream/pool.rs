@@ -69,11 +69,11 @@ struct Settings {
 impl Settings {
     /// Publishes what the connection knows now: until the first SETTINGS,
     /// h2 reports [`BEFORE_SETTINGS`]; after, the server's limit (or
-    /// unlimited). A server that sets exactly that is known at the wait's
-    /// end.
-    fn publish(&self, max_streams: usize, ended: bool) {
+    /// unlimited). A server that sets exactly that is known when `final_`
+    /// (the wait is over, or the connection ended).
+    fn publish(&self, max_streams: usize, final_: bool) {
         self.max_streams.store(max_streams, Ordering::Release);
-        let learnt = max_streams != BEFORE_SETTINGS || ended;
+        let learnt = max_streams != BEFORE_SETTINGS || final_;
         if learnt && !self.known.load(Ordering::Acquire) && !self.known.swap(true, Ordering::AcqRel)
         {
             self.arrived.notify_waiters();
@@ -179,10 +179,15 @@ impl H2Pool {
             // hyper reads frames in a task of its own, and this one wakes
             // only for requests: until the server's SETTINGS are known,
             // look every millisecond (a round trip or two).
+            // (A server that sets exactly one stream is taken at its word
+            // once the wait is over.)
             let mut look = tokio::time::interval(Duration::from_millis(1));
+            let looking_until = tokio::time::Instant::now() + SETTINGS_WAIT;
             let ended = std::future::poll_fn(|cx| {
                 let polled = connection.as_mut().poll(cx);
-                published.publish(connection.current_max_send_streams(), polled.is_ready());
+                let waited = tokio::time::Instant::now() >= looking_until;
+                let max = connection.current_max_send_streams();
+                published.publish(max, polled.is_ready() || waited);
                 if !published.known.load(Ordering::Acquire) {
                     while look.poll_tick(cx).is_ready() {}
                 }
