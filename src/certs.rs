@@ -20,13 +20,22 @@ use rustls::{SignatureScheme, client::ClientSessionMemoryCache};
 use crate::error::{StartupError, io_reason};
 use crate::reload;
 
+/// After the pair changes, how long no session is resumed: a handshake
+/// made with the old certificate and still in flight (bounded by
+/// `--connect-timeout`) may store its ticket meanwhile.
+const OLD_HANDSHAKES: Duration = Duration::from_secs(60);
+
 /// A certificate and key from two files, kept current.
 #[derive(Debug)]
 pub struct FilePair {
     current: ArcSwap<CertifiedKey>,
     /// Cleared when the pair changes, so no session resumes with the old
-    /// certificate (a resumed TLS session presents none).
+    /// certificate (a resumed TLS session presents none, and keeps the
+    /// identity it was made with).
     sessions: ArcSwap<ClientSessionMemoryCache>,
+    /// Until when no session is resumed, after a change; then the cache is
+    /// cleared once more, of tickets that old handshakes stored late.
+    resume_after: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl FilePair {
@@ -44,6 +53,7 @@ impl FilePair {
         let pair = Arc::new(FilePair {
             current: ArcSwap::from_pointee(load(cert, key, provider)?),
             sessions: ArcSwap::from_pointee(ClientSessionMemoryCache::new(256)),
+            resume_after: std::sync::Mutex::new(None),
         });
         let (provider, files) = (
             provider.clone(),
@@ -60,6 +70,7 @@ impl FilePair {
                 pair.current.store(Arc::new(fresh));
                 pair.sessions
                     .store(Arc::new(ClientSessionMemoryCache::new(256)));
+                *pair.resume_after() = Some(std::time::Instant::now() + OLD_HANDSHAKES);
                 tracing::info!(cert = %cert.display(), "certificate files changed; new connections use the new pair");
                 Ok::<_, StartupError>(())
             },
@@ -75,6 +86,31 @@ impl FilePair {
     /// The session cache for connections using this pair.
     pub fn sessions(&self) -> Arc<ClientSessionMemoryCache> {
         self.sessions.load_full()
+    }
+
+    fn resume_after(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.resume_after
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether sessions may be resumed now: not for a while after the pair
+    /// changed, since a handshake made with the old certificate may store
+    /// its ticket after the change, and a session resumed from it would
+    /// keep the old identity (and its own tickets would keep it going).
+    /// Once the while is over, the cache is cleared of such tickets.
+    fn may_resume(&self) -> bool {
+        let mut after = self.resume_after();
+        match *after {
+            Some(at) if std::time::Instant::now() < at => false,
+            Some(_) => {
+                *after = None;
+                self.sessions
+                    .store(Arc::new(ClientSessionMemoryCache::new(256)));
+                true
+            }
+            None => true,
+        }
     }
 }
 
@@ -165,7 +201,9 @@ impl rustls::client::ClientSessionStore for FilePair {
         &self,
         server: &rustls::pki_types::ServerName<'_>,
     ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.sessions().tls12_session(server)
+        self.may_resume()
+            .then(|| self.sessions().tls12_session(server))
+            .flatten()
     }
 
     fn remove_tls12_session(&self, server: &rustls::pki_types::ServerName<'static>) {
@@ -184,6 +222,8 @@ impl rustls::client::ClientSessionStore for FilePair {
         &self,
         server: &rustls::pki_types::ServerName<'static>,
     ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        self.sessions().take_tls13_ticket(server)
+        self.may_resume()
+            .then(|| self.sessions().take_tls13_ticket(server))
+            .flatten()
     }
 }
