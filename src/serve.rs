@@ -71,8 +71,8 @@ where
     }
 }
 
-/// What every connection task is given.
-#[derive(Clone)]
+/// What every connection task is given, shared (a connection costs one
+/// reference count, not a copy of hyper's builder).
 struct Serving {
     builder: auto::Builder<Tasks>,
     tasks: Tasks,
@@ -103,11 +103,11 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(1000)
         .keep_alive_interval(Duration::from_secs(30));
-    let serving = Serving {
+    let serving = Arc::new(Serving {
         builder,
         tasks: tasks.clone(),
         deadlines: connections.deadlines,
-    };
+    });
     let slots = shared.slots.clone();
     tokio::pin!(shutdown);
     loop {
@@ -216,7 +216,7 @@ impl Serving {
     /// connection's own task (a slow client never holds up the accept
     /// loop), within the first-request deadline.
     fn spawn_tls(
-        &self,
+        self: &Arc<Self>,
         acceptor: TlsAcceptor,
         stream: tokio::net::TcpStream,
         shared: Arc<Shared>,
@@ -236,8 +236,13 @@ impl Serving {
     }
 
     /// Serves one connection in its own task.
-    fn spawn<I>(&self, io: I, shared: Arc<Shared>, origin: ClientOrigin, slot: OwnedSemaphorePermit)
-    where
+    fn spawn<I>(
+        self: &Arc<Self>,
+        io: I,
+        shared: Arc<Shared>,
+        origin: ClientOrigin,
+        slot: OwnedSemaphorePermit,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let serving = self.clone();

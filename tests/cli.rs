@@ -510,17 +510,18 @@ async fn the_grace_period_bounds_the_drain() {
     let double = Double::start().await;
     let running = start_for(&double, &["--shutdown-grace", "200ms"]).await;
     // A watch never finishes by itself.
-    let watch = send(
-        http::Method::GET,
-        &running.url("/api/v1/namespaces/default/pods?watch=1"),
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await;
-    assert_eq!(watch.status(), 200);
+    let watch = open_watch(&running).await;
     running.signal("INT");
     assert_eq!(running.exit_code().await, 0);
     drop(watch);
+}
+
+/// A watch of the default namespace's pods, open (it never ends by itself).
+async fn open_watch(running: &Running) -> http::Response<hyper::body::Incoming> {
+    let url = running.url("/api/v1/namespaces/default/pods?watch=1");
+    let watch = send(http::Method::GET, &url, &[], bytes::Bytes::new()).await;
+    assert_eq!(watch.status(), 200);
+    watch
 }
 
 async fn get_owned(url: String) -> Answer {
@@ -659,14 +660,7 @@ async fn sigterm_writes_the_response_complete_of_an_open_watch() {
     let log = double.path("audit.log");
     let flags = ["--shutdown-grace", "200ms", "--audit-log-path"];
     let running = start_for(&double, &[&flags[..], &[log.to_str().unwrap()]].concat()).await;
-    let watch = send(
-        http::Method::GET,
-        &running.url("/api/v1/namespaces/default/pods?watch=1"),
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await;
-    assert_eq!(watch.status(), 200);
+    let watch = open_watch(&running).await;
     let id = watch.headers()["audit-id"].to_str().unwrap().to_string();
     running.signal("TERM");
     assert_eq!(running.exit_code().await, 0);
