@@ -65,6 +65,78 @@ pub enum Direction {
     to_client,
 }
 
+/// What happened in multiplexed port-forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortForwardEvent {
+    /// An upstream session opened.
+    SessionOpened,
+    /// An upstream session closed.
+    SessionClosed,
+    /// A client's port-forward was served on a shared session.
+    Client,
+    /// A forwarded connection (a stream pair) opened on a session.
+    StreamOpened,
+    /// A forwarded connection ended.
+    StreamClosed,
+    /// A forwarded connection was refused or cut: by the kubelet, a lost
+    /// session, or a stalled client.
+    StreamRefused,
+    /// A WebSocket arrived over HTTP/2 (RFC 8441).
+    WebSocketOverHttp2,
+}
+
+/// The multiplexed port-forward counters.
+#[derive(Default)]
+struct PortForwardMetrics {
+    sessions: Gauge<i64, AtomicI64>,
+    sessions_opened: Counter,
+    clients: Counter,
+    streams: Gauge<i64, AtomicI64>,
+    streams_opened: Counter,
+    streams_refused: Counter,
+    websockets_over_http2: Counter,
+}
+
+impl PortForwardMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "port_forward_sessions",
+            "Upstream port-forward sessions open (one per pod in use, shared by every client)",
+            self.sessions.clone(),
+        );
+        registry.register(
+            "port_forward_sessions_opened",
+            "Upstream port-forward sessions opened (each a TLS handshake and a kubelet dial)",
+            self.sessions_opened.clone(),
+        );
+        registry.register(
+            "port_forward_clients",
+            "Client port-forward WebSockets served on shared sessions",
+            self.clients.clone(),
+        );
+        registry.register(
+            "port_forward_streams",
+            "Forwarded connections (stream pairs) open on shared sessions",
+            self.streams.clone(),
+        );
+        registry.register(
+            "port_forward_streams_opened",
+            "Forwarded connections opened on shared sessions",
+            self.streams_opened.clone(),
+        );
+        registry.register(
+            "port_forward_streams_refused",
+            "Forwarded connections refused or cut: by the kubelet, a lost session, or a client that stopped reading",
+            self.streams_refused.clone(),
+        );
+        registry.register(
+            "websockets_over_http2",
+            "WebSocket sessions clients opened over HTTP/2 (RFC 8441 extended CONNECT)",
+            self.websockets_over_http2.clone(),
+        );
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     verb: Verb,
@@ -110,6 +182,7 @@ pub struct Metrics {
     audit_written: Gauge<i64, AtomicI64>,
     audit_lost: Gauge<i64, AtomicI64>,
     audit_waiting: Gauge<i64, AtomicI64>,
+    port_forward: PortForwardMetrics,
     /// Whether the apiserver answered in the last minute, as of the last
     /// scrape (the upstream owns the fact; this mirrors it).
     /// Each served context (empty name: the one cluster) and whether its
@@ -183,8 +256,11 @@ impl Default for Metrics {
             "Audit events queued for the log writer",
             audit_waiting.clone(),
         );
+        let port_forward = PortForwardMetrics::default();
+        port_forward.register(&mut registry);
         Metrics {
             registry,
+            port_forward,
             requests,
             latency,
             streams,
@@ -230,6 +306,36 @@ impl Metrics {
         self.streams
             .get_or_create(&StreamLabels { kind })
             .inc_by(delta);
+    }
+
+    /// Counts a multiplexed port-forward event.
+    pub fn port_forward(&self, event: PortForwardEvent) {
+        let m = &self.port_forward;
+        match event {
+            PortForwardEvent::SessionOpened => {
+                m.sessions.inc();
+                m.sessions_opened.inc();
+            }
+            PortForwardEvent::SessionClosed => {
+                m.sessions.dec();
+            }
+            PortForwardEvent::Client => {
+                m.clients.inc();
+            }
+            PortForwardEvent::StreamOpened => {
+                m.streams.inc();
+                m.streams_opened.inc();
+            }
+            PortForwardEvent::StreamClosed => {
+                m.streams.dec();
+            }
+            PortForwardEvent::StreamRefused => {
+                m.streams_refused.inc();
+            }
+            PortForwardEvent::WebSocketOverHttp2 => {
+                m.websockets_over_http2.inc();
+            }
+        }
     }
 
     /// Bytes a finished session moved.

@@ -372,6 +372,18 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "N", global = true)]
     pub max_connections: usize,
 
+    /// kubegate: answer WebSocket port-forwards (v4.channel.k8s.io,
+    /// v4.base64.channel.k8s.io) here and carry each connection as a stream
+    /// pair on one shared upstream session per pod; false relays every
+    /// port-forward's bytes as they are, one apiserver connection each.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = true)]
+    pub port_forward_multiplex: bool,
+
+    /// kubegate: how long a shared port-forward session stays open with no
+    /// connection on it.
+    #[arg(long, default_value = "60s", value_name = "DURATION", global = true)]
+    pub port_forward_idle_timeout: String,
+
     /// kubegate: how long a new client connection has to send its first
     /// request (the TLS handshake and HTTP/2 preface included).
     #[arg(long, default_value = "30s", value_name = "DURATION", global = true)]

@@ -53,6 +53,9 @@ pub struct Config {
     pub(crate) shutdown_grace: Duration,
     /// `--max-connections`, resolved.
     pub(crate) max_connections: usize,
+    /// `--port-forward-idle-timeout`, or `None` with
+    /// `--port-forward-multiplex=false`.
+    pub(crate) port_forward_idle: Option<Duration>,
     /// `--first-request-timeout` and `--client-idle-timeout`.
     pub(crate) client_deadlines: Deadlines,
     /// The audit settings, when any audit backend is on.
@@ -242,6 +245,13 @@ impl Config {
             forward_client_credentials: args.forward_client_credentials,
             shutdown_grace: positive_duration("shutdown-grace", &args.shutdown_grace)?,
             max_connections: max_connections(args.max_connections),
+            port_forward_idle: match args.port_forward_multiplex {
+                true => Some(nonzero_duration(
+                    "port-forward-idle-timeout",
+                    &args.port_forward_idle_timeout,
+                )?),
+                false => None,
+            },
             client_deadlines: Deadlines {
                 first_request: nonzero_duration(
                     "first-request-timeout",

@@ -33,14 +33,16 @@
 //! 17. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
 //! 18. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
 //! 19. [`upgrade`]: exec, attach, port-forward: the byte splice.
-//! 20. [`www`]: `--www` static files.
-//! 21. [`listen`]: TCP and unix sockets.
-//! 22. [`proxy`]: the request handler, in stages.
-//! 23. [`serve`]: connections, TLS, graceful shutdown.
-//! 24. [`shutdown`]: the signals.
-//! 25. [`config`]: command line and kubeconfig into a typed
+//! 20. [`portforward`]: WebSocket port-forward answered by kubegate and
+//!     multiplexed onto one upstream SPDY session per pod.
+//! 21. [`www`]: `--www` static files.
+//! 22. [`listen`]: TCP and unix sockets.
+//! 23. [`proxy`]: the request handler, in stages.
+//! 24. [`serve`]: connections, TLS, graceful shutdown.
+//! 25. [`shutdown`]: the signals.
+//! 26. [`config`]: command line and kubeconfig into a typed
 //!     [`config::Config`].
-//! 26. `fuzz` (tests only): every parser of client and file input, fed
+//! 27. `fuzz` (tests only): every parser of client and file input, fed
 //!     random and mutated input.
 //!
 //! The crate root ties them together ([`Proxy`]); the binary adds `main`
@@ -98,6 +100,7 @@ pub(crate) mod forward;
 pub mod listen;
 pub(crate) mod pattern;
 pub(crate) mod policy;
+pub(crate) mod portforward;
 pub(crate) mod proxy;
 pub(crate) mod reload;
 pub(crate) mod request;
@@ -186,6 +189,9 @@ impl Proxy {
                 clusters,
                 forward_client_credentials: config.forward_client_credentials,
                 relays: upgrade::Relays::new(metrics.clone()),
+                port_forward: config
+                    .port_forward_idle
+                    .map(|idle| portforward::Multiplexer::new(idle, metrics.clone())),
                 slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
                 max_connections: config.max_connections,
                 audit,

@@ -30,6 +30,7 @@ use crate::forward::{self, Outbound};
 use crate::policy::Policy;
 use crate::request::{PathError, RequestInfo, Verb};
 use crate::status::ProxyError;
+use crate::portforward::{Multiplexer, Plan};
 use crate::upgrade::{Relays, is_upgrade};
 use crate::upstream::clusters::{Cluster, Clusters, Route};
 use crate::www;
@@ -65,6 +66,8 @@ pub struct Shared {
     pub forward_client_credentials: bool,
     /// Upgraded connections being relayed.
     pub relays: Relays,
+    /// Shared port-forward sessions, unless `--port-forward-multiplex=false`.
+    pub port_forward: Option<Arc<Multiplexer>>,
     /// `--max-connections`: a slot per client connection, and per relayed
     /// session (which outlives its connection in hyper).
     pub slots: Arc<Semaphore>,
@@ -298,6 +301,16 @@ impl ProxyService {
                 .clone()
                 .try_acquire_owned()
                 .map_err(|_| ProxyError::AtConnectionLimit(self.shared.max_connections))?;
+            // A session is shared only when kubegate's identity is the one
+            // that goes upstream.
+            if let Some(multiplexer) = &self.shared.port_forward
+                && !self.shared.forward_client_credentials
+                && let Some(plan) = Plan::of(&cluster.name, &info, &head, path_and_query.clone())?
+            {
+                return multiplexer
+                    .serve(&cluster.upstream, &self.shared.relays, plan, head, record, slot)
+                    .await;
+            }
             return self
                 .shared
                 .relays

@@ -184,6 +184,9 @@ pub async fn serve(
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them");
         shared.relays.close_all();
+        if let Some(multiplexer) = &shared.port_forward {
+            multiplexer.close_all();
+        }
         tasks.closing.cancel();
         let closed = async {
             shared.relays.drain().await;
@@ -192,6 +195,9 @@ pub async fn serve(
         if tokio::time::timeout(CLOSE_LIMIT, closed).await.is_err() {
             tracing::warn!("connections still closing; exiting without them");
         }
+    }
+    if let Some(multiplexer) = &shared.port_forward {
+        multiplexer.close_all();
     }
     // Last: every event of every request is written before exit.
     if let Some(audit) = &shared.audit {

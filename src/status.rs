@@ -43,6 +43,9 @@ pub enum ProxyError {
         "an exec, attach or port-forward upgrade carries no request body; send it without Content-Length or Transfer-Encoding"
     )]
     UpgradeWithBody,
+    /// A WebSocket port-forward kubegate cannot serve as asked.
+    #[error("{0}")]
+    BadPortForward(String),
     /// A method kubegate does not relay to the API.
     #[error(
         "kubegate does not relay {0} requests to the API; exec, attach and port-forward use GET or POST with an upgrade"
@@ -153,7 +156,9 @@ impl ProxyError {
         use ProxyError as E;
         use StatusCode as S;
         match self {
-            E::BadPath(_) | E::NotUpgradable | E::UpgradeWithBody => (S::BAD_REQUEST, "BadRequest"),
+            E::BadPath(_) | E::NotUpgradable | E::UpgradeWithBody | E::BadPortForward(_) => {
+                (S::BAD_REQUEST, "BadRequest")
+            }
             E::Denied(_) | E::Forbidden(_) => (S::FORBIDDEN, "Forbidden"),
             E::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
             E::NotFound(_) | E::UnknownContext(_) => (S::NOT_FOUND, "NotFound"),
@@ -181,6 +186,7 @@ impl ProxyError {
                 | ProxyError::NotUpgradable
                 | ProxyError::MethodNotAllowed(_)
                 | ProxyError::UpgradeWithBody
+                | ProxyError::BadPortForward(_)
         )
     }
 

@@ -33,6 +33,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::forward::{self, Outbound};
 use crate::request::query_pairs;
 use crate::status::ProxyError;
+use crate::upstream::Upstream;
 use crate::upstream::connect::classify;
 
 /// How long the apiserver may take to answer an upgrade (it dials the
@@ -111,9 +112,8 @@ impl Relays {
             .extensions
             .remove::<OnUpgrade>()
             .ok_or(ProxyError::NotUpgradable)?;
-        let upstream = outbound.upstream;
-        let absolute = upstream.uri_for(path_and_query)?;
-        let query = absolute.query().unwrap_or_default().to_string();
+        let query = path_and_query.query().unwrap_or_default().to_string();
+        let kind = stream_kind(path_and_query.path());
         let upgrade = head.headers.get(header::UPGRADE).cloned();
         outbound.request_headers(&mut head.headers);
         if let Some(upgrade) = upgrade {
@@ -121,43 +121,8 @@ impl Relays {
         }
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
-            head.headers.insert(header::HOST, host);
-        }
         head.version = Version::HTTP_11;
-        head.uri = absolute
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"))
-            .into();
-
-        let io = upstream.upgrade_connector().connect(&absolute).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| classify(&absolute, &e))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "apiserver upgrade connection ended");
-            }
-        });
-        let upstream_request = Request::from_parts(
-            head,
-            Either::<Empty<bytes::Bytes>, Incoming>::Left(Empty::new()),
-        );
-        // The kubelet answers within seconds; a server that never does
-        // must not hold the connection and the client forever.
-        let answered = tokio::time::timeout(HANDSHAKE_LIMIT, sender.send_request(upstream_request));
-        let mut response = answered
-            .await
-            .map_err(|_| ProxyError::Upstream {
-                server: upstream.authority().to_string(),
-                reason: format!(
-                    "no answer to the upgrade within {}s",
-                    HANDSHAKE_LIMIT.as_secs()
-                ),
-            })?
-            .map_err(|e| classify(&absolute, &e))?;
-        upstream.answered();
+        let mut response = handshake(outbound.upstream, path_and_query, head).await?;
 
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             // A refused upgrade: the apiserver's status and body, as they are.
@@ -172,34 +137,16 @@ impl Relays {
             annotate_session(record, answer.headers(), &query);
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
-        let session = Session {
-            _slot: slot,
-            kind: stream_kind(&absolute),
-            record,
-            began: std::time::Instant::now(),
-            to_server: Arc::default(),
-            to_client: Arc::default(),
-        };
-        self.metrics.stream(session.kind, 1);
-        self.open.fetch_add(1, Ordering::AcqRel);
-        let (closing, open, metrics) = (
-            self.closing.clone(),
-            self.open.clone(),
-            self.metrics.clone(),
-        );
+        let session = Session::new(slot, kind, record);
+        let (to_server, to_client) = session.counters();
         // The client's side of the upgrade only completes after this
         // response has been written, so the splice runs in its own task.
-        self.tracker.spawn(async move {
+        self.run(session, async move {
             let splice = async {
                 let (client, server) = tokio::try_join!(client_upgrade, upstream_upgrade)?;
                 let failed = Arc::new(AtomicBool::new(false));
-                let mut client = Counted::new(
-                    TokioIo::new(client),
-                    session.to_server.clone(),
-                    failed.clone(),
-                );
-                let mut server =
-                    Counted::new(TokioIo::new(server), session.to_client.clone(), failed);
+                let mut client = Counted::new(TokioIo::new(client), to_server, failed.clone());
+                let mut server = Counted::new(TokioIo::new(server), to_client, failed);
                 tokio::io::copy_bidirectional_with_sizes(
                     &mut client,
                     &mut server,
@@ -209,23 +156,95 @@ impl Relays {
                 .await?;
                 Ok::<_, BoxError>(())
             };
+            if let Err(error) = splice.await {
+                tracing::debug!(%error, "relay ended with an error");
+            }
+        });
+        Ok(answer)
+    }
+
+    /// Runs an upgraded session's work in a tracked task: counted as open,
+    /// cut at shutdown, and its end recorded.
+    pub fn run(&self, session: Session, work: impl Future<Output = ()> + Send + 'static) {
+        self.metrics.stream(session.kind, 1);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let (closing, open, metrics) = (
+            self.closing.clone(),
+            self.open.clone(),
+            self.metrics.clone(),
+        );
+        self.tracker.spawn(async move {
             tokio::select! {
-                result = splice => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "relay ended with an error");
-                    }
-                }
-                () = closing.cancelled() => tracing::debug!("relay closed at shutdown"),
+                () = work => {}
+                () = closing.cancelled() => tracing::debug!("upgraded session closed at shutdown"),
             }
             session.end(&metrics).await;
             open.fetch_sub(1, Ordering::AcqRel);
         });
-        Ok(answer)
     }
 }
 
-/// One relayed session: what it is and what it moved.
-struct Session {
+/// Sends an upgrade request to the apiserver on a fresh HTTP/1.1
+/// connection and returns its answer, `101` or not.
+///
+/// # Errors
+///
+/// A [`ProxyError`] if the apiserver cannot be reached or does not answer
+/// within a minute.
+pub async fn handshake(
+    upstream: &Upstream,
+    path_and_query: PathAndQuery,
+    mut head: Parts,
+) -> Result<Response<Incoming>, ProxyError> {
+    let absolute = upstream.uri_for(path_and_query)?;
+    if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
+        head.headers.insert(header::HOST, host);
+    }
+    head.uri = absolute
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        .into();
+    send_upgrade(upstream, &absolute, head).await
+}
+
+async fn send_upgrade(
+    upstream: &Upstream,
+    absolute: &http::Uri,
+    head: Parts,
+) -> Result<Response<Incoming>, ProxyError> {
+    let io = upstream.upgrade_connector().connect(absolute).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| classify(absolute, &e))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "apiserver upgrade connection ended");
+        }
+    });
+    let upstream_request = Request::from_parts(
+        head,
+        Either::<Empty<bytes::Bytes>, Incoming>::Left(Empty::new()),
+    );
+    // The kubelet answers within seconds; a server that never does
+    // must not hold the connection and the client forever.
+    let answered = tokio::time::timeout(HANDSHAKE_LIMIT, sender.send_request(upstream_request));
+    let response = answered
+        .await
+        .map_err(|_| ProxyError::Upstream {
+            server: upstream.authority().to_string(),
+            reason: format!(
+                "no answer to the upgrade within {}s",
+                HANDSHAKE_LIMIT.as_secs()
+            ),
+        })?
+        .map_err(|e| classify(absolute, &e))?;
+    upstream.answered();
+    Ok(response)
+}
+
+/// One upgraded session: what it is and what it moved.
+pub struct Session {
     /// Its `--max-connections` slot, held until the session ends.
     _slot: OwnedSemaphorePermit,
     kind: StreamKind,
@@ -236,6 +255,23 @@ struct Session {
 }
 
 impl Session {
+    /// A session that holds `slot` until it ends, recorded in `record`.
+    pub fn new(slot: OwnedSemaphorePermit, kind: StreamKind, record: Option<Record>) -> Self {
+        Session {
+            _slot: slot,
+            kind,
+            record,
+            began: std::time::Instant::now(),
+            to_server: Arc::default(),
+            to_client: Arc::default(),
+        }
+    }
+
+    /// Its byte counters: to the apiserver, to the client.
+    pub fn counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+        (self.to_server.clone(), self.to_client.clone())
+    }
+
     /// Counts the session's bytes and writes its `ResponseComplete`.
     async fn end(self, metrics: &Metrics) {
         let to_server = self.to_server.load(Ordering::Relaxed);
@@ -253,8 +289,8 @@ impl Session {
 }
 
 /// What kind of session a path opens, for the open-streams metric.
-fn stream_kind(uri: &http::Uri) -> StreamKind {
-    match uri.path().rsplit('/').next() {
+fn stream_kind(path: &str) -> StreamKind {
+    match path.rsplit('/').next() {
         Some("exec") => StreamKind::exec,
         Some("attach") => StreamKind::attach,
         Some("portforward") => StreamKind::portforward,
@@ -366,7 +402,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
 /// Records what the session is: the negotiated subprotocol, and for exec
 /// and attach the command and container from the query.
-fn annotate_session(record: &Record, answer: &HeaderMap, query: &str) {
+pub fn annotate_session(record: &Record, answer: &HeaderMap, query: &str) {
     record.allowed();
     let protocol = answer
         .get(header::SEC_WEBSOCKET_PROTOCOL)

@@ -81,6 +81,9 @@ pub struct Stats {
     pub open_watches: Arc<AtomicUsize>,
     /// exec, attach and port-forward sessions now open.
     pub open_streams: Arc<AtomicUsize>,
+    /// port-forward upgrades accepted (WebSocket, tunneled or raw SPDY):
+    /// each one a kubelet dial in a real cluster.
+    pub port_forward_sessions: AtomicUsize,
     /// The last terminal size a client sent on the resize channel.
     pub terminal: Arc<TerminalSize>,
     /// Audit events `/audit-collector` took.

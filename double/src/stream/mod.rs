@@ -142,6 +142,12 @@ pub fn handle(
         fast: state.fast_streams,
         terminal: state.stats.terminal.clone(),
     };
+    if kind == Kind::PortForward && matches!(upgrade.as_str(), "websocket" | "spdy/3.1") {
+        state
+            .stats
+            .port_forward_sessions
+            .fetch_add(1, Ordering::Relaxed);
+    }
     match upgrade.as_str() {
         "websocket" => websocket_handshake(request, kind, spec, (ports, pod), session),
         "spdy/3.1" => spdy_handshake(request, kind, spec, pod, session),

@@ -1,0 +1,418 @@
+//! Multiplexed port-forward: a client's WebSocket port-forward
+//! (`v4.channel.k8s.io`, `v4.base64.channel.k8s.io`) is answered by
+//! kubegate, and each of its ports becomes a stream pair on one shared
+//! upstream session per pod, as kubectl's own SPDY port-forward does. A
+//! new forwarded connection then costs two streams, not a TCP and TLS
+//! handshake to the apiserver and a kubelet dial.
+//!
+//! - [`session`]: the upstream SPDY session and its back-pressure rule.
+//! - [`client`]: the client's WebSocket and the kubelet's channel protocol.
+//!
+//! The session is `SPDY/3.1+portforward.k8s.io` tunneled in a WebSocket
+//! where the apiserver accepts it (1.31 and later by default), else a raw
+//! `Upgrade: SPDY/3.1` (every apiserver). It is opened on first use
+//! (concurrent first clients share one dial), closed after
+//! `--port-forward-idle-timeout` without connections, and replaced when it
+//! breaks. Sessions are never shared across clusters, pods, or (with
+//! `--forward-client-credentials`, where the client's own identity goes
+//! upstream) at all: those clients get the byte relay.
+
+pub mod client;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::BEARER_SUBPROTOCOL_PREFIX;
+use crate::admin::{Metrics, PortForwardEvent, StreamKind};
+use crate::audit::Record;
+use crate::body::ProxyBody;
+use crate::forward;
+use crate::request::{RequestInfo, query_pairs};
+use crate::status::ProxyError;
+use crate::upgrade::{self, Relays};
+use crate::upstream::Upstream;
+use client::Framing;
+use session::{Session, Wire};
+
+/// Forwarded connections one session carries before another is opened
+/// for the same pod.
+const MAX_PAIRS: usize = 256;
+/// SPDY tunneled in a WebSocket.
+const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// A client request kubegate can serve on a shared session.
+pub struct Plan {
+    key: PodKey,
+    framing: Framing,
+    /// The subprotocol to answer with (empty: none was offered).
+    protocol: String,
+    ports: Vec<u16>,
+    /// The path of the pod's port-forward, without the query.
+    path: PathAndQuery,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PodKey {
+    cluster: String,
+    namespace: String,
+    pod: String,
+}
+
+impl Plan {
+    /// The plan for a request, if it is a WebSocket port-forward in a
+    /// subprotocol kubegate serves. Anything else (kubectl's tunneled or
+    /// raw SPDY, protocols only the kubelet knows) is relayed as bytes.
+    ///
+    /// # Errors
+    ///
+    /// A port list the kubelet would refuse.
+    pub fn of(
+        cluster: &str,
+        info: &RequestInfo<'_>,
+        head: &Parts,
+        path: PathAndQuery,
+    ) -> Result<Option<Plan>, ProxyError> {
+        let Some(resource) = info.resource() else {
+            return Ok(None);
+        };
+        let websocket = head
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if head.method != Method::GET
+            || !websocket
+            || !resource.group.is_empty()
+            || resource.resource != "pods"
+            || resource.subresource != "portforward"
+            || resource.name.is_empty()
+        {
+            return Ok(None);
+        }
+        let offered: Vec<&str> = head
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !p.starts_with(BEARER_SUBPROTOCOL_PREFIX))
+            .collect();
+        // The apiserver tunnels whenever the tunnel protocol is offered.
+        if offered.contains(&TUNNEL) {
+            return Ok(None);
+        }
+        let chosen = match offered.iter().find(|p| Framing::of(p).is_some()) {
+            Some(protocol) => *protocol,
+            None if offered.is_empty() => "",
+            None => return Ok(None),
+        };
+        let Some(framing) = Framing::of(chosen) else {
+            return Ok(None);
+        };
+        let mut ports = Vec::new();
+        for (key, value) in query_pairs(path.query()) {
+            if key != "ports" {
+                continue;
+            }
+            for port in value.split(',').map(str::trim) {
+                match port.parse::<u16>() {
+                    Ok(port) if port > 0 => ports.push(port),
+                    _ => {
+                        return Err(ProxyError::BadPortForward(format!(
+                            "invalid port {port:?} in the query parameter \"ports\": give numbers from 1 to 65535"
+                        )));
+                    }
+                }
+            }
+        }
+        if ports.is_empty() {
+            return Err(ProxyError::BadPortForward(
+                "query parameter \"ports\" is required for a WebSocket port-forward, e.g. ?ports=8080".into(),
+            ));
+        }
+        if ports.len() > 127 {
+            return Err(ProxyError::BadPortForward(
+                "a WebSocket port-forward carries at most 127 ports".into(),
+            ));
+        }
+        let path = PathAndQuery::try_from(path.path()).unwrap_or_else(|_| path.clone());
+        Ok(Some(Plan {
+            key: PodKey {
+                cluster: cluster.to_string(),
+                namespace: resource.namespace.to_string(),
+                pod: resource.name.to_string(),
+            },
+            framing,
+            protocol: chosen.to_string(),
+            ports,
+            path,
+        }))
+    }
+}
+
+/// The shared sessions, by pod.
+pub struct Multiplexer {
+    sessions: Mutex<HashMap<PodKey, Vec<Arc<Session>>>>,
+    /// One dial at a time per pod, so concurrent first clients share it.
+    dialing: Mutex<HashMap<PodKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The apiserver refused the tunnel once: raw SPDY from then on.
+    raw_only: AtomicBool,
+    idle: Duration,
+    closing: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl Multiplexer {
+    /// No sessions yet; each will close after `idle` without connections.
+    pub fn new(idle: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Multiplexer {
+            sessions: Mutex::default(),
+            dialing: Mutex::default(),
+            raw_only: AtomicBool::new(false),
+            idle,
+            closing: CancellationToken::new(),
+            metrics,
+        })
+    }
+
+    /// Closes every session (at shutdown).
+    pub fn close_all(&self) {
+        self.closing.cancel();
+    }
+
+    fn usable(&self, key: &PodKey) -> Option<Arc<Session>> {
+        let sessions = self.sessions.lock().ok()?;
+        sessions
+            .get(key)?
+            .iter()
+            .find(|s| s.usable(MAX_PAIRS))
+            .cloned()
+    }
+
+    /// A session to the plan's pod: a live one, or a new one. A refusal
+    /// from the apiserver (the pod is gone, the identity may not) is its
+    /// response, passed through.
+    async fn session(
+        self: &Arc<Self>,
+        upstream: &Upstream,
+        plan: &Plan,
+    ) -> Result<Result<Arc<Session>, Response<ProxyBody>>, ProxyError> {
+        if let Some(session) = self.usable(&plan.key) {
+            return Ok(Ok(session));
+        }
+        let gate = match self.dialing.lock() {
+            Ok(mut dialing) => dialing.entry(plan.key.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let _turn = gate.lock().await;
+        if let Some(session) = self.usable(&plan.key) {
+            return Ok(Ok(session));
+        }
+        let wire = match self.dial(upstream, &plan.path).await? {
+            Ok(wire) => wire,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let session = Session::start(
+            wire,
+            self.idle,
+            self.closing.clone(),
+            self.metrics.clone(),
+        );
+        tracing::debug!(
+            namespace = %plan.key.namespace,
+            pod = %plan.key.pod,
+            tunneled = session.tunneled(),
+            "port-forward session opened"
+        );
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions
+                .entry(plan.key.clone())
+                .or_default()
+                .push(session.clone());
+        }
+        let (this, key, ended) = (Arc::downgrade(self), plan.key.clone(), session.clone());
+        tokio::spawn(async move {
+            ended.ended().await;
+            if let Some(this) = this.upgrade() {
+                this.forget(&key, &ended);
+            }
+        });
+        Ok(Ok(session))
+    }
+
+    fn forget(&self, key: &PodKey, ended: &Arc<Session>) {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return;
+        };
+        if let Some(list) = sessions.get_mut(key) {
+            list.retain(|s| !Arc::ptr_eq(s, ended));
+            if list.is_empty() {
+                sessions.remove(key);
+                if let Ok(mut dialing) = self.dialing.lock()
+                    && dialing.get(key).is_some_and(|g| Arc::strong_count(g) == 1)
+                {
+                    dialing.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Opens the upstream session: tunneled when the apiserver takes it,
+    /// raw SPDY otherwise.
+    async fn dial(
+        &self,
+        upstream: &Upstream,
+        path: &PathAndQuery,
+    ) -> Result<Result<Wire, Response<ProxyBody>>, ProxyError> {
+        if !self.raw_only.load(Ordering::Relaxed) {
+            let key = websocket_key();
+            let mut head = upgrade_head(upstream, Method::GET);
+            let headers = &mut head.headers;
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(TUNNEL));
+            if let Ok(value) = HeaderValue::from_str(&key) {
+                headers.insert(header::SEC_WEBSOCKET_KEY, value);
+            }
+            let mut response = upgrade::handshake(upstream, path.clone(), head).await?;
+            let accepted = response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && header_is(response.headers(), header::SEC_WEBSOCKET_ACCEPT, &derive_accept_key(key.as_bytes()))
+                && header_is(response.headers(), header::SEC_WEBSOCKET_PROTOCOL, TUNNEL);
+            if accepted {
+                let io = hyper::upgrade::on(&mut response)
+                    .await
+                    .map_err(|e| upstream_failed(upstream, &e))?;
+                let socket = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None).await;
+                return Ok(Ok(Wire::Tunnel(Box::new(socket))));
+            }
+            tracing::info!(server = %upstream.authority(), status = %response.status(), "the apiserver does not tunnel SPDY port-forward in a WebSocket; using raw SPDY");
+        }
+        let mut head = upgrade_head(upstream, Method::POST);
+        head.headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        head.headers.insert("x-stream-protocol-version", HeaderValue::from_static("portforward.k8s.io"));
+        let mut response = upgrade::handshake(upstream, path.clone(), head).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            forward::response_headers(response.headers_mut());
+            return Ok(Err(response.map(|body| ProxyBody::Upstream(body, None))));
+        }
+        self.raw_only.store(true, Ordering::Relaxed);
+        let io = hyper::upgrade::on(&mut response)
+            .await
+            .map_err(|e| upstream_failed(upstream, &e))?;
+        Ok(Ok(Wire::Raw(TokioIo::new(io))))
+    }
+
+    /// Serves a planned port-forward: the session first (so that a refusal
+    /// is the apiserver's own answer), then the client's `101`, then the
+    /// client's streams in a task `relays` tracks.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProxyError`] when the apiserver cannot be reached.
+    pub async fn serve(
+        self: &Arc<Self>,
+        upstream: &Upstream,
+        relays: &Relays,
+        plan: Plan,
+        mut head: Parts,
+        record: Option<Record>,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let client_upgrade = head
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(ProxyError::NotUpgradable)?;
+        let Some(key) = head.headers.get(header::SEC_WEBSOCKET_KEY) else {
+            return Err(ProxyError::BadPortForward(
+                "a WebSocket upgrade needs a Sec-WebSocket-Key header".into(),
+            ));
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let session = match self.session(upstream, &plan).await? {
+            Ok(session) => session,
+            Err(refusal) => return Ok(refusal),
+        };
+        let mut answer = Response::new(ProxyBody::empty());
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = answer.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(accept) = HeaderValue::from_str(&accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if let Ok(protocol) = HeaderValue::from_str(&plan.protocol)
+            && !plan.protocol.is_empty()
+        {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        if let Some(record) = &record {
+            record.annotate("kubegate.io/port-forward", "multiplexed");
+            upgrade::annotate_session(record, answer.headers(), head.uri.query().unwrap_or_default());
+            record.started(StatusCode::SWITCHING_PROTOCOLS).await;
+        }
+        let relayed = upgrade::Session::new(slot, StreamKind::portforward, record);
+        let (to_server, to_client) = relayed.counters();
+        let metrics = self.metrics.clone();
+        metrics.port_forward(PortForwardEvent::Client);
+        relays.run(relayed, async move {
+            let Ok(io) = client_upgrade.await else { return };
+            let socket = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+            let moved = client::Moved {
+                to_server: &to_server,
+                to_client: &to_client,
+            };
+            client::serve(socket, plan.framing, &plan.ports, session, moved, &metrics).await;
+        });
+        Ok(answer)
+    }
+}
+
+/// A request head for the session's upgrade, with kubegate's credentials.
+fn upgrade_head(upstream: &Upstream, method: Method) -> Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = method;
+    head.version = Version::HTTP_11;
+    head.headers
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    head.headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("kubegate/", env!("CARGO_PKG_VERSION"))),
+    );
+    upstream.authorize(&mut head.headers);
+    head
+}
+
+fn header_is(headers: &HeaderMap, name: header::HeaderName, expected: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|v| v.as_bytes() == expected.as_bytes())
+}
+
+fn websocket_key() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn upstream_failed(upstream: &Upstream, error: &hyper::Error) -> ProxyError {
+    ProxyError::Upstream {
+        server: upstream.authority().to_string(),
+        reason: format!("the port-forward upgrade failed: {error}"),
+    }
+}
