@@ -301,7 +301,7 @@ impl Multiplexer {
                 let socket = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None).await;
                 return Ok(Ok(Wire::Tunnel(Box::new(socket))));
             }
-            tracing::info!(server = %upstream.authority(), status = %response.status(), "the apiserver does not tunnel SPDY port-forward in a WebSocket; using raw SPDY");
+            tracing::debug!(server = %upstream.authority(), status = %response.status(), "the apiserver refused the SPDY tunnel; trying raw SPDY");
         }
         let mut head = upgrade_head(upstream, Method::POST);
         head.headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
@@ -311,7 +311,9 @@ impl Multiplexer {
             forward::response_headers(response.headers_mut());
             return Ok(Err(response.map(|body| ProxyBody::Upstream(body, None))));
         }
-        self.raw_only.store(true, Ordering::Relaxed);
+        if !self.raw_only.swap(true, Ordering::Relaxed) {
+            tracing::info!(server = %upstream.authority(), "the apiserver does not tunnel SPDY port-forward in a WebSocket; using raw SPDY");
+        }
         let io = hyper::upgrade::on(&mut response)
             .await
             .map_err(|e| upstream_failed(upstream, &e))?;

@@ -1,0 +1,311 @@
+//! Multiplexed port-forward: WebSocket port-forwards answered by kubegate
+//! and carried as stream pairs on one shared upstream session per pod,
+//! driven frame by frame by a test client; the double's counter shows how
+//! many upstream sessions (kubelet dials) they cost.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+type Socket = WebSocketStream<TcpStream>;
+
+const BINARY: &str = "v4.channel.k8s.io";
+const BASE64: &str = "v4.base64.channel.k8s.io";
+
+async fn with_box(flags: &[&str]) -> (Double, Kubegate) {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, flags).await;
+    (double, kubegate)
+}
+
+fn upstream_sessions(double: &Double) -> usize {
+    double
+        .server
+        .state()
+        .stats
+        .port_forward_sessions
+        .load(Ordering::Relaxed)
+}
+
+/// Opens a port-forward WebSocket to `ports` of pod `box`.
+async fn open(kubegate: &Kubegate, protocol: &str, ports: &[u16]) -> Socket {
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let path = format!(
+        "/api/v1/namespaces/default/pods/box/portforward?ports={}",
+        list.join(",")
+    );
+    let mut request = format!("ws://{}{path}", kubegate.address)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", protocol.parse().unwrap());
+    let tcp = TcpStream::connect(kubegate.address).await.unwrap();
+    let (socket, response) = within("websocket handshake", client_async(request, tcp))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
+    socket
+}
+
+fn encode(protocol: &str, channel: u8, data: &[u8]) -> Message {
+    if protocol == BASE64 {
+        let text = base64::engine::general_purpose::STANDARD.encode(data);
+        Message::text(format!("{channel}{text}"))
+    } else {
+        let mut bytes = vec![channel];
+        bytes.extend_from_slice(data);
+        Message::binary(bytes)
+    }
+}
+
+/// The next message's channel and bytes; `None` at close.
+async fn next(socket: &mut Socket, protocol: &str) -> Option<(u8, Vec<u8>)> {
+    loop {
+        match within("a port-forward message", socket.next()).await? {
+            Ok(Message::Binary(data)) if protocol != BASE64 => {
+                return Some((data[0], data[1..].to_vec()));
+            }
+            Ok(Message::Text(text)) if protocol == BASE64 => {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(&text.as_str()[1..])
+                    .unwrap();
+                return Some((text.as_bytes()[0] - b'0', data));
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(other) => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Reads the port prefix kubelets send on both channels of each port.
+async fn read_prefixes(socket: &mut Socket, protocol: &str, ports: &[u16]) {
+    for (index, port) in ports.iter().enumerate() {
+        for channel in [index as u8 * 2, index as u8 * 2 + 1] {
+            let (got, data) = next(socket, protocol).await.unwrap();
+            assert_eq!((got, data), (channel, port.to_le_bytes().to_vec()));
+        }
+    }
+}
+
+/// One forwarded connection: `payload` out, its echo back, byte for byte.
+async fn round_trip(kubegate: &Kubegate, protocol: &str, port: u16, payload: &[u8]) {
+    let mut socket = open(kubegate, protocol, &[port]).await;
+    read_prefixes(&mut socket, protocol, &[port]).await;
+    for chunk in payload.chunks(32 * 1024) {
+        socket.send(encode(protocol, 0, chunk)).await.unwrap();
+    }
+    let mut echoed = Vec::with_capacity(payload.len());
+    while echoed.len() < payload.len() {
+        let (channel, data) = next(&mut socket, protocol).await.expect("the echo");
+        assert_eq!(channel, 0, "{}", String::from_utf8_lossy(&data));
+        echoed.extend_from_slice(&data);
+    }
+    assert!(echoed == payload, "the echo differs from what was sent");
+    socket.close(None).await.unwrap();
+}
+
+fn payload(seed: usize, length: usize) -> Vec<u8> {
+    (0..length).map(|i| ((i * 31 + seed) % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn seventy_connections_to_one_pod_cost_one_upstream_session() {
+    let (double, kubegate) = with_box(&[]).await;
+    let echo = EchoServer::start().await;
+    for (i, protocol) in (0..50).zip([BINARY, BASE64].into_iter().cycle()) {
+        round_trip(&kubegate, protocol, echo.port, &payload(i, 1000 + i * 997)).await;
+    }
+    let concurrent = (0..20).map(|i| {
+        let kubegate = &kubegate;
+        async move { round_trip(kubegate, BINARY, echo.port, &payload(i, 64 * 1024 + i)).await }
+    });
+    futures_util::future::join_all(concurrent).await;
+    assert_eq!(upstream_sessions(&double), 1);
+}
+
+#[tokio::test]
+async fn several_ports_in_one_websocket_each_get_their_pair() {
+    let (double, kubegate) = with_box(&[]).await;
+    let (one, two) = (EchoServer::start().await, EchoServer::start().await);
+    let ports = [one.port, two.port];
+    let mut socket = open(&kubegate, BINARY, &ports).await;
+    read_prefixes(&mut socket, BINARY, &ports).await;
+    socket.send(encode(BINARY, 0, b"to one")).await.unwrap();
+    socket.send(encode(BINARY, 2, b"to two")).await.unwrap();
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        heard.push(next(&mut socket, BINARY).await.unwrap());
+    }
+    heard.sort();
+    assert_eq!(
+        heard,
+        vec![(0, b"to one".to_vec()), (2, b"to two".to_vec())]
+    );
+    assert_eq!(upstream_sessions(&double), 1);
+}
+
+#[tokio::test]
+async fn a_closed_port_gets_the_kubelets_error_and_the_session_keeps_serving() {
+    let (double, kubegate) = with_box(&[]).await;
+    let echo = EchoServer::start().await;
+    round_trip(&kubegate, BINARY, echo.port, b"first").await;
+    let closed = free_port();
+    let mut socket = open(&kubegate, BINARY, &[closed]).await;
+    read_prefixes(&mut socket, BINARY, &[closed]).await;
+    let mut error = Vec::new();
+    while let Some((channel, data)) = next(&mut socket, BINARY).await {
+        assert_eq!(channel, 1, "only the error channel speaks");
+        error.extend_from_slice(&data);
+    }
+    let error = String::from_utf8(error).unwrap();
+    assert!(
+        error.contains(&format!("error forwarding port {closed} to pod")),
+        "{error}"
+    );
+    round_trip(&kubegate, BINARY, echo.port, b"after the error").await;
+    assert_eq!(upstream_sessions(&double), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_hold_up_another_on_the_same_pod() {
+    let (double, kubegate) = with_box(&[]).await;
+    let echo = EchoServer::start().await;
+    // The stalled client sends 16 MiB to the echo and reads nothing.
+    let mut stalled = open(&kubegate, BINARY, &[echo.port]).await;
+    read_prefixes(&mut stalled, BINARY, &[echo.port]).await;
+    let (mut stalled_sink, mut stalled_stream) = stalled.split();
+    let sending = tokio::spawn(async move {
+        for _ in 0..256 {
+            if stalled_sink
+                .send(encode(BINARY, 0, &[7u8; 64 * 1024]))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        stalled_sink
+    });
+    // Meanwhile another client keeps moving.
+    for i in 0..20 {
+        round_trip(&kubegate, BINARY, echo.port, &payload(i, 10_000)).await;
+    }
+    assert_eq!(upstream_sessions(&double), 1);
+    // When the stalled client reads at last: the echo it was due, in
+    // order and whole up to the cut, then why its stream was reset.
+    let mut received = 0usize;
+    let mut error = String::new();
+    while let Some(Ok(message)) = within("the stalled client's messages", stalled_stream.next()).await {
+        let Message::Binary(data) = message else { break };
+        match data[0] {
+            0 => {
+                assert!(data[1..].iter().all(|b| *b == 7));
+                received += data.len() - 1;
+            }
+            1 => error.push_str(&String::from_utf8_lossy(&data[1..])),
+            other => panic!("channel {other}"),
+        }
+    }
+    assert!(error.contains("left 1024 KiB unread"), "{error:?}");
+    assert!(received > 0 && received < 16 << 20, "{received}");
+    drop(within("the stalled sender", sending).await);
+    round_trip(&kubegate, BINARY, echo.port, b"still serving").await;
+}
+
+#[tokio::test]
+async fn an_idle_session_closes_and_the_next_client_gets_a_fresh_one() {
+    let (double, kubegate) = with_box(&[
+        "--port-forward-idle-timeout=200ms",
+        "--admin-address=127.0.0.1:0",
+    ])
+    .await;
+    let echo = EchoServer::start().await;
+    round_trip(&kubegate, BINARY, echo.port, b"one").await;
+    let metrics = format!("http://{}/metrics", kubegate.admin.unwrap());
+    let scrape = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let text = String::from_utf8(get(&metrics).await.body.to_vec()).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        }
+    };
+    assert_eq!(scrape("kubegate_port_forward_sessions_opened_total").await, 1.0);
+    within("the idle session to close", async {
+        while scrape("kubegate_port_forward_sessions ").await != 0.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    round_trip(&kubegate, BINARY, echo.port, b"two").await;
+    assert_eq!(upstream_sessions(&double), 2);
+    assert_eq!(scrape("kubegate_port_forward_streams_opened_total").await, 2.0);
+    assert_eq!(scrape("kubegate_port_forward_clients_total").await, 2.0);
+}
+
+#[tokio::test]
+async fn without_multiplexing_each_port_forward_is_its_own_upstream_session() {
+    let (double, kubegate) = with_box(&["--port-forward-multiplex=false"]).await;
+    let echo = EchoServer::start().await;
+    for i in 0..5 {
+        round_trip(&kubegate, BINARY, echo.port, &payload(i, 5000)).await;
+    }
+    assert_eq!(upstream_sessions(&double), 5);
+}
+
+#[tokio::test]
+async fn a_port_forward_without_ports_is_refused_with_a_status() {
+    let (_double, kubegate) = with_box(&[]).await;
+    let mut request = format!(
+        "ws://{}/api/v1/namespaces/default/pods/box/portforward",
+        kubegate.address
+    )
+    .into_client_request()
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", BINARY.parse().unwrap());
+    let tcp = TcpStream::connect(kubegate.address).await.unwrap();
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) =
+        client_async(request, tcp).await
+    else {
+        panic!("a port-forward without ports was accepted");
+    };
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value =
+        serde_json::from_slice(response.body().as_ref().unwrap()).unwrap();
+    assert_eq!(body["reason"], "BadRequest");
+    assert!(body["message"].as_str().unwrap().contains("\"ports\""));
+}
+
+#[tokio::test]
+async fn a_missing_pod_gets_the_apiservers_answer() {
+    let (_double, kubegate) = with_box(&[]).await;
+    let mut request = format!(
+        "ws://{}/api/v1/namespaces/default/pods/nobody/portforward?ports=80",
+        kubegate.address
+    )
+    .into_client_request()
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", BINARY.parse().unwrap());
+    let tcp = TcpStream::connect(kubegate.address).await.unwrap();
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) =
+        client_async(request, tcp).await
+    else {
+        panic!("a port-forward to a missing pod was accepted");
+    };
+    assert_eq!(response.status(), 404);
+}
