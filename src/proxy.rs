@@ -19,7 +19,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access::AccessToken;
-use crate::admin::{Decision, Metrics};
+use crate::admin::{Decision, Metrics, PortForwardEvent};
 use crate::audit::{Audit, Record};
 use crate::body::{Capture, ProxyBody};
 use crate::client::ClientOrigin;
@@ -28,10 +28,10 @@ use crate::cors::{self, OriginPolicy};
 use crate::filters::Filters;
 use crate::forward::{self, Outbound};
 use crate::policy::Policy;
+use crate::portforward::{Multiplexer, Plan};
 use crate::request::{PathError, RequestInfo, Verb};
 use crate::status::ProxyError;
-use crate::portforward::{Multiplexer, Plan};
-use crate::upgrade::{Relays, is_upgrade};
+use crate::upgrade::{Relays, adopt_extended_connect, is_upgrade};
 use crate::upstream::clusters::{Cluster, Clusters, Route};
 use crate::www;
 use tokio::sync::Semaphore;
@@ -190,6 +190,11 @@ impl ProxyService {
                 head.method = upper;
             }
         }
+        if adopt_extended_connect(&mut head) {
+            self.shared
+                .metrics
+                .port_forward(PortForwardEvent::WebSocketOverHttp2);
+        }
         let method = head.method.clone();
         let target = Target::read(
             &self.shared.routes,
@@ -308,7 +313,14 @@ impl ProxyService {
                 && let Some(plan) = Plan::of(&cluster.name, &info, &head, path_and_query.clone())?
             {
                 return multiplexer
-                    .serve(&cluster.upstream, &self.shared.relays, plan, head, record, slot)
+                    .serve(
+                        &cluster.upstream,
+                        &self.shared.relays,
+                        plan,
+                        head,
+                        record,
+                        slot,
+                    )
                     .await;
             }
             return self

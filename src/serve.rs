@@ -102,6 +102,9 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1000)
+        // WebSockets over HTTP/2 (RFC 8441): many exec and port-forward
+        // sessions on one connection.
+        .enable_connect_protocol()
         .keep_alive_interval(Duration::from_secs(30));
     let serving = Arc::new(Serving {
         builder,

@@ -58,6 +58,65 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Marks a WebSocket that arrived over HTTP/2 as an extended `CONNECT`
+/// (RFC 8441): it is answered `200`, without the HTTP/1.1 handshake
+/// headers, and kubegate makes the handshake to the apiserver itself.
+#[derive(Debug, Clone, Copy)]
+pub struct OverHttp2;
+
+/// Reads an RFC 8441 extended `CONNECT` with `:protocol: websocket` as
+/// the HTTP/1.1 upgrade it stands for (`GET` with `Upgrade: websocket`),
+/// so that every check sees the request it is. `true` if it was one.
+pub fn adopt_extended_connect(head: &mut Parts) -> bool {
+    let websocket = head
+        .extensions
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if head.method != http::Method::CONNECT || !websocket {
+        return false;
+    }
+    head.method = http::Method::GET;
+    head.headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    head.headers
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    head.extensions.insert(OverHttp2);
+    true
+}
+
+/// A fresh `Sec-WebSocket-Key`.
+pub fn websocket_key() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Whether a `101` answers the WebSocket key kubegate sent.
+pub fn accepts_key(response: &HeaderMap, key: &str) -> bool {
+    let expected = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    response
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == expected.as_bytes())
+}
+
+/// The client's answer to an upgrade the apiserver accepted: its `101` as
+/// it is, or for a WebSocket over HTTP/2 a `200` with the subprotocol.
+fn client_answer(over_http2: bool, upstream: &mut HeaderMap) -> Response<ProxyBody> {
+    let mut answer = Response::new(ProxyBody::empty());
+    if over_http2 {
+        if let Some(protocol) = upstream.remove(header::SEC_WEBSOCKET_PROTOCOL) {
+            answer
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+    } else {
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *answer.headers_mut() = std::mem::take(upstream);
+    }
+    answer
+}
+
 /// The relays in flight: counted, and closed together at shutdown.
 pub struct Relays {
     tracker: TaskTracker,
@@ -119,6 +178,17 @@ impl Relays {
         if let Some(upgrade) = upgrade {
             head.headers.insert(header::UPGRADE, upgrade);
         }
+        let over_http2 = head.extensions.get::<OverHttp2>().is_some();
+        let key = over_http2.then(websocket_key);
+        if let Some(key) = &key
+            && let Ok(value) = HeaderValue::from_str(key)
+        {
+            head.headers.insert(header::SEC_WEBSOCKET_KEY, value);
+            head.headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         head.version = Version::HTTP_11;
@@ -129,14 +199,20 @@ impl Relays {
             forward::response_headers(response.headers_mut());
             return Ok(response.map(|body| ProxyBody::Upstream(body, None)));
         }
+        if let Some(key) = &key
+            && !accepts_key(response.headers(), key)
+        {
+            return Err(ProxyError::Upstream {
+                server: outbound.upstream.authority().to_string(),
+                reason: "the apiserver's WebSocket handshake does not answer kubegate's key".into(),
+            });
+        }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let mut answer = Response::new(ProxyBody::empty());
-        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *answer.headers_mut() = std::mem::take(response.headers_mut());
         if let Some(record) = &record {
-            annotate_session(record, answer.headers(), &query);
+            annotate_session(record, response.headers(), &query);
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
+        let answer = client_answer(over_http2, response.headers_mut());
         let session = Session::new(slot, kind, record);
         let (to_server, to_client) = session.counters();
         // The client's side of the upgrade only completes after this

@@ -374,25 +374,50 @@ async fn kubectl_port_forward_works_over_tunneled_and_raw_spdy() {
     }
 }
 
+/// Upgrades for port-forward the double accepted: each one a kubelet dial
+/// in a real cluster.
+fn upstream_sessions(double: &Double) -> usize {
+    double
+        .server
+        .state()
+        .stats
+        .port_forward_sessions
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// kubegate multiplexing port-forward (the default), then relaying it:
+/// the flags, and how many upstream sessions 71 connections cost.
+const PORT_FORWARD_MODES: [(&[&str], usize); 2] =
+    [(&[], 1), (&["--port-forward-multiplex=false"], 71)];
+
 #[tokio::test]
 async fn the_python_client_execs_and_port_forwards() {
-    let (_double, kubegate) = with_box().await;
-    let echo = EchoServer::start().await;
-    let mut python = program("python3", "install Python 3");
-    python.args([
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/clients/python_stream.py"
-        ),
-        &kubegate.url(""),
-        "box",
-        &echo.port.to_string(),
-    ]);
-    let printed = output(python).await;
-    assert!(printed.contains("exec stdout from python"), "{printed}");
-    assert!(printed.contains("exec stderr to-stderr"), "{printed}");
-    assert!(printed.contains("exec exit 7"), "{printed}");
-    assert!(printed.contains("port-forward ok 16384"), "{printed}");
+    for (flags, sessions) in PORT_FORWARD_MODES {
+        let double = Double::start().await;
+        double.store().create("default", pod("box")).unwrap();
+        let kubegate = Kubegate::start(&double, flags).await;
+        let echo = EchoServer::start().await;
+        let mut python = program("python3", "install Python 3");
+        python.args([
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/clients/python_stream.py"
+            ),
+            &kubegate.url(""),
+            "box",
+            &echo.port.to_string(),
+        ]);
+        let printed = output(python).await;
+        assert!(printed.contains("exec stdout from python"), "{printed}");
+        assert!(printed.contains("exec stderr to-stderr"), "{printed}");
+        assert!(printed.contains("exec exit 7"), "{printed}");
+        assert!(printed.contains("port-forward ok 16384"), "{printed}");
+        assert!(
+            printed.contains("port-forward connections 70 of 70 byte-exact"),
+            "{printed}"
+        );
+        assert_eq!(upstream_sessions(&double), sessions, "{flags:?}");
+    }
 }
 
 /// The npm packages the JavaScript tests use, installed by scripts/test.
@@ -408,20 +433,29 @@ fn node_modules() -> std::path::PathBuf {
 #[tokio::test]
 async fn client_node_execs_and_port_forwards() {
     node_modules();
-    let (_double, kubegate) = with_box().await;
-    let echo = EchoServer::start().await;
-    let mut node = program("node", "install Node.js");
-    node.args([
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node_stream.mjs"),
-        &kubegate.url(""),
-        "box",
-        &echo.port.to_string(),
-    ]);
-    let printed = output(node).await;
-    assert!(printed.contains("exec stdout from node"), "{printed}");
-    assert!(printed.contains("exec stderr to-stderr"), "{printed}");
-    assert!(printed.contains("exec status Failure 4"), "{printed}");
-    assert!(printed.contains("port-forward ok 100000"), "{printed}");
+    for (flags, sessions) in PORT_FORWARD_MODES {
+        let double = Double::start().await;
+        double.store().create("default", pod("box")).unwrap();
+        let kubegate = Kubegate::start(&double, flags).await;
+        let echo = EchoServer::start().await;
+        let mut node = program("node", "install Node.js");
+        node.args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node_stream.mjs"),
+            &kubegate.url(""),
+            "box",
+            &echo.port.to_string(),
+        ]);
+        let printed = output(node).await;
+        assert!(printed.contains("exec stdout from node"), "{printed}");
+        assert!(printed.contains("exec stderr to-stderr"), "{printed}");
+        assert!(printed.contains("exec status Failure 4"), "{printed}");
+        assert!(printed.contains("port-forward ok 100000"), "{printed}");
+        assert!(
+            printed.contains("port-forward connections 70 of 70 byte-exact"),
+            "{printed}"
+        );
+        assert_eq!(upstream_sessions(&double), sessions, "{flags:?}");
+    }
 }
 
 fn deno(args: &[&str], token: Option<&str>) -> Command {
@@ -462,9 +496,11 @@ async fn the_deno_example_lists_follows_execs_and_port_forwards() {
         "exec stderr to-stderr",
         "exec status Failure 6",
         "port-forward ok",
+        "port-forward connections 70 of 70 byte-exact",
     ] {
         assert!(printed.contains(line), "{line:?} missing from {printed}");
     }
+    assert_eq!(upstream_sessions(&double), 1);
 }
 
 #[tokio::test]

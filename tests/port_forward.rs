@@ -205,8 +205,12 @@ async fn a_client_that_stops_reading_does_not_hold_up_another_on_the_same_pod() 
     // order and whole up to the cut, then why its stream was reset.
     let mut received = 0usize;
     let mut error = String::new();
-    while let Some(Ok(message)) = within("the stalled client's messages", stalled_stream.next()).await {
-        let Message::Binary(data) = message else { break };
+    while let Some(Ok(message)) =
+        within("the stalled client's messages", stalled_stream.next()).await
+    {
+        let Message::Binary(data) = message else {
+            break;
+        };
         match data[0] {
             0 => {
                 assert!(data[1..].iter().all(|b| *b == 7));
@@ -241,7 +245,10 @@ async fn an_idle_session_closes_and_the_next_client_gets_a_fresh_one() {
                 .unwrap_or(-1.0)
         }
     };
-    assert_eq!(scrape("kubegate_port_forward_sessions_opened_total").await, 1.0);
+    assert_eq!(
+        scrape("kubegate_port_forward_sessions_opened_total").await,
+        1.0
+    );
     within("the idle session to close", async {
         while scrape("kubegate_port_forward_sessions ").await != 0.0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -250,7 +257,10 @@ async fn an_idle_session_closes_and_the_next_client_gets_a_fresh_one() {
     .await;
     round_trip(&kubegate, BINARY, echo.port, b"two").await;
     assert_eq!(upstream_sessions(&double), 2);
-    assert_eq!(scrape("kubegate_port_forward_streams_opened_total").await, 2.0);
+    assert_eq!(
+        scrape("kubegate_port_forward_streams_opened_total").await,
+        2.0
+    );
     assert_eq!(scrape("kubegate_port_forward_clients_total").await, 2.0);
 }
 

@@ -1,6 +1,6 @@
 // The Kubernetes API from Deno, through kubegate, with its access token:
 // list pods, follow a log, exec with stdin (v5.channel.k8s.io, stdin closed
-// with channel 255), and a port-forward round trip (v4.channel.k8s.io).
+// with channel 255), and port-forward round trips (v4.channel.k8s.io).
 //
 //   KUBEGATE_TOKEN=… deno run --allow-net --allow-env examples/deno/kubegate.ts \
 //     http://127.0.0.1:8001 nginx [PORT]
@@ -102,4 +102,12 @@ console.log("exec stderr", result.stderr.trim());
 console.log("exec status", result.status.status, result.status.details?.causes?.[0]?.message ?? "");
 if (port) {
   console.log("port-forward", (await portForward("round trip from deno")) === "round trip from deno" ? "ok" : "MISMATCH");
+  // Every connection is a new WebSocket; kubegate carries them all as
+  // streams on one session to the pod. 50 one after another, 20 at once.
+  const messages = Array.from({ length: 70 }, (_, i) => `connection ${i};`.repeat(50 + i));
+  let exact = 0;
+  for (const message of messages.slice(0, 50)) if ((await portForward(message)) === message) exact++;
+  const together = await Promise.all(messages.slice(50).map(portForward));
+  exact += together.filter((reply, i) => reply === messages[50 + i]).length;
+  console.log("port-forward connections", exact, "of", messages.length, "byte-exact");
 }

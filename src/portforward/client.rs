@@ -154,7 +154,10 @@ pub async fn serve(
     for (index, connection) in connections.iter().enumerate() {
         let data = (index * 2) as u8;
         let prefix = connection.port.to_le_bytes();
-        let mut messages = vec![framing.encode(data, &prefix), framing.encode(data + 1, &prefix)];
+        let mut messages = vec![
+            framing.encode(data, &prefix),
+            framing.encode(data + 1, &prefix),
+        ];
         if connection.pair.is_none() {
             let reason = format!(
                 "error forwarding port {}: {}",

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -228,12 +227,7 @@ impl Multiplexer {
             Ok(wire) => wire,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let session = Session::start(
-            wire,
-            self.idle,
-            self.closing.clone(),
-            self.metrics.clone(),
-        );
+        let session = Session::start(wire, self.idle, self.closing.clone(), self.metrics.clone());
         tracing::debug!(
             namespace = %plan.key.namespace,
             pod = %plan.key.pod,
@@ -281,31 +275,42 @@ impl Multiplexer {
         path: &PathAndQuery,
     ) -> Result<Result<Wire, Response<ProxyBody>>, ProxyError> {
         if !self.raw_only.load(Ordering::Relaxed) {
-            let key = websocket_key();
+            let key = upgrade::websocket_key();
             let mut head = upgrade_head(upstream, Method::GET);
             let headers = &mut head.headers;
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(TUNNEL));
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(TUNNEL),
+            );
             if let Ok(value) = HeaderValue::from_str(&key) {
                 headers.insert(header::SEC_WEBSOCKET_KEY, value);
             }
             let mut response = upgrade::handshake(upstream, path.clone(), head).await?;
             let accepted = response.status() == StatusCode::SWITCHING_PROTOCOLS
-                && header_is(response.headers(), header::SEC_WEBSOCKET_ACCEPT, &derive_accept_key(key.as_bytes()))
+                && upgrade::accepts_key(response.headers(), &key)
                 && header_is(response.headers(), header::SEC_WEBSOCKET_PROTOCOL, TUNNEL);
             if accepted {
                 let io = hyper::upgrade::on(&mut response)
                     .await
                     .map_err(|e| upstream_failed(upstream, &e))?;
-                let socket = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None).await;
+                let socket =
+                    WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None).await;
                 return Ok(Ok(Wire::Tunnel(Box::new(socket))));
             }
             tracing::debug!(server = %upstream.authority(), status = %response.status(), "the apiserver refused the SPDY tunnel; trying raw SPDY");
         }
         let mut head = upgrade_head(upstream, Method::POST);
-        head.headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-        head.headers.insert("x-stream-protocol-version", HeaderValue::from_static("portforward.k8s.io"));
+        head.headers
+            .insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        head.headers.insert(
+            "x-stream-protocol-version",
+            HeaderValue::from_static("portforward.k8s.io"),
+        );
         let mut response = upgrade::handshake(upstream, path.clone(), head).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             forward::response_headers(response.headers_mut());
@@ -340,24 +345,31 @@ impl Multiplexer {
             .extensions
             .remove::<OnUpgrade>()
             .ok_or(ProxyError::NotUpgradable)?;
-        let Some(key) = head.headers.get(header::SEC_WEBSOCKET_KEY) else {
-            return Err(ProxyError::BadPortForward(
-                "a WebSocket upgrade needs a Sec-WebSocket-Key header".into(),
-            ));
+        let over_http2 = head.extensions.get::<upgrade::OverHttp2>().is_some();
+        let accept = match head.headers.get(header::SEC_WEBSOCKET_KEY) {
+            Some(key) => derive_accept_key(key.as_bytes()),
+            None if over_http2 => String::new(),
+            None => {
+                return Err(ProxyError::BadPortForward(
+                    "a WebSocket upgrade needs a Sec-WebSocket-Key header".into(),
+                ));
+            }
         };
-        let accept = derive_accept_key(key.as_bytes());
         let session = match self.session(upstream, &plan).await? {
             Ok(session) => session,
             Err(refusal) => return Ok(refusal),
         };
         let mut answer = Response::new(ProxyBody::empty());
-        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = answer.headers_mut();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        if let Ok(accept) = HeaderValue::from_str(&accept) {
-            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        if !over_http2 {
+            *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = answer.headers_mut();
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            if let Ok(accept) = HeaderValue::from_str(&accept) {
+                headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            }
         }
+        let headers = answer.headers_mut();
         if let Ok(protocol) = HeaderValue::from_str(&plan.protocol)
             && !plan.protocol.is_empty()
         {
@@ -365,7 +377,11 @@ impl Multiplexer {
         }
         if let Some(record) = &record {
             record.annotate("kubegate.io/port-forward", "multiplexed");
-            upgrade::annotate_session(record, answer.headers(), head.uri.query().unwrap_or_default());
+            upgrade::annotate_session(
+                record,
+                answer.headers(),
+                head.uri.query().unwrap_or_default(),
+            );
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
         let relayed = upgrade::Session::new(slot, StreamKind::portforward, record);
@@ -374,7 +390,8 @@ impl Multiplexer {
         metrics.port_forward(PortForwardEvent::Client);
         relays.run(relayed, async move {
             let Ok(io) = client_upgrade.await else { return };
-            let socket = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+            let socket =
+                WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
             let moved = client::Moved {
                 to_server: &to_server,
                 to_client: &to_client,
@@ -404,12 +421,6 @@ fn header_is(headers: &HeaderMap, name: header::HeaderName, expected: &str) -> b
     headers
         .get(name)
         .is_some_and(|v| v.as_bytes() == expected.as_bytes())
-}
-
-fn websocket_key() -> String {
-    let mut bytes = [0u8; 16];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn upstream_failed(upstream: &Upstream, error: &hyper::Error) -> ProxyError {

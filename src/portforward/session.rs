@@ -555,14 +555,17 @@ impl Session {
             }
             let now = self.millis();
             if self.pairs.load(Ordering::Acquire) == 0
-                && now.saturating_sub(self.idle_at.load(Ordering::Acquire)) >= idle.as_millis() as u64
+                && now.saturating_sub(self.idle_at.load(Ordering::Acquire))
+                    >= idle.as_millis() as u64
             {
                 self.going_away.store(true, Ordering::Release);
                 let _ = self.control.send(Control::Close);
                 self.ended.cancelled().await;
                 return;
             }
-            if now.saturating_sub(self.pong_at.load(Ordering::Acquire)) >= PING_DEAD.as_millis() as u64 {
+            if now.saturating_sub(self.pong_at.load(Ordering::Acquire))
+                >= PING_DEAD.as_millis() as u64
+            {
                 self.end(format!(
                     "the apiserver did not answer keep-alive pings for {} s",
                     PING_DEAD.as_secs()

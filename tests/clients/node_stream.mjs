@@ -43,20 +43,13 @@ async function exec() {
   console.log('exec status', status.status, status.details?.causes?.[0]?.message ?? '');
 }
 
-async function portForward() {
-  const forward = new k8s.PortForward(kc);
-  const server = net.createServer((socket) => {
-    forward.portForward('default', pod, [Number(echoPort)], socket, null, socket).catch((e) => {
-      console.log('port-forward error', e.message);
-      socket.destroy();
-    });
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const payload = Buffer.alloc(100_000, 'k');
-  const echoed = await new Promise((resolve, reject) => {
+// Connects to the local end of a port-forward, sends `payload` and resolves
+// with its echo.
+function echoThrough(port, payload) {
+  return new Promise((resolve, reject) => {
     const chunks = [];
     let length = 0;
-    const client = net.connect(server.address().port, '127.0.0.1', () => client.write(payload));
+    const client = net.connect(port, '127.0.0.1', () => client.write(payload));
     client.on('data', (chunk) => {
       chunks.push(chunk);
       length += chunk.length;
@@ -67,8 +60,34 @@ async function portForward() {
     });
     client.on('error', reject);
   });
-  server.close();
+}
+
+async function portForward() {
+  const forward = new k8s.PortForward(kc);
+  const server = net.createServer((socket) => {
+    forward.portForward('default', pod, [Number(echoPort)], socket, null, socket).catch((e) => {
+      console.log('port-forward error', e.message);
+      socket.destroy();
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = server.address().port;
+  const payload = Buffer.alloc(100_000, 'k');
+  const echoed = await echoThrough(port, payload);
   console.log('port-forward', echoed.equals(payload) ? 'ok' : 'MISMATCH', echoed.length);
+  // Many connections, each its own port-forward WebSocket: 50 one after
+  // another, then 20 at once.
+  const payloadOf = (i) => Buffer.from(Array.from({ length: 4096 + i * 13 }, (_, j) => (i * 7 + j) % 256));
+  let exact = 0;
+  for (let i = 0; i < 50; i++) {
+    if ((await echoThrough(port, payloadOf(i))).equals(payloadOf(i))) exact++;
+  }
+  const together = await Promise.all(
+    Array.from({ length: 20 }, (_, k) => echoThrough(port, payloadOf(50 + k)).then((e) => e.equals(payloadOf(50 + k)))),
+  );
+  exact += together.filter(Boolean).length;
+  server.close();
+  console.log('port-forward connections', exact, 'of 70 byte-exact');
 }
 
 await exec();

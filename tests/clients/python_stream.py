@@ -5,6 +5,7 @@ Prints one line per step; exits non-zero on any failure.
 """
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from kubernetes import client
 from kubernetes.stream import portforward, stream
@@ -51,6 +52,27 @@ def main(url: str, pod: str, echo_port: int) -> None:
     print("port-forward", "ok" if echoed == payload else "MISMATCH", len(echoed), flush=True)
     if forward.error(echo_port):
         print("port-forward error", forward.error(echo_port), flush=True)
+
+    # Many connections, each its own port-forward WebSocket: 50 one after
+    # another, then 20 at once.
+    def connection(i: int) -> bool:
+        forward = portforward(api.connect_get_namespaced_pod_portforward, pod, "default", ports=str(echo_port))
+        sock = forward.socket(echo_port)
+        payload = bytes((i * 7 + j) % 256 for j in range(4096 + i * 13))
+        sock.sendall(payload)
+        echoed = b""
+        while len(echoed) < len(payload):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            echoed += chunk
+        sock.close()
+        return echoed == payload
+
+    exact = sum(connection(i) for i in range(50))
+    with ThreadPoolExecutor(20) as pool:
+        exact += sum(pool.map(connection, range(50, 70)))
+    print("port-forward connections", exact, "of 70 byte-exact", flush=True)
 
 
 if __name__ == "__main__":
