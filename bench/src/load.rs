@@ -255,16 +255,18 @@ pub async fn exec_round_trips(endpoint: &Endpoint, count: usize) -> Figures {
     figures
 }
 
-/// Port-forward sessions opened, used for one echo, and closed, by
-/// `concurrency` clients for `duration`.
+/// Port-forward connections opened, used for one echo, and closed, by
+/// `concurrency` clients for `duration`; each a new WebSocket, as every
+/// WebSocket port-forward client makes one per connection.
 pub async fn port_forwards(endpoint: &Endpoint, concurrency: usize, duration: Duration) -> Figures {
     let errors = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
     let workers = (0..concurrency).map(|_| {
-        let (endpoint, errors, done) = (endpoint.clone(), errors.clone(), done.clone());
+        let (endpoint, errors) = (endpoint.clone(), errors.clone());
         tokio::spawn(async move {
+            let mut first_echo = Vec::new();
             while Instant::now() < deadline {
+                let began = Instant::now();
                 let ok = async {
                     let path = "/api/v1/namespaces/default/pods/bench/portforward?ports=80";
                     let mut socket = endpoint.websocket(path, "v4.channel.k8s.io").await?;
@@ -276,24 +278,87 @@ pub async fn port_forwards(endpoint: &Endpoint, concurrency: usize, duration: Du
                         .await
                         .ok()?;
                     let echo = socket.next().await?.ok()?;
+                    let echoed = began.elapsed();
                     let _ = socket.close(None).await;
-                    (echo.into_data().len() == 4).then_some(())
+                    (echo.into_data().len() == 4).then_some(echoed)
                 };
                 match tokio::time::timeout(Duration::from_secs(10), ok).await {
-                    Ok(Some(())) => done.fetch_add(1, Ordering::Relaxed),
-                    _ => errors.fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(Some(echoed)) => first_echo.push(echoed.as_micros() as u64),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
+            first_echo
         })
     });
-    futures_util::future::join_all(workers).await;
+    let mut first_echo: Vec<u64> = futures_util::future::join_all(workers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap_or_default)
+        .collect();
+    first_echo.sort_unstable();
     let mut figures = Figures {
         errors: errors.load(Ordering::Relaxed),
         ..Figures::default()
     };
-    let sessions = done.load(Ordering::Relaxed) as f64;
+    let sessions = first_echo.len() as f64;
     figures.set("sessions", sessions);
     figures.set("conn/s", sessions / duration.as_secs_f64());
+    figures.set("first echo p50 µs", percentile(&first_echo, 0.50));
+    figures.set("first echo p99 µs", percentile(&first_echo, 0.99));
+    figures
+}
+
+const PORT_FORWARD: &str = "/api/v1/namespaces/default/pods/bench/portforward?ports=80";
+
+/// Bulk port-forward: `total` bytes in 64 KiB data frames, all echoed.
+pub async fn port_forward_throughput(endpoint: &Endpoint, total: u64) -> Figures {
+    let mut figures = Figures::default();
+    let Some(mut socket) = endpoint.websocket(PORT_FORWARD, "v4.channel.k8s.io").await else {
+        figures.errors += 1;
+        return figures;
+    };
+    for _ in 0..2 {
+        let _ = socket.next().await;
+    }
+    let (mut sink, mut incoming) = socket.split();
+    let mut frame = vec![0u8; 64 * 1024 + 1];
+    frame[0] = 0;
+    let frame = Bytes::from(frame);
+    let began = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sent < total {
+            if sink.send(Message::Binary(frame.clone())).await.is_err() {
+                break;
+            }
+            sent += (frame.len() - 1) as u64;
+        }
+        sink
+    });
+    let mut received = 0u64;
+    while received < total {
+        match tokio::time::timeout(Duration::from_secs(30), incoming.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) if data.first() == Some(&0) => {
+                received += (data.len() - 1) as u64
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    let elapsed = began.elapsed();
+    if let Ok(mut sink) = writer.await {
+        let _ = sink.close().await;
+    }
+    if received < total {
+        figures.errors += 1;
+    }
+    figures.set(
+        "MiB/s",
+        received as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
+    );
+    figures.set("bytes", received as f64);
     figures
 }
 

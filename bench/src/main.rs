@@ -14,6 +14,7 @@ mod soak;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -223,6 +224,10 @@ async fn main() {
         flags: vec![format!("--policy-file={}", policy_file.display())],
     });
     kinds.push(Kind::Kubegate {
+        label: "kubegate, port-forward relayed",
+        flags: vec!["--port-forward-multiplex=false".into()],
+    });
+    kinds.push(Kind::Kubegate {
         label: "kubegate + token",
         flags: vec!["--generate-access-token".into()],
     });
@@ -245,7 +250,7 @@ async fn main() {
                 Ok(proxy) => proxy,
                 Err(error) => panic!("cannot start {}: {error}", kind.name()),
             };
-            let figures = run_phases(&proxy, &sizes).await;
+            let figures = run_phases(&proxy, &sizes, &upstream.state().stats.connections).await;
             let entry = results.entry(kind.name().to_string()).or_default();
             for (name, value) in figures {
                 entry.entry(name).or_default().push(value);
@@ -299,7 +304,11 @@ fn seed(upstream: &ApiServer) {
 }
 
 /// Every phase against one proxy: figures named "phase: metric".
-async fn run_phases(proxy: &Proxy, sizes: &Sizes) -> BTreeMap<String, f64> {
+async fn run_phases(
+    proxy: &Proxy,
+    sizes: &Sizes,
+    upstream_handshakes: &AtomicUsize,
+) -> BTreeMap<String, f64> {
     let endpoint = Endpoint {
         address: proxy.base.trim_start_matches("http://").to_string(),
         headers: proxy.headers.clone(),
@@ -340,16 +349,35 @@ async fn run_phases(proxy: &Proxy, sizes: &Sizes) -> BTreeMap<String, f64> {
     let (figures, cpu, peak) =
         measured(pid, load::exec_round_trips(&endpoint, sizes.round_trips)).await;
     record(&mut out, "exec 1-byte", &figures, cpu, peak);
+    for concurrency in [8usize, 64] {
+        let phase = format!("port-forward c={concurrency}");
+        let handshakes_before = upstream_handshakes.load(Ordering::Relaxed);
+        let (figures, cpu, peak) = measured(
+            pid,
+            load::port_forwards(&endpoint, concurrency, sizes.port_forward),
+        )
+        .await;
+        let handshakes = upstream_handshakes.load(Ordering::Relaxed) - handshakes_before;
+        let sessions = figures
+            .values
+            .get("sessions")
+            .copied()
+            .unwrap_or(0.0)
+            .max(1.0);
+        record(&mut out, &phase, &figures, cpu, peak);
+        out.insert(format!("{phase}: CPU ms/conn"), cpu * 1e3 / sessions);
+        out.insert(
+            format!("{phase}: upstream TLS handshakes per 1,000"),
+            handshakes as f64 * 1000.0 / sessions,
+        );
+    }
     let (figures, cpu, peak) =
-        measured(pid, load::port_forwards(&endpoint, 8, sizes.port_forward)).await;
-    let sessions = figures
-        .values
-        .get("sessions")
-        .copied()
-        .unwrap_or(0.0)
-        .max(1.0);
-    record(&mut out, "port-forward c=8", &figures, cpu, peak);
-    out.insert("port-forward c=8: CPU ms/conn".into(), cpu * 1e3 / sessions);
+        measured(pid, load::port_forward_throughput(&endpoint, sizes.exec)).await;
+    record(&mut out, "port-forward bulk", &figures, cpu, peak);
+    out.insert(
+        "port-forward bulk: CPU s/GiB".into(),
+        cpu / (figures.values.get("bytes").copied().unwrap_or(1.0) / (1u64 << 30) as f64),
+    );
     let (rss, errors) = load::idle_watches(&endpoint, sizes.watches, || rss_mib(pid)).await;
     out.insert(format!("{} watches: RSS MiB", sizes.watches), rss);
     out.insert(format!("{} watches: errors", sizes.watches), errors as f64);
@@ -439,8 +467,10 @@ const TARGETS: &[(&str, bool, f64)] = &[
     ("stream: CPU s/GiB", false, 0.25),
     ("exec echo: MiB/s", true, 2.5),
     ("exec echo: CPU s/GiB", false, 0.25),
-    ("port-forward c=8: conn/s", true, 3.0),
-    ("port-forward c=8: CPU ms/conn", false, 1.0 / 3.0),
+    ("port-forward c=8: conn/s", true, 5.0),
+    ("port-forward c=8: CPU ms/conn", false, 0.1),
+    ("port-forward c=64: conn/s", true, 5.0),
+    ("port-forward c=64: CPU ms/conn", false, 0.1),
 ];
 
 fn report(

@@ -244,7 +244,7 @@ fn websocket_handshake(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         if protocol == TUNNELED_SPDY {
             let (accepted, closed) = spdy::serve(websocket::into_byte_stream(socket));
-            spdy_session::port_forward(accepted, closed, pod).await;
+            spdy_session::port_forward(accepted, closed, pod, fast).await;
             return;
         }
         let Some(framing) = Framing::of(&protocol) else {
@@ -297,13 +297,14 @@ fn spdy_handshake(
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let protocol = chosen.clone();
+    let fast = session.fast;
     session.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let (accepted, closed) = spdy::serve(TokioIo::new(upgraded));
         match kind {
-            Kind::PortForward => spdy_session::port_forward(accepted, closed, pod).await,
+            Kind::PortForward => spdy_session::port_forward(accepted, closed, pod, fast).await,
             Kind::Exec | Kind::Attach => {
                 spdy_session::exec(accepted, closed, &protocol, spec).await
             }
