@@ -173,8 +173,9 @@ fn the_production_build_links_none_of_the_double() {
         String::from_utf8_lossy(&output.stderr)
     );
     // The double's own crate and what only it needs: certificate
-    // generation, WebSocket frames, SPDY's zlib.
-    for crate_name in ["kubegate-double", "rcgen", "tungstenite", "flate2"] {
+    // generation and pseudo-terminals. (WebSocket frames and SPDY's zlib
+    // are kubegate's own too, for multiplexed port-forward.)
+    for crate_name in ["kubegate-double", "rcgen", "pty-process"] {
         assert!(
             !tree
                 .lines()
