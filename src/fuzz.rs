@@ -1,6 +1,8 @@
 //! Fuzz-style property tests over everything kubegate parses itself from
 //! clients and files: request paths and queries, `Host`, the WebSocket
-//! subprotocol list, the policy file and the audit policy file. Input is
+//! subprotocol list, the policy file and the audit policy file; and what
+//! kubegate reads off the wire itself: SPDY frames and header blocks from
+//! the apiserver, and a port-forward client's WebSocket messages. Input is
 //! random bytes, or valid input mutated byte by byte, so the parsers' error
 //! paths are walked too. Nothing may panic, and what each parser promises
 //! must hold for whatever it accepts.
@@ -14,6 +16,7 @@ use proptest::prelude::*;
 
 use crate::access::{BEARER_SUBPROTOCOL_PREFIX, drop_bearer_subprotocol};
 use crate::filters::host_without_port;
+use crate::portforward::client::Framing;
 use crate::request::{RequestInfo, normalize};
 
 fn config() -> ProptestConfig {
@@ -84,6 +87,76 @@ const AUDIT_POLICIES: &[&str] = &[
     "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n  - level: None\n    nonResourceURLs: [\"/version\", \"/healthz*\"]\n  - level: RequestResponse\n    verbs: [\"create\", \"delete\"]\n    resources: [{ group: \"\", resources: [\"pods\", \"pods/exec\"] }]\n    namespaces: [\"default\"]\n  - level: Metadata\n    users: [\"admin\"]\n    userGroups: [\"system:masters\"]\n    omitStages: [\"ResponseStarted\"]\n",
 ];
 const YAML_BYTES: &[u8] = b" \n-:[]{}\"'*#&!|>,.0123456789aAzZ/\t\\";
+
+/// Real SPDY frames of every kind the apiserver sends, header blocks from
+/// a real compressor, then up to eight bytes overwritten.
+fn spdy_wire() -> impl Strategy<Value = Vec<u8>> {
+    let frame = (
+        0u8..6,
+        any::<u32>(),
+        any::<bool>(),
+        prop::collection::vec(any::<u8>(), 0..64),
+    );
+    (
+        prop::collection::vec(frame, 1..12),
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+    )
+        .prop_map(|(frames, edits)| {
+            let mut deflater = kubegate_spdy::Deflater::default();
+            let mut out = bytes::BytesMut::new();
+            for (kind, id, fin, data) in frames {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                match kind {
+                    0 => kubegate_spdy::put_data(&mut out, id, fin, &data),
+                    1 => {
+                        let block = deflater.block(&[("streamtype", &text)]);
+                        kubegate_spdy::put_syn_reply(&mut out, id, fin, &block);
+                    }
+                    2 => {
+                        let block = deflater.block(&[("port", &text), ("x", "y")]);
+                        kubegate_spdy::put_syn_stream(&mut out, id, fin, &block);
+                    }
+                    3 => kubegate_spdy::put_rst_stream(&mut out, id, id % 12),
+                    4 => kubegate_spdy::put_ping(&mut out, id),
+                    _ => kubegate_spdy::put_goaway(&mut out, id),
+                }
+            }
+            let mut bytes = out.to_vec();
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            bytes
+        })
+}
+
+/// Reads `wire` as the session's reader does, `chunk` bytes at a time:
+/// the frames, and whether it stopped at an error.
+fn read_spdy(wire: &[u8], chunk: usize) -> (Vec<kubegate_spdy::Frame>, bool) {
+    let mut inflater = kubegate_spdy::Inflater::default();
+    let mut buffer = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    for piece in wire.chunks(chunk) {
+        buffer.extend_from_slice(piece);
+        loop {
+            match kubegate_spdy::parse(&mut buffer) {
+                Ok(Some(frame)) => {
+                    if let kubegate_spdy::Frame::SynReply { block, .. }
+                    | kubegate_spdy::Frame::SynStream { block, .. }
+                    | kubegate_spdy::Frame::Headers { block, .. } = &frame
+                        && inflater.headers(block).is_err()
+                    {
+                        return (frames, true);
+                    }
+                    frames.push(frame);
+                }
+                Ok(None) => break,
+                Err(_) => return (frames, true),
+            }
+        }
+    }
+    (frames, false)
+}
 
 proptest! {
     #![proptest_config(config())]
@@ -162,6 +235,37 @@ proptest! {
     fn audit_policy_files(text in prop_oneof![mutated(AUDIT_POLICIES, YAML_BYTES), any::<String>()]) {
         if let Err(message) = crate::audit::policy::Policy::parse(&text) {
             prop_assert!(!message.is_empty());
+        }
+    }
+
+    /// SPDY from the apiserver, real frames damaged or random bytes, read
+    /// in any chunks: never a panic, and the same frames however the bytes
+    /// arrive.
+    #[test]
+    fn spdy_frames(
+        wire in prop_oneof![spdy_wire(), prop::collection::vec(any::<u8>(), 0..512)],
+        chunk in 1usize..64,
+    ) {
+        let whole = read_spdy(&wire, wire.len().max(1));
+        prop_assert_eq!(read_spdy(&wire, chunk), whole);
+    }
+
+    /// A port-forward client's WebSocket messages, binary or text, in
+    /// either framing: never a panic, and a channel and bytes sent are
+    /// read back as sent.
+    #[test]
+    fn port_forward_client_messages(
+        channel in 0u8..10,
+        data in prop::collection::vec(any::<u8>(), 0..256),
+        text in any::<String>(),
+        raw in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        use tokio_tungstenite::tungstenite::Message;
+        for framing in [Framing::Binary, Framing::Base64] {
+            let _ = framing.decode(Message::text(text.clone()));
+            let _ = framing.decode(Message::binary(raw.clone()));
+            let sent = framing.encode(channel, &data);
+            prop_assert_eq!(framing.decode(sent), Some((channel, bytes::Bytes::from(data.clone()))));
         }
     }
 }

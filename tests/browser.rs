@@ -18,6 +18,14 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/browser");
 /// Opens `url` in Chromium and evaluates `expressions` in the page; returns
 /// the page load's status and each result.
 async fn browse(map_host: Option<&str>, url: &str, expressions: &[&str]) -> (u16, Vec<Value>) {
+    match map_host {
+        Some(host) => browse_with(&["--map", host], url, expressions).await,
+        None => browse_with(&[], url, expressions).await,
+    }
+}
+
+/// [`browse`] with `tests/clients/browser.mjs`'s own flags.
+async fn browse_with(flags: &[&str], url: &str, expressions: &[&str]) -> (u16, Vec<Value>) {
     let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/browser.mjs");
     assert!(
         Path::new("/usr/bin/chromium").exists(),
@@ -30,10 +38,7 @@ async fn browse(map_host: Option<&str>, url: &str, expressions: &[&str]) -> (u16
         "playwright-core is missing; run `npm ci` in tests/clients (scripts/test does)"
     );
     let mut command = tokio::process::Command::new("node");
-    command.arg(&runner);
-    if let Some(host) = map_host {
-        command.args(["--map", host]);
-    }
+    command.arg(&runner).args(flags);
     command
         .arg(url)
         .args(expressions)
@@ -262,5 +267,54 @@ async fn the_console_runs_a_shell_on_a_terminal_resizes_it_and_shows_the_exit_st
         double.server.state().stats.terminal.get(),
         Some((100, 30)),
         "the double saw the resize"
+    );
+}
+
+/// Chromium opens a secure WebSocket on the HTTP/2 connection it already
+/// has when the server offers RFC 8441; kubegate's counter shows whether it
+/// did.
+#[tokio::test]
+async fn chromium_runs_exec_and_port_forward_as_websockets_over_http2() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let (cert, key) = double
+        .pki
+        .server()
+        .write(double.dir.path(), "serving")
+        .unwrap();
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--www",
+            EXAMPLE,
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-private-key-file",
+            key.to_str().unwrap(),
+            "--admin-address=127.0.0.1:0",
+        ],
+    )
+    .await;
+    let echo = EchoServer::start().await;
+    let forward = port_forward(echo.port);
+    let url = format!(
+        "https://127.0.0.1:{}/static/index.html",
+        kubegate.address.port()
+    );
+    let (status, results) = browse_with(&["--insecure"], &url, &[LIST, EXEC, &forward]).await;
+    assert_eq!(status, 200);
+    assert_eq!(value(&results[0]), &serde_json::json!(["box"]));
+    assert_eq!(value(&results[1])["stdout"], "HELLO FROM CHROMIUM");
+    assert_eq!(value(&results[2]), "round trip");
+    let metrics = get(&format!("http://{}/metrics", kubegate.admin.unwrap())).await;
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("kubegate_websockets_over_http2_total 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("websockets_over_http2"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

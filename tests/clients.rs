@@ -459,6 +459,12 @@ async fn client_node_execs_and_port_forwards() {
 }
 
 fn deno(args: &[&str], token: Option<&str>) -> Command {
+    deno_with(&[], args, token)
+}
+
+/// The Deno example with Deno's own `flags` (before the script) and the
+/// example's `args`.
+fn deno_with(flags: &[&str], args: &[&str], token: Option<&str>) -> Command {
     let mut command = Command::new(node_modules().join(".bin/deno"));
     command
         .env("DENO_NO_UPDATE_CHECK", "1")
@@ -466,12 +472,12 @@ fn deno(args: &[&str], token: Option<&str>) -> Command {
         .env_remove("KUBEGATE_TOKEN")
         .stdin(Stdio::null())
         .kill_on_drop(true)
-        .args([
-            "run",
-            "--allow-net",
-            "--allow-env",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/deno/kubegate.ts"),
-        ])
+        .args(["run", "--allow-net", "--allow-env"])
+        .args(flags)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/deno/kubegate.ts"
+        ))
         .args(args);
     if let Some(token) = token {
         command.env("KUBEGATE_TOKEN", token);
@@ -929,4 +935,54 @@ async fn one_kubegate_serves_two_contexts_each_with_its_own_identity() {
             "{tagged} missing from the audit log"
         );
     }
+}
+
+/// Deno's WebSocket client negotiates HTTP/2 and sends an extended CONNECT
+/// when the server offers it; kubegate's counter shows whether it did.
+#[tokio::test]
+async fn deno_runs_exec_and_port_forward_as_websockets_over_http2() {
+    node_modules();
+    let (double, _) = with_box().await;
+    double.store().append_log("default", "box", "box log line");
+    let (cert, key) = double
+        .pki
+        .server()
+        .write(double.dir.path(), "serving")
+        .unwrap();
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-private-key-file",
+            key.to_str().unwrap(),
+            "--admin-address=127.0.0.1:0",
+        ],
+    )
+    .await;
+    let echo = EchoServer::start().await;
+    let ca = double.path("ca.crt");
+    let base = format!("https://127.0.0.1:{}", kubegate.address.port());
+    let printed = output(deno_with(
+        &["--cert", ca.to_str().unwrap()],
+        &[&base, "box", &echo.port.to_string()],
+        None,
+    ))
+    .await;
+    for line in [
+        "exec stdout from deno",
+        "port-forward ok",
+        "port-forward connections 70 of 70 byte-exact",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing from {printed}");
+    }
+    let metrics = get(&format!("http://{}/metrics", kubegate.admin.unwrap())).await;
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let over_http2 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kubegate_websockets_over_http2_total "))
+        .unwrap_or_default();
+    // One exec and 71 port-forwards.
+    assert_eq!(over_http2, "72", "{printed}");
+    assert_eq!(upstream_sessions(&double), 1);
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
+use kubegate_double::Options;
 use support::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -318,4 +319,80 @@ async fn a_missing_pod_gets_the_apiservers_answer() {
         panic!("a port-forward to a missing pod was accepted");
     };
     assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn clients_of_a_session_the_apiserver_drops_hear_why_and_the_next_gets_a_new_one() {
+    let (double, kubegate) = with_box(&[]).await;
+    let echo = EchoServer::start().await;
+    let mut socket = open(&kubegate, BINARY, &[echo.port]).await;
+    read_prefixes(&mut socket, BINARY, &[echo.port]).await;
+    socket.send(encode(BINARY, 0, b"before")).await.unwrap();
+    assert_eq!(
+        next(&mut socket, BINARY).await,
+        Some((0, b"before".to_vec()))
+    );
+    // As an apiserver restart would: every session cut.
+    double.server.state().cut_streams();
+    // The client hears why on its error channel, then a close: never
+    // silence.
+    let mut error = String::new();
+    while let Some((channel, data)) = next(&mut socket, BINARY).await {
+        assert_eq!(channel, 1, "{}", String::from_utf8_lossy(&data));
+        error.push_str(&String::from_utf8_lossy(&data));
+    }
+    assert!(error.contains("port-forward session"), "{error:?}");
+    round_trip(&kubegate, BINARY, echo.port, b"after").await;
+    assert_eq!(upstream_sessions(&double), 2);
+}
+
+#[tokio::test]
+async fn an_apiserver_that_refuses_the_tunnel_gets_raw_spdy() {
+    let options = Options {
+        refuse_spdy_tunnel: true,
+        ..Options::default()
+    };
+    let double = Double::with(options, Identity::Certificate).await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, &[]).await;
+    let echo = EchoServer::start().await;
+    for i in 0..5 {
+        round_trip(&kubegate, BASE64, echo.port, &payload(i, 3000)).await;
+    }
+    // The refused tunnel and the raw session that replaced it; then no
+    // more.
+    assert_eq!(upstream_sessions(&double), 2);
+}
+
+#[tokio::test]
+async fn a_bulk_transfer_both_ways_at_once_completes_byte_exact() {
+    let (double, kubegate) = with_box(&[]).await;
+    let echo = EchoServer::start().await;
+    let mut socket = open(&kubegate, BINARY, &[echo.port]).await;
+    read_prefixes(&mut socket, BINARY, &[echo.port]).await;
+    let (mut sink, mut stream) = socket.split();
+    // 64 MiB, far past the 1 MiB budget: the client sends and reads at
+    // once, so nothing may wait on anything but the other end.
+    let total = 64usize << 20;
+    let sending = tokio::spawn(async move {
+        let chunk = payload(3, 64 * 1024);
+        for _ in 0..total / chunk.len() {
+            sink.send(encode(BINARY, 0, &chunk)).await.unwrap();
+        }
+        sink
+    });
+    let expected = payload(3, 64 * 1024);
+    let mut received = 0usize;
+    while received < total {
+        let message = within("the echo", stream.next()).await.unwrap().unwrap();
+        let data = message.into_data();
+        assert_eq!(data[0], 0, "{}", String::from_utf8_lossy(&data[1..]));
+        for (i, byte) in data[1..].iter().enumerate() {
+            assert_eq!(*byte, expected[(received + i) % expected.len()]);
+        }
+        received += data.len() - 1;
+    }
+    let mut sink = within("the sender", sending).await.unwrap();
+    sink.close().await.unwrap();
+    assert_eq!(upstream_sessions(&double), 1);
 }

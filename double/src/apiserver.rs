@@ -56,6 +56,9 @@ pub struct Options {
     /// A slow link: how long after the TLS handshake the double starts
     /// speaking HTTP (so its HTTP/2 SETTINGS arrive that much later).
     pub settings_delay: Duration,
+    /// An apiserver before 1.31 (or with `PortForwardWebsockets` off): the
+    /// `SPDY/3.1+portforward.k8s.io` WebSocket tunnel is refused.
+    pub refuse_spdy_tunnel: bool,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             tokens: HashMap::new(),
             fast_streams: false,
             settings_delay: Duration::ZERO,
+            refuse_spdy_tunnel: false,
         }
     }
 }
@@ -81,8 +85,8 @@ pub struct Stats {
     pub open_watches: Arc<AtomicUsize>,
     /// exec, attach and port-forward sessions now open.
     pub open_streams: Arc<AtomicUsize>,
-    /// port-forward upgrades accepted (WebSocket, tunneled or raw SPDY):
-    /// each one a kubelet dial in a real cluster.
+    /// port-forward upgrade requests (WebSocket, tunneled or raw SPDY):
+    /// each one accepted is a kubelet dial in a real cluster.
     pub port_forward_sessions: AtomicUsize,
     /// The last terminal size a client sent on the resize channel.
     pub terminal: Arc<TerminalSize>,
@@ -120,6 +124,11 @@ pub struct State {
     pub address: SocketAddr,
     /// [`Options::fast_streams`].
     pub fast_streams: bool,
+    /// [`Options::refuse_spdy_tunnel`].
+    pub refuse_spdy_tunnel: bool,
+    /// Cancelled (and replaced) to cut every open exec, attach and
+    /// port-forward session, as an apiserver restart would.
+    streams_cut: std::sync::Mutex<tokio_util::sync::CancellationToken>,
     /// Cancelled when the double stops: ends upgraded sessions too, which
     /// no longer belong to a connection task.
     pub stopping: tokio_util::sync::CancellationToken,
@@ -127,6 +136,22 @@ pub struct State {
 }
 
 impl State {
+    /// Cuts every open exec, attach and port-forward connection, as an
+    /// apiserver restart would; later ones are served as usual.
+    pub fn cut_streams(&self) {
+        if let Ok(mut cut) = self.streams_cut.lock() {
+            std::mem::take(&mut *cut).cancel();
+        }
+    }
+
+    /// Cancelled by the next [`State::cut_streams`].
+    pub fn streams_cut(&self) -> tokio_util::sync::CancellationToken {
+        self.streams_cut
+            .lock()
+            .map(|cut| cut.clone())
+            .unwrap_or_default()
+    }
+
     /// Stops accepting a bearer token, as when a service-account token is
     /// rotated and the old one expires.
     pub fn revoke_token(&self, token: &str) {
@@ -174,6 +199,8 @@ impl ApiServer {
             address: listener.local_addr()?,
             stopping: tokio_util::sync::CancellationToken::new(),
             fast_streams: options.fast_streams,
+            refuse_spdy_tunnel: options.refuse_spdy_tunnel,
+            streams_cut: std::sync::Mutex::default(),
             tokens: std::sync::RwLock::new(options.tokens.clone()),
         });
         let task = tokio::spawn(accept_loop(listener, tls, state.clone(), options));

@@ -9,7 +9,7 @@
 //! ended, the WebSocket closes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -53,7 +53,7 @@ impl Framing {
         }
     }
 
-    fn encode(self, channel: u8, data: &[u8]) -> Message {
+    pub(crate) fn encode(self, channel: u8, data: &[u8]) -> Message {
         match self {
             Framing::Binary => {
                 let mut frame = Vec::with_capacity(data.len() + 1);
@@ -72,7 +72,7 @@ impl Framing {
 
     /// A client message's channel and bytes. Go's websocket reads text and
     /// binary frames alike.
-    fn decode(self, message: Message) -> Option<(u8, Bytes)> {
+    pub(crate) fn decode(self, message: Message) -> Option<(u8, Bytes)> {
         let raw = match message {
             Message::Binary(data) => data,
             Message::Text(text) => Bytes::from(text),
@@ -93,12 +93,14 @@ impl Framing {
 
 /// One port's forwarded connection.
 struct Connection {
+    /// Its place in `?ports=`: channels 2i and 2i+1.
+    index: usize,
     port: u16,
     pair: Option<Pair>,
     /// The kubelet's side of the data and error streams is still open.
     data_open: bool,
     error_open: bool,
-    /// kubegate's side of the data stream is still open.
+    /// kubegate's side of the data stream was opened.
     ours_open: bool,
     done: bool,
 }
@@ -121,8 +123,8 @@ pub async fn serve(
     moved: Moved<'_>,
     metrics: &Metrics,
 ) {
-    let (mut sink, mut incoming) = socket.split();
-    let (events_to, mut events) = mpsc::unbounded_channel();
+    let (sink, incoming) = socket.split();
+    let (events_to, events) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(BUDGET));
     let route = |channel| Route {
         events: events_to.clone(),
@@ -140,6 +142,7 @@ pub async fn serve(
             PortForwardEvent::StreamRefused
         });
         connections.push(Connection {
+            index,
             port,
             pair,
             data_open: open,
@@ -149,119 +152,192 @@ pub async fn serve(
         });
     }
     drop(events_to);
-    let mut open = connections.iter().filter(|c| !c.done).count();
-    let mut gone = false;
-    for (index, connection) in connections.iter().enumerate() {
-        let data = (index * 2) as u8;
-        let prefix = connection.port.to_le_bytes();
-        let mut messages = vec![
-            framing.encode(data, &prefix),
-            framing.encode(data + 1, &prefix),
-        ];
-        if connection.pair.is_none() {
-            let reason = format!(
-                "error forwarding port {}: {}",
-                connection.port,
-                session.reason()
-            );
-            messages.push(framing.encode(data + 1, reason.as_bytes()));
-        }
-        for message in messages {
-            gone |= !send(&mut sink, message).await;
-        }
-    }
-    while open > 0 && !gone {
-        tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else { break };
-                let (index, message) = match event {
-                    Event::Data(channel, data, _share) => {
-                        moved.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        gone = !send(&mut sink, framing.encode(channel, &data)).await;
-                        continue;
-                    }
-                    Event::End(channel) => {
-                        let connection = &mut connections[usize::from(channel / 2)];
-                        if channel % 2 == 1 {
-                            connection.error_open = false;
-                        } else {
-                            connection.data_open = false;
-                            // The pod closed: v4 WebSockets cannot half-close,
-                            // so the connection is over on both sides.
-                            if let Some(pair) = connection.pair.filter(|_| connection.ours_open) {
-                                session.finish(pair.data);
-                                connection.ours_open = false;
-                            }
-                        }
-                        if connection.data_open || connection.error_open {
-                            continue;
-                        }
-                        (usize::from(channel / 2), None)
-                    }
-                    Event::Refused(channel) => (
-                        usize::from(channel / 2),
-                        Some("the kubelet refused the port-forward stream".to_string()),
-                    ),
-                    Event::Reset(channel, reason) => (usize::from(channel / 2), Some(reason)),
-                };
-                let connection = &mut connections[index];
-                if connection.done {
-                    continue;
-                }
-                if let Some(reason) = message {
-                    metrics.port_forward(PortForwardEvent::StreamRefused);
-                    let text = format!("error forwarding port {}: {reason}", connection.port);
-                    gone = !send(&mut sink, framing.encode(index as u8 * 2 + 1, text.as_bytes())).await;
-                    if let Some(pair) = connection.pair {
-                        session.reset(pair.error);
-                        session.reset(pair.data);
-                    }
-                }
-                connection.done = true;
-                session.closed_pair();
-                metrics.port_forward(PortForwardEvent::StreamClosed);
-                open -= 1;
-            }
-            message = incoming.next() => match message {
-                Some(Ok(message)) if message.is_close() => gone = true,
-                Some(Ok(message)) => {
-                    let Some((channel, data)) = framing.decode(message) else { continue };
-                    let to = connections
-                        .get(usize::from(channel / 2))
-                        .filter(|c| channel % 2 == 0 && c.ours_open && !c.done)
-                        .and_then(|c| c.pair);
-                    if let Some(pair) = to && !data.is_empty() {
-                        moved.to_server.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        session.send(pair.data, data).await;
-                    }
-                }
-                Some(Err(_)) | None => gone = true,
-            },
-        }
-    }
-    if gone {
-        for connection in connections.iter().filter(|c| !c.done) {
-            if let Some(pair) = connection.pair {
-                if connection.ours_open {
-                    session.finish(pair.data);
-                }
-                session.closed_pair();
-                metrics.port_forward(PortForwardEvent::StreamClosed);
-                let session = session.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(LINGER).await;
-                    session.abandon(pair);
-                });
-            }
-        }
+    let writable: Vec<AtomicBool> = connections
+        .iter()
+        .map(|c| AtomicBool::new(c.ours_open))
+        .collect();
+    let data_streams: Vec<Option<u32>> =
+        connections.iter().map(|c| c.pair.map(|p| p.data)).collect();
+    let pods = Pods {
+        framing,
+        session: &session,
+        metrics,
+    };
+    // Both directions at once: a kubelet slow to read what the client
+    // sends must never stop the client's data from being delivered.
+    let ended = tokio::select! {
+        ended = pods.to_client(sink, events, &mut connections, &writable, moved.to_client) => ended,
+        () = pods.from_client(incoming, &data_streams, &writable, moved.to_server) => false,
+    };
+    if ended {
         return;
     }
-    let close = Message::Close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    }));
-    if send(&mut sink, close).await {
-        let _ = tokio::time::timeout(WRITE_LIMIT, sink.close()).await;
+    // The client has gone: what is left of its connections is closed from
+    // kubegate's side, and reset if the kubelet does not close it soon.
+    for connection in connections.iter().filter(|c| !c.done) {
+        if let Some(pair) = connection.pair {
+            if writable[connection.index].load(Ordering::Acquire) {
+                session.finish(pair.data);
+            }
+            session.closed_pair();
+            metrics.port_forward(PortForwardEvent::StreamClosed);
+            let session = session.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(LINGER).await;
+                session.abandon(pair);
+            });
+        }
+    }
+}
+
+/// One client's side of its connections.
+struct Pods<'a> {
+    framing: Framing,
+    session: &'a Arc<Session>,
+    metrics: &'a Metrics,
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>;
+type Incoming = futures_util::stream::SplitStream<WebSocketStream<TokioIo<Upgraded>>>;
+
+impl Pods<'_> {
+    /// Delivers the pods' data and errors to the client until every
+    /// connection has ended (then closes the WebSocket: `true`) or the
+    /// client is gone (`false`).
+    async fn to_client(
+        &self,
+        mut sink: Sink,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        connections: &mut [Connection],
+        writable: &[AtomicBool],
+        to_client: &AtomicU64,
+    ) -> bool {
+        let (framing, session) = (self.framing, self.session);
+        for connection in connections.iter() {
+            let data = (connection.index * 2) as u8;
+            let prefix = connection.port.to_le_bytes();
+            let mut messages = vec![
+                framing.encode(data, &prefix),
+                framing.encode(data + 1, &prefix),
+            ];
+            if connection.pair.is_none() {
+                let reason = format!(
+                    "error forwarding port {}: {}",
+                    connection.port,
+                    session.reason()
+                );
+                messages.push(framing.encode(data + 1, reason.as_bytes()));
+            }
+            for message in messages {
+                if !send(&mut sink, message).await {
+                    return false;
+                }
+            }
+        }
+        let mut open = connections.iter().filter(|c| !c.done).count();
+        while open > 0 {
+            let Some(event) = events.recv().await else {
+                break;
+            };
+            let (index, message) = match event {
+                Event::Data(channel, data, _share) => {
+                    to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if !send(&mut sink, framing.encode(channel, &data)).await {
+                        return false;
+                    }
+                    continue;
+                }
+                Event::End(channel) => {
+                    let index = usize::from(channel / 2);
+                    let connection = &mut connections[index];
+                    if channel % 2 == 1 {
+                        connection.error_open = false;
+                    } else {
+                        connection.data_open = false;
+                        // The pod closed: v4 WebSockets cannot half-close,
+                        // so the connection is over on both sides.
+                        if let Some(pair) = connection.pair
+                            && writable[index].swap(false, Ordering::AcqRel)
+                        {
+                            session.finish(pair.data);
+                        }
+                    }
+                    if connection.data_open || connection.error_open {
+                        continue;
+                    }
+                    (index, None)
+                }
+                Event::Refused(channel) => (
+                    usize::from(channel / 2),
+                    Some("the kubelet refused the port-forward stream".to_string()),
+                ),
+                Event::Reset(channel, reason) => (usize::from(channel / 2), Some(reason)),
+            };
+            let connection = &mut connections[index];
+            if connection.done {
+                continue;
+            }
+            writable[index].store(false, Ordering::Release);
+            if let Some(reason) = message {
+                self.metrics.port_forward(PortForwardEvent::StreamRefused);
+                let text = format!("error forwarding port {}: {reason}", connection.port);
+                if let Some(pair) = connection.pair {
+                    session.reset(pair.error);
+                    session.reset(pair.data);
+                }
+                if !send(
+                    &mut sink,
+                    framing.encode(index as u8 * 2 + 1, text.as_bytes()),
+                )
+                .await
+                {
+                    return false;
+                }
+            }
+            connection.done = true;
+            session.closed_pair();
+            self.metrics.port_forward(PortForwardEvent::StreamClosed);
+            open -= 1;
+        }
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        if send(&mut sink, close).await {
+            let _ = tokio::time::timeout(WRITE_LIMIT, sink.close()).await;
+        }
+        true
+    }
+
+    /// Carries the client's data channels onto the data streams until the
+    /// client closes or goes.
+    async fn from_client(
+        &self,
+        mut incoming: Incoming,
+        data_streams: &[Option<u32>],
+        writable: &[AtomicBool],
+        to_server: &AtomicU64,
+    ) {
+        while let Some(Ok(message)) = incoming.next().await {
+            if message.is_close() {
+                return;
+            }
+            let Some((channel, data)) = self.framing.decode(message) else {
+                continue;
+            };
+            let index = usize::from(channel / 2);
+            let to = data_streams
+                .get(index)
+                .copied()
+                .flatten()
+                .filter(|_| channel % 2 == 0 && writable[index].load(Ordering::Acquire));
+            if let Some(stream) = to
+                && !data.is_empty()
+            {
+                to_server.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.session.send(stream, data).await;
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 // Usage: node browser.mjs [--map HOST] [--screenshot PNG] URL EXPRESSION...
 //   --map HOST        resolve HOST to 127.0.0.1 (a DNS-rebinding attacker's name)
 //   --screenshot PNG  after the expressions, save the page as PNG
+//   --insecure        accept the test CA's certificate (an https kubegate)
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +16,13 @@ const args = process.argv.slice(2);
 const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 let screenshot = null;
+let insecure = false;
 for (;;) {
+  if (args[0] === '--insecure') {
+    insecure = true;
+    args.shift();
+    continue;
+  }
   if (args[0] === '--map') {
     flags.push(`--host-resolver-rules=MAP ${args[1]} 127.0.0.1`);
   } else if (args[0] === '--screenshot') {
@@ -31,6 +38,7 @@ const context = await chromium.launchPersistentContext(profile, {
   executablePath: '/usr/bin/chromium',
   headless: true,
   args: flags,
+  ignoreHTTPSErrors: insecure,
 });
 try {
   const page = await context.newPage();

@@ -71,6 +71,10 @@ const PORT_FORWARD_SPDY: &[&str] = &["portforward.k8s.io"];
 struct Session {
     open: Arc<AtomicUsize>,
     stopping: tokio_util::sync::CancellationToken,
+    /// The whole state (for its options).
+    state: Arc<State>,
+    /// Cancelled by [`State::cut_streams`].
+    cut: tokio_util::sync::CancellationToken,
     /// Echo in process instead of running processes and dialing ports.
     fast: bool,
     /// Where terminal resizes are recorded.
@@ -86,6 +90,7 @@ impl Session {
             tokio::select! {
                 () = session => {}
                 () = self.stopping.cancelled() => {}
+                () = self.cut.cancelled() => {}
             }
             self.open.fetch_sub(1, Ordering::AcqRel);
         });
@@ -139,6 +144,8 @@ pub fn handle(
     let session = Session {
         open: state.stats.open_streams.clone(),
         stopping: state.stopping.clone(),
+        state: state.clone(),
+        cut: state.streams_cut(),
         fast: state.fast_streams,
         terminal: state.stats.terminal.clone(),
     };
@@ -206,10 +213,10 @@ fn websocket_handshake(
             "missing Sec-WebSocket-Key",
         );
     };
-    let supported = if kind == Kind::PortForward {
-        PORT_FORWARD_WEBSOCKET
-    } else {
-        EXEC_WEBSOCKET
+    let supported = match kind {
+        Kind::PortForward if session.state.refuse_spdy_tunnel => &PORT_FORWARD_WEBSOCKET[1..],
+        Kind::PortForward => PORT_FORWARD_WEBSOCKET,
+        _ => EXEC_WEBSOCKET,
     };
     let offered = offered(request.headers(), "sec-websocket-protocol");
     let chosen = match offered.iter().find(|p| supported.contains(&p.as_str())) {
@@ -235,6 +242,7 @@ fn websocket_handshake(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let protocol = chosen.clone();
     let fast = session.fast;
+    let cut = session.cut.clone();
     let terminal = session.terminal.clone();
     session.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -243,7 +251,7 @@ fn websocket_handshake(
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         if protocol == TUNNELED_SPDY {
-            let (accepted, closed) = spdy::serve(websocket::into_byte_stream(socket));
+            let (accepted, closed) = spdy::serve(websocket::into_byte_stream(socket), cut);
             spdy_session::port_forward(accepted, closed, pod, fast).await;
             return;
         }
@@ -298,11 +306,12 @@ fn spdy_handshake(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let protocol = chosen.clone();
     let fast = session.fast;
+    let cut = session.cut.clone();
     session.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let (accepted, closed) = spdy::serve(TokioIo::new(upgraded));
+        let (accepted, closed) = spdy::serve(TokioIo::new(upgraded), cut);
         match kind {
             Kind::PortForward => spdy_session::port_forward(accepted, closed, pod, fast).await,
             Kind::Exec | Kind::Attach => {

@@ -73,8 +73,9 @@ enum Outgoing {
 
 /// Serves SPDY on `io`: every stream the client opens is answered with a
 /// SYN_REPLY and handed out on the returned receiver. The token is
-/// cancelled when the client goes away.
-pub fn serve<IO>(io: IO) -> (mpsc::Receiver<SpdyStream>, CancellationToken)
+/// cancelled when the client goes away; cancelling `cut` drops the
+/// connection.
+pub fn serve<IO>(io: IO, cut: CancellationToken) -> (mpsc::Receiver<SpdyStream>, CancellationToken)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -82,11 +83,22 @@ where
     let (frames, outgoing) = mpsc::channel(64);
     let (streams, accepted) = mpsc::channel(16);
     let closed = CancellationToken::new();
-    tokio::spawn(write_frames(writer, outgoing));
+    let writer_cut = cut.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = write_frames(writer, outgoing) => {}
+            () = writer_cut.cancelled() => {}
+        }
+    });
     let on_close = closed.clone();
     tokio::spawn(async move {
-        if let Err(error) = read_frames(reader, frames, streams).await {
-            tracing::debug!(%error, "SPDY connection ended");
+        tokio::select! {
+            read = read_frames(reader, frames, streams) => {
+                if let Err(error) = read {
+                    tracing::debug!(%error, "SPDY connection ended");
+                }
+            }
+            () = cut.cancelled() => {}
         }
         on_close.cancel();
     });
