@@ -277,24 +277,7 @@ async fn the_console_runs_a_shell_on_a_terminal_resizes_it_and_shows_the_exit_st
 async fn chromium_runs_exec_and_port_forward_as_websockets_over_http2() {
     let double = Double::start().await;
     double.store().create("default", pod("box")).unwrap();
-    let (cert, key) = double
-        .pki
-        .server()
-        .write(double.dir.path(), "serving")
-        .unwrap();
-    let kubegate = Kubegate::start(
-        &double,
-        &[
-            "--www",
-            EXAMPLE,
-            "--tls-cert-file",
-            cert.to_str().unwrap(),
-            "--tls-private-key-file",
-            key.to_str().unwrap(),
-            "--admin-address=127.0.0.1:0",
-        ],
-    )
-    .await;
+    let kubegate = Kubegate::start_tls(&double, &["--www", EXAMPLE]).await;
     let echo = EchoServer::start().await;
     let forward = port_forward(echo.port);
     let url = format!(
@@ -306,15 +289,10 @@ async fn chromium_runs_exec_and_port_forward_as_websockets_over_http2() {
     assert_eq!(value(&results[0]), &serde_json::json!(["box"]));
     assert_eq!(value(&results[1])["stdout"], "HELLO FROM CHROMIUM");
     assert_eq!(value(&results[2]), "round trip");
-    let metrics = get(&format!("http://{}/metrics", kubegate.admin.unwrap())).await;
-    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
-    assert!(
-        metrics.contains("kubegate_websockets_over_http2_total 2"),
-        "{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("websockets_over_http2"))
-            .collect::<Vec<_>>()
-            .join("\n")
+    assert_eq!(
+        kubegate
+            .metric("kubegate_websockets_over_http2_total")
+            .await,
+        "2"
     );
 }

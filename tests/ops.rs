@@ -323,21 +323,7 @@ async fn rotated_client_certificate_files_are_presented_on_the_next_connection()
 #[tokio::test]
 async fn kubegate_serves_https_with_its_certificate_files() {
     let double = Double::start().await;
-    let (cert, key) = double
-        .pki
-        .server()
-        .write(double.dir.path(), "serving")
-        .unwrap();
-    let kubegate = Kubegate::start(
-        &double,
-        &[
-            "--tls-cert-file",
-            cert.to_str().unwrap(),
-            "--tls-private-key-file",
-            key.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let kubegate = Kubegate::start_tls(&double, &[]).await;
     let url = format!("https://127.0.0.1:{}/echo", kubegate.address.port());
     let output = tokio::process::Command::new("curl")
         .args([

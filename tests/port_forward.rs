@@ -71,20 +71,16 @@ fn encode(protocol: &str, channel: u8, data: &[u8]) -> Message {
 
 /// The next message's channel and bytes; `None` at close.
 async fn next(socket: &mut Socket, protocol: &str) -> Option<(u8, Vec<u8>)> {
-    loop {
-        match within("a port-forward message", socket.next()).await? {
-            Ok(Message::Binary(data)) if protocol != BASE64 => {
-                return Some((data[0], data[1..].to_vec()));
-            }
-            Ok(Message::Text(text)) if protocol == BASE64 => {
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(&text.as_str()[1..])
-                    .unwrap();
-                return Some((text.as_bytes()[0] - b'0', data));
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(other) => panic!("unexpected message {other:?}"),
+    match within("a port-forward message", socket.next()).await? {
+        Ok(Message::Binary(data)) if protocol != BASE64 => Some((data[0], data[1..].to_vec())),
+        Ok(Message::Text(text)) if protocol == BASE64 => {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(&text.as_str()[1..])
+                .unwrap();
+            Some((text.as_bytes()[0] - b'0', data))
         }
+        Ok(Message::Close(_)) | Err(_) => None,
+        Ok(other) => panic!("unexpected message {other:?}"),
     }
 }
 
@@ -236,33 +232,24 @@ async fn an_idle_session_closes_and_the_next_client_gets_a_fresh_one() {
     .await;
     let echo = EchoServer::start().await;
     round_trip(&kubegate, BINARY, echo.port, b"one").await;
-    let metrics = format!("http://{}/metrics", kubegate.admin.unwrap());
-    let scrape = |name: &'static str| {
-        let metrics = metrics.clone();
-        async move {
-            let text = String::from_utf8(get(&metrics).await.body.to_vec()).unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .unwrap_or(-1.0)
-        }
-    };
     assert_eq!(
-        scrape("kubegate_port_forward_sessions_opened_total").await,
-        1.0
+        kubegate
+            .metric("kubegate_port_forward_sessions_opened_total")
+            .await,
+        "1"
     );
     within("the idle session to close", async {
-        while scrape("kubegate_port_forward_sessions ").await != 0.0 {
+        while kubegate.metric("kubegate_port_forward_sessions").await != "0" {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await;
     round_trip(&kubegate, BINARY, echo.port, b"two").await;
     assert_eq!(upstream_sessions(&double), 2);
-    assert_eq!(
-        scrape("kubegate_port_forward_streams_opened_total").await,
-        2.0
-    );
-    assert_eq!(scrape("kubegate_port_forward_clients_total").await, 2.0);
+    for counter in ["streams_opened_total", "clients_total"] {
+        let name = format!("kubegate_port_forward_{counter}");
+        assert_eq!(kubegate.metric(&name).await, "2", "{name}");
+    }
 }
 
 #[tokio::test]
@@ -275,24 +262,26 @@ async fn without_multiplexing_each_port_forward_is_its_own_upstream_session() {
     assert_eq!(upstream_sessions(&double), 5);
 }
 
-#[tokio::test]
-async fn a_port_forward_without_ports_is_refused_with_a_status() {
-    let (_double, kubegate) = with_box(&[]).await;
-    let mut request = format!(
-        "ws://{}/api/v1/namespaces/default/pods/box/portforward",
-        kubegate.address
-    )
-    .into_client_request()
-    .unwrap();
+/// A port-forward WebSocket to `path` that kubegate or the apiserver
+/// refuses: the refusal.
+async fn refused(kubegate: &Kubegate, path: &str) -> http::Response<Option<Vec<u8>>> {
+    let mut request = format!("ws://{}{path}", kubegate.address)
+        .into_client_request()
+        .unwrap();
     request
         .headers_mut()
         .insert("sec-websocket-protocol", BINARY.parse().unwrap());
     let tcp = TcpStream::connect(kubegate.address).await.unwrap();
-    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) =
-        client_async(request, tcp).await
-    else {
-        panic!("a port-forward without ports was accepted");
-    };
+    match client_async(request, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => *response,
+        other => panic!("{path} was not refused: {:?}", other.map(|(_, r)| r)),
+    }
+}
+
+#[tokio::test]
+async fn a_port_forward_without_ports_is_refused_with_a_status() {
+    let (_double, kubegate) = with_box(&[]).await;
+    let response = refused(&kubegate, "/api/v1/namespaces/default/pods/box/portforward").await;
     assert_eq!(response.status(), 400);
     let body: serde_json::Value =
         serde_json::from_slice(response.body().as_ref().unwrap()).unwrap();
@@ -303,22 +292,8 @@ async fn a_port_forward_without_ports_is_refused_with_a_status() {
 #[tokio::test]
 async fn a_missing_pod_gets_the_apiservers_answer() {
     let (_double, kubegate) = with_box(&[]).await;
-    let mut request = format!(
-        "ws://{}/api/v1/namespaces/default/pods/nobody/portforward?ports=80",
-        kubegate.address
-    )
-    .into_client_request()
-    .unwrap();
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", BINARY.parse().unwrap());
-    let tcp = TcpStream::connect(kubegate.address).await.unwrap();
-    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) =
-        client_async(request, tcp).await
-    else {
-        panic!("a port-forward to a missing pod was accepted");
-    };
-    assert_eq!(response.status(), 404);
+    let path = "/api/v1/namespaces/default/pods/nobody/portforward?ports=80";
+    assert_eq!(refused(&kubegate, path).await.status(), 404);
 }
 
 #[tokio::test]

@@ -91,22 +91,7 @@ async fn websocket(
 async fn a_hundred_exec_sessions_and_twenty_port_forwards_share_one_connection() {
     let double = Double::start().await;
     double.store().create("default", pod("box")).unwrap();
-    let (cert, key) = double
-        .pki
-        .server()
-        .write(double.dir.path(), "serving")
-        .unwrap();
-    let kubegate = Kubegate::start(
-        &double,
-        &[
-            "--tls-cert-file",
-            cert.to_str().unwrap(),
-            "--tls-private-key-file",
-            key.to_str().unwrap(),
-            "--admin-address=127.0.0.1:0",
-        ],
-    )
-    .await;
+    let kubegate = Kubegate::start_tls(&double, &[]).await;
     let sender = connect(&double, &kubegate).await;
     let execs = (0..100).map(|i| {
         let mut sender = sender.clone();
@@ -174,10 +159,10 @@ async fn a_hundred_exec_sessions_and_twenty_port_forwards_share_one_connection()
             .load(Ordering::Relaxed),
         1
     );
-    let metrics = get(&format!("http://{}/metrics", kubegate.admin.unwrap())).await;
-    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
-    assert!(
-        metrics.contains("kubegate_websockets_over_http2_total 120"),
-        "{metrics}"
+    assert_eq!(
+        kubegate
+            .metric("kubegate_websockets_over_http2_total")
+            .await,
+        "120"
     );
 }

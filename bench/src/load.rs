@@ -26,6 +26,14 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// A phase that could not start: one error.
+    fn failed() -> Figures {
+        Figures {
+            errors: 1,
+            ..Figures::default()
+        }
+    }
+
     fn set(&mut self, name: &str, value: f64) {
         self.values.insert(name.to_string(), value);
     }
@@ -176,14 +184,27 @@ const EXEC: &str = "/api/v1/namespaces/default/pods/bench/exec?command=cat&stdin
 
 /// Exec echo: `total` bytes in `message`-sized stdin frames, all echoed.
 pub async fn exec_throughput(endpoint: &Endpoint, total: u64, message: usize) -> Figures {
-    let mut figures = Figures::default();
     let Some(socket) = endpoint.websocket(EXEC, "v5.channel.k8s.io").await else {
-        figures.errors += 1;
-        return figures;
+        return Figures::failed();
     };
+    // Stdin out on 0, stdout back on 1; then v5's close of stdin.
+    let farewell = Message::binary(vec![255u8, 0]);
+    echo_throughput(socket, (0, 1), total, message, Some(farewell)).await
+}
+
+/// `total` bytes sent in `message`-sized frames on the first channel of
+/// `channels`, while their echo is read back from the second.
+async fn echo_throughput(
+    socket: tokio_tungstenite::WebSocketStream<TcpStream>,
+    (out, back): (u8, u8),
+    total: u64,
+    message: usize,
+    farewell: Option<Message>,
+) -> Figures {
+    let mut figures = Figures::default();
     let (mut sink, mut incoming) = socket.split();
     let mut frame = vec![0u8; message + 1];
-    frame[0] = 0;
+    frame[0] = out;
     let frame = Bytes::from(frame);
     let began = Instant::now();
     let writer = tokio::spawn(async move {
@@ -199,7 +220,7 @@ pub async fn exec_throughput(endpoint: &Endpoint, total: u64, message: usize) ->
     let mut received = 0u64;
     while received < total {
         match tokio::time::timeout(Duration::from_secs(30), incoming.next()).await {
-            Ok(Some(Ok(Message::Binary(data)))) if data.first() == Some(&1) => {
+            Ok(Some(Ok(Message::Binary(data)))) if data.first() == Some(&back) => {
                 received += (data.len() - 1) as u64
             }
             Ok(Some(Ok(_))) => {}
@@ -208,7 +229,9 @@ pub async fn exec_throughput(endpoint: &Endpoint, total: u64, message: usize) ->
     }
     let elapsed = began.elapsed();
     if let Ok(mut sink) = writer.await {
-        let _ = sink.send(Message::binary(vec![255u8, 0])).await;
+        if let Some(farewell) = farewell {
+            let _ = sink.send(farewell).await;
+        }
         let _ = sink.close().await;
     }
     if received < total {
@@ -314,52 +337,14 @@ const PORT_FORWARD: &str = "/api/v1/namespaces/default/pods/bench/portforward?po
 
 /// Bulk port-forward: `total` bytes in 64 KiB data frames, all echoed.
 pub async fn port_forward_throughput(endpoint: &Endpoint, total: u64) -> Figures {
-    let mut figures = Figures::default();
     let Some(mut socket) = endpoint.websocket(PORT_FORWARD, "v4.channel.k8s.io").await else {
-        figures.errors += 1;
-        return figures;
+        return Figures::failed();
     };
+    // The port on both channels first.
     for _ in 0..2 {
         let _ = socket.next().await;
     }
-    let (mut sink, mut incoming) = socket.split();
-    let mut frame = vec![0u8; 64 * 1024 + 1];
-    frame[0] = 0;
-    let frame = Bytes::from(frame);
-    let began = Instant::now();
-    let writer = tokio::spawn(async move {
-        let mut sent = 0u64;
-        while sent < total {
-            if sink.send(Message::Binary(frame.clone())).await.is_err() {
-                break;
-            }
-            sent += (frame.len() - 1) as u64;
-        }
-        sink
-    });
-    let mut received = 0u64;
-    while received < total {
-        match tokio::time::timeout(Duration::from_secs(30), incoming.next()).await {
-            Ok(Some(Ok(Message::Binary(data)))) if data.first() == Some(&0) => {
-                received += (data.len() - 1) as u64
-            }
-            Ok(Some(Ok(_))) => {}
-            _ => break,
-        }
-    }
-    let elapsed = began.elapsed();
-    if let Ok(mut sink) = writer.await {
-        let _ = sink.close().await;
-    }
-    if received < total {
-        figures.errors += 1;
-    }
-    figures.set(
-        "MiB/s",
-        received as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
-    );
-    figures.set("bytes", received as f64);
-    figures
+    echo_throughput(socket, (0, 0), total, 64 * 1024, None).await
 }
 
 /// Opens `count` watches and holds them while `measure` runs; returns its

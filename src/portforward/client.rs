@@ -167,7 +167,7 @@ pub async fn serve(
     // sends must never stop the client's data from being delivered.
     let ended = tokio::select! {
         ended = pods.to_client(sink, events, &mut connections, &writable, moved.to_client) => ended,
-        () = pods.from_client(incoming, &data_streams, &writable, moved.to_server) => false,
+        () = pods.to_pods(incoming, &data_streams, &writable, moved.to_server) => false,
     };
     if ended {
         return;
@@ -309,9 +309,9 @@ impl Pods<'_> {
         true
     }
 
-    /// Carries the client's data channels onto the data streams until the
-    /// client closes or goes.
-    async fn from_client(
+    /// Carries the client's data channels to the pods (onto the data
+    /// streams) until the client closes or goes.
+    async fn to_pods(
         &self,
         mut incoming: Incoming,
         data_streams: &[Option<u32>],

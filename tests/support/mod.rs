@@ -160,6 +160,38 @@ impl Kubegate {
             .expect("kubegate starts")
     }
 
+    /// kubegate serving HTTPS (HTTP/2 and HTTP/1.1) with a certificate
+    /// from the double's CA, its admin port open, and extra `flags`.
+    pub async fn start_tls(double: &Double, flags: &[&str]) -> Kubegate {
+        let (cert, key) = double
+            .pki
+            .server()
+            .write(double.dir.path(), "serving")
+            .unwrap();
+        let mut all = vec![
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-private-key-file",
+            key.to_str().unwrap(),
+            "--admin-address=127.0.0.1:0",
+        ];
+        all.extend_from_slice(flags);
+        Kubegate::start(double, &all).await
+    }
+
+    /// A metric's value as `/metrics` on the admin port shows it, or ``
+    /// when it is not there.
+    pub async fn metric(&self, name: &str) -> String {
+        let admin = self
+            .admin
+            .expect("kubegate was started with --admin-address");
+        let answer = get(&format!("http://{admin}/metrics")).await;
+        let text = String::from_utf8(answer.body.to_vec()).unwrap();
+        text.lines()
+            .find_map(|line| Some(line.strip_prefix(name)?.strip_prefix(' ')?.to_string()))
+            .unwrap_or_default()
+    }
+
     /// kubegate with `kubeconfig` and `flags`, or its start-up error.
     pub async fn try_start(kubeconfig: &Path, flags: &[&str]) -> Result<Kubegate, StartupError> {
         let mut argv = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
