@@ -58,24 +58,25 @@
 //!    resource and namespace worked out as the apiserver will. With auditing
 //!    on, [`audit`] opens the request's record (`RequestReceived`).
 //! 3. Admission: a browser's `Origin` must be kubegate's own or match
-//! 4. [`connection`]: one client connection's requests in flight and
-//!    its idle deadlines.
 //!    `--accept-origins` ([`cors`]); preflights are answered here. Then the
 //!    route: `--www-prefix` to [`www`] (no token needed: a page must load
 //!    before it can send one); with an access token configured, anything
 //!    else must carry it ([`access`]); outside `--api-prefix` is 404.
-//! 5. [`filters`] applies kubectl's host, path and method filters to that
+//! 4. [`filters`] applies kubectl's host, path and method filters to that
 //!    reading, then [`policy`] the Kubernetes-aware rules (`--policy-file`,
 //!    `--read-only`).
-//! 6. [`forward`] drops hop-by-hop headers and client credentials and sets
+//! 5. [`forward`] drops hop-by-hop headers and client credentials and sets
 //!    `X-Forwarded-*`; [`upstream`] adds kubegate's credential and sends the
 //!    request over a pooled connection, bodies streaming both ways.
 //!    An upgrade (exec, attach, port-forward) instead goes to [`upgrade`]:
 //!    a fresh HTTP/1.1 connection, the apiserver's `101` passed back, and
-//!    the two byte streams spliced until either side ends.
-//! 7. Any failure becomes a [`status::ProxyError`] and then the status
+//!    the two byte streams spliced until either side ends; a WebSocket
+//!    port-forward goes to [`portforward`], which answers it and carries
+//!    its connections on the pod's shared session. A WebSocket over
+//!    HTTP/2 (RFC 8441) is read as the HTTP/1.1 upgrade it stands for.
+//! 6. Any failure becomes a [`status::ProxyError`] and then the status
 //!    and `metav1.Status` body the apiserver would give.
-//! 8. The finish: [`audit`] writes the rest of the request's events in
+//! 7. The finish: [`audit`] writes the rest of the request's events in
 //!    stage order (`ResponseStarted` for long-running requests,
 //!    `ResponseComplete` when the body ends), refusals included, and its
 //!    audit ID goes upstream and back to the client as `Audit-Id`; metrics
