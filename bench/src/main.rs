@@ -9,11 +9,12 @@
 //! ```
 
 mod load;
+mod profile;
 mod proxies;
 mod soak;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -42,6 +43,11 @@ struct Args {
     /// many minutes; its section of BENCHMARKS.md is replaced.
     #[arg(long, value_name = "MINUTES")]
     soak_minutes: Option<u64>,
+    /// Instead of the comparison: kubegate alone, one round, with `perf`
+    /// sampling it during small GETs at c=64, drawn as a flame graph here
+    /// (give a `--kubegate` built with symbols: see bench/src/profile.rs).
+    #[arg(long, value_name = "SVG")]
+    flamegraph: Option<PathBuf>,
 }
 
 /// Phase sizes: the full run, or the smoke test's.
@@ -232,6 +238,10 @@ async fn main() {
         flags: vec!["--generate-access-token".into()],
     });
 
+    if args.flamegraph.is_some() {
+        kinds.retain(|kind| kind.name() == "kubegate");
+    }
+    let rounds = if args.flamegraph.is_some() { 1 } else { rounds };
     let mut results: Results = BTreeMap::new();
     for round in 0..rounds {
         let mut order = kinds.clone();
@@ -250,7 +260,9 @@ async fn main() {
                 Ok(proxy) => proxy,
                 Err(error) => panic!("cannot start {}: {error}", kind.name()),
             };
-            let figures = run_phases(&proxy, &sizes, &upstream.state().stats.connections).await;
+            let flamegraph = args.flamegraph.as_deref();
+            let handshakes = &upstream.state().stats.connections;
+            let figures = run_phases(&proxy, &sizes, handshakes, flamegraph).await;
             let entry = results.entry(kind.name().to_string()).or_default();
             for (name, value) in figures {
                 entry.entry(name).or_default().push(value);
@@ -258,6 +270,10 @@ async fn main() {
             proxy.stop().await;
             let _ = std::fs::remove_file(&audit_log);
         }
+    }
+    if args.flamegraph.is_some() {
+        // A profile, not a measurement: BENCHMARKS.md stays as it is.
+        return;
     }
     let report = report(
         &results,
@@ -308,6 +324,7 @@ async fn run_phases(
     proxy: &Proxy,
     sizes: &Sizes,
     upstream_handshakes: &AtomicUsize,
+    flamegraph: Option<&Path>,
 ) -> BTreeMap<String, f64> {
     let endpoint = Endpoint {
         address: proxy.base.trim_start_matches("http://").to_string(),
@@ -322,8 +339,17 @@ async fn run_phases(
 
     for concurrency in [1usize, 16, 64] {
         let phase = format!("small GET c={concurrency}");
+        let recording = match (flamegraph, pid) {
+            (Some(svg), Some(pid)) if concurrency == 64 => {
+                Some(profile::start(pid, svg, &format!("kubegate, {phase}")).await)
+            }
+            _ => None,
+        };
         let (figures, cpu, peak) =
             measured(pid, load::small_gets(&endpoint, concurrency, sizes.get)).await;
+        if let Some(recording) = recording {
+            recording.finish().await;
+        }
         let requests = figures
             .values
             .get("requests")
@@ -496,6 +522,7 @@ fn report(
         machine["cores"], machine["cpu"].as_str().unwrap_or_default(), machine["memory"].as_str().unwrap_or_default(), machine["kernel"].as_str().unwrap_or_default(),
         kubectl.unwrap_or("not installed: no kubectl proxy column"),
     ));
+    out.push_str("Where kubegate's CPU goes under small GETs at c=64: [bench/flamegraph-small-get.svg](bench/flamegraph-small-get.svg) (`perf` sampling, drawn by inferno; `--flamegraph`, see bench/src/profile.rs).\n\n");
     out.push_str(&format!(
         "| figure | {} | kubegate / kubectl proxy |\n|---|{}---|\n",
         names.join(" | "),
