@@ -255,7 +255,7 @@ proptest! {
     /// read back as sent.
     #[test]
     fn port_forward_client_messages(
-        channel in 0u8..10,
+        channel in any::<u8>(),
         data in prop::collection::vec(any::<u8>(), 0..256),
         text in any::<String>(),
         raw in prop::collection::vec(any::<u8>(), 0..64),
@@ -265,7 +265,10 @@ proptest! {
             let _ = framing.decode(Message::text(text.clone()));
             let _ = framing.decode(Message::binary(raw.clone()));
             let sent = framing.encode(channel, &data);
-            prop_assert_eq!(framing.decode(sent), Some((channel, bytes::Bytes::from(data.clone()))));
+            // A base64 channel past 'DEL' is no longer one byte of text.
+            if framing == Framing::Binary || b'0'.wrapping_add(channel) < 0x80 {
+                prop_assert_eq!(framing.decode(sent), Some((channel, bytes::Bytes::from(data.clone()))));
+            }
         }
     }
 }

@@ -63,7 +63,9 @@ impl Framing {
             }
             Framing::Base64 => {
                 let mut text = String::with_capacity(data.len() * 4 / 3 + 5);
-                text.push(char::from(b'0' + channel));
+                // Go's byte arithmetic: past '9' the "digit" wraps, as the
+                // kubelet's does.
+                text.push(char::from(b'0'.wrapping_add(channel)));
                 base64::engine::general_purpose::STANDARD.encode_string(data, &mut text);
                 Message::text(text)
             }
@@ -85,7 +87,7 @@ impl Framing {
                 let data = base64::engine::general_purpose::STANDARD
                     .decode(&raw[1..])
                     .ok()?;
-                Some((channel.checked_sub(b'0')?, Bytes::from(data)))
+                Some((channel.wrapping_sub(b'0'), Bytes::from(data)))
             }
         }
     }

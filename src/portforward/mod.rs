@@ -116,13 +116,10 @@ impl Plan {
         if offered.contains(&TUNNEL) {
             return Ok(None);
         }
-        let chosen = match offered.iter().find(|p| Framing::of(p).is_some()) {
-            Some(protocol) => *protocol,
-            None if offered.is_empty() => "",
+        let (chosen, framing) = match offered.iter().find_map(|p| Some((*p, Framing::of(p)?))) {
+            Some(served) => served,
+            None if offered.is_empty() => ("", Framing::Binary),
             None => return Ok(None),
-        };
-        let Some(framing) = Framing::of(chosen) else {
-            return Ok(None);
         };
         let mut ports = Vec::new();
         for (key, value) in query_pairs(path.query()) {
