@@ -166,6 +166,9 @@ impl H2Pool {
             .initial_max_send_streams(BEFORE_SETTINGS)
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
+            // A streamed body may come in large frames: each is one write
+            // to the client instead of one per 16 KiB.
+            .max_frame_size(1 << 20)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(15))
             .handshake(io)
