@@ -374,17 +374,6 @@ async fn kubectl_port_forward_works_over_tunneled_and_raw_spdy() {
     }
 }
 
-/// Upgrades for port-forward the double accepted: each one a kubelet dial
-/// in a real cluster.
-fn upstream_sessions(double: &Double) -> usize {
-    double
-        .server
-        .state()
-        .stats
-        .port_forward_sessions
-        .load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// kubegate multiplexing port-forward (the default), then relaying it:
 /// the flags, and how many upstream sessions 71 connections cost.
 const PORT_FORWARD_MODES: [(&[&str], usize); 2] =
@@ -416,7 +405,7 @@ async fn the_python_client_execs_and_port_forwards() {
             printed.contains("port-forward connections 70 of 70 byte-exact"),
             "{printed}"
         );
-        assert_eq!(upstream_sessions(&double), sessions, "{flags:?}");
+        assert_eq!(double.port_forward_sessions(), sessions, "{flags:?}");
     }
 }
 
@@ -454,7 +443,7 @@ async fn client_node_execs_and_port_forwards() {
             printed.contains("port-forward connections 70 of 70 byte-exact"),
             "{printed}"
         );
-        assert_eq!(upstream_sessions(&double), sessions, "{flags:?}");
+        assert_eq!(double.port_forward_sessions(), sessions, "{flags:?}");
     }
 }
 
@@ -506,7 +495,7 @@ async fn the_deno_example_lists_follows_execs_and_port_forwards() {
     ] {
         assert!(printed.contains(line), "{line:?} missing from {printed}");
     }
-    assert_eq!(upstream_sessions(&double), 1);
+    assert_eq!(double.port_forward_sessions(), 1);
 }
 
 #[tokio::test]
@@ -968,5 +957,5 @@ async fn deno_over_https_opens_its_websockets_with_http1() {
         .metric("kubegate_websockets_over_http2_total")
         .await;
     assert_eq!(over_http2, "0", "{printed}");
-    assert_eq!(upstream_sessions(&double), 1);
+    assert_eq!(double.port_forward_sessions(), 1);
 }

@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
-
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use kubegate_double::Options;
@@ -26,15 +24,6 @@ async fn with_box(flags: &[&str]) -> (Double, Kubegate) {
     double.store().create("default", pod("box")).unwrap();
     let kubegate = Kubegate::start(&double, flags).await;
     (double, kubegate)
-}
-
-fn upstream_sessions(double: &Double) -> usize {
-    double
-        .server
-        .state()
-        .stats
-        .port_forward_sessions
-        .load(Ordering::Relaxed)
 }
 
 /// Opens a port-forward WebSocket to `ports` of pod `box`.
@@ -127,7 +116,7 @@ async fn seventy_connections_to_one_pod_cost_one_upstream_session() {
         async move { round_trip(kubegate, BINARY, echo.port, &payload(i, 64 * 1024 + i)).await }
     });
     futures_util::future::join_all(concurrent).await;
-    assert_eq!(upstream_sessions(&double), 1);
+    assert_eq!(double.port_forward_sessions(), 1);
 }
 
 #[tokio::test]
@@ -148,7 +137,7 @@ async fn several_ports_in_one_websocket_each_get_their_pair() {
         heard,
         vec![(0, b"to one".to_vec()), (2, b"to two".to_vec())]
     );
-    assert_eq!(upstream_sessions(&double), 1);
+    assert_eq!(double.port_forward_sessions(), 1);
 }
 
 #[tokio::test]
@@ -170,7 +159,7 @@ async fn a_closed_port_gets_the_kubelets_error_and_the_session_keeps_serving() {
         "{error}"
     );
     round_trip(&kubegate, BINARY, echo.port, b"after the error").await;
-    assert_eq!(upstream_sessions(&double), 1);
+    assert_eq!(double.port_forward_sessions(), 1);
 }
 
 #[tokio::test]
@@ -197,7 +186,7 @@ async fn a_client_that_stops_reading_does_not_hold_up_another_on_the_same_pod() 
     for i in 0..20 {
         round_trip(&kubegate, BINARY, echo.port, &payload(i, 10_000)).await;
     }
-    assert_eq!(upstream_sessions(&double), 1);
+    assert_eq!(double.port_forward_sessions(), 1);
     // When the stalled client reads at last: the echo it was due, in
     // order and whole up to the cut, then why its stream was reset.
     let mut received = 0usize;
@@ -245,7 +234,7 @@ async fn an_idle_session_closes_and_the_next_client_gets_a_fresh_one() {
     })
     .await;
     round_trip(&kubegate, BINARY, echo.port, b"two").await;
-    assert_eq!(upstream_sessions(&double), 2);
+    assert_eq!(double.port_forward_sessions(), 2);
     for counter in ["streams_opened_total", "clients_total"] {
         let name = format!("kubegate_port_forward_{counter}");
         assert_eq!(kubegate.metric(&name).await, "2", "{name}");
@@ -259,7 +248,7 @@ async fn without_multiplexing_each_port_forward_is_its_own_upstream_session() {
     for i in 0..5 {
         round_trip(&kubegate, BINARY, echo.port, &payload(i, 5000)).await;
     }
-    assert_eq!(upstream_sessions(&double), 5);
+    assert_eq!(double.port_forward_sessions(), 5);
 }
 
 /// A port-forward WebSocket to `path` that kubegate or the apiserver
@@ -318,7 +307,7 @@ async fn clients_of_a_session_the_apiserver_drops_hear_why_and_the_next_gets_a_n
     }
     assert!(error.contains("port-forward session"), "{error:?}");
     round_trip(&kubegate, BINARY, echo.port, b"after").await;
-    assert_eq!(upstream_sessions(&double), 2);
+    assert_eq!(double.port_forward_sessions(), 2);
 }
 
 #[tokio::test]
@@ -336,7 +325,7 @@ async fn an_apiserver_that_refuses_the_tunnel_gets_raw_spdy() {
     }
     // The refused tunnel and the raw session that replaced it; then no
     // more.
-    assert_eq!(upstream_sessions(&double), 2);
+    assert_eq!(double.port_forward_sessions(), 2);
 }
 
 #[tokio::test]
@@ -369,5 +358,5 @@ async fn a_bulk_transfer_both_ways_at_once_completes_byte_exact() {
     }
     let mut sink = within("the sender", sending).await.unwrap();
     sink.close().await.unwrap();
-    assert_eq!(upstream_sessions(&double), 1);
+    assert_eq!(double.port_forward_sessions(), 1);
 }

@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -150,15 +149,7 @@ async fn a_hundred_exec_sessions_and_twenty_port_forwards_share_one_connection()
     within("20 port-forwards", futures_util::future::join_all(forwards)).await;
 
     // One client connection, and kubegate's own count says so.
-    assert_eq!(
-        double
-            .server
-            .state()
-            .stats
-            .port_forward_sessions
-            .load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(double.port_forward_sessions(), 1);
     assert_eq!(
         kubegate
             .metric("kubegate_websockets_over_http2_total")

@@ -38,27 +38,10 @@ def main(url: str, pod: str, echo_port: int) -> None:
     print("exec stderr", stderr.strip(), flush=True)
     print("exec exit", session.returncode, flush=True)
 
-    forward = portforward(api.connect_get_namespaced_pod_portforward, pod, "default", ports=str(echo_port))
-    sock = forward.socket(echo_port)
-    payload = bytes(range(256)) * 64
-    sock.sendall(payload)
-    echoed = b""
-    while len(echoed) < len(payload):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        echoed += chunk
-    sock.close()
-    print("port-forward", "ok" if echoed == payload else "MISMATCH", len(echoed), flush=True)
-    if forward.error(echo_port):
-        print("port-forward error", forward.error(echo_port), flush=True)
-
-    # Many connections, each its own port-forward WebSocket: 50 one after
-    # another, then 20 at once.
-    def connection(i: int) -> bool:
+    def echo_through(payload: bytes) -> bytes:
+        """One port-forward WebSocket: `payload` to the echo, and back."""
         forward = portforward(api.connect_get_namespaced_pod_portforward, pod, "default", ports=str(echo_port))
         sock = forward.socket(echo_port)
-        payload = bytes((i * 7 + j) % 256 for j in range(4096 + i * 13))
         sock.sendall(payload)
         echoed = b""
         while len(echoed) < len(payload):
@@ -67,7 +50,19 @@ def main(url: str, pod: str, echo_port: int) -> None:
                 break
             echoed += chunk
         sock.close()
-        return echoed == payload
+        if forward.error(echo_port):
+            print("port-forward error", forward.error(echo_port), flush=True)
+        return echoed
+
+    payload = bytes(range(256)) * 64
+    echoed = echo_through(payload)
+    print("port-forward", "ok" if echoed == payload else "MISMATCH", len(echoed), flush=True)
+
+    # Many connections, each its own port-forward WebSocket: 50 one after
+    # another, then 20 at once.
+    def connection(i: int) -> bool:
+        payload = bytes((i * 7 + j) % 256 for j in range(4096 + i * 13))
+        return echo_through(payload) == payload
 
     exact = sum(connection(i) for i in range(50))
     with ThreadPoolExecutor(20) as pool:

@@ -55,6 +55,16 @@ pub struct Double {
 }
 
 impl Double {
+    /// Port-forward upgrades the double was asked for: each one accepted
+    /// a kubelet dial in a real cluster.
+    pub fn port_forward_sessions(&self) -> usize {
+        self.server
+            .state()
+            .stats
+            .port_forward_sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A double with default options; kubegate uses a client certificate.
     pub async fn start() -> Double {
         Double::with(Options::default(), Identity::Certificate).await
