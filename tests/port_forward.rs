@@ -360,3 +360,86 @@ async fn a_bulk_transfer_both_ways_at_once_completes_byte_exact() {
     sink.close().await.unwrap();
     assert_eq!(double.port_forward_sessions(), 1);
 }
+
+/// A TCP server that reads one connection to its end and reports how many
+/// bytes came.
+async fn counting_sink() -> (u16, tokio::sync::oneshot::Receiver<usize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (report, counted) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut all = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut all).await;
+        let _ = report.send(all.len());
+    });
+    (port, counted)
+}
+
+#[tokio::test]
+async fn what_a_client_sends_just_before_it_closes_reaches_the_pod() {
+    let (_double, kubegate) = with_box(&[]).await;
+    let (port, counted) = counting_sink().await;
+    let mut socket = open(&kubegate, BINARY, &[port]).await;
+    read_prefixes(&mut socket, BINARY, &[port]).await;
+    for _ in 0..64 {
+        socket
+            .send(encode(BINARY, 0, &[1u8; 64 * 1024]))
+            .await
+            .unwrap();
+    }
+    socket.close(None).await.unwrap();
+    assert_eq!(within("the pod's count", counted).await.unwrap(), 4 << 20);
+}
+
+#[tokio::test]
+async fn a_message_larger_than_a_spdy_frame_is_carried_whole() {
+    let (double, kubegate) = with_box(&[]).await;
+    let echo = EchoServer::start().await;
+    let mut socket = open(&kubegate, BINARY, &[echo.port]).await;
+    read_prefixes(&mut socket, BINARY, &[echo.port]).await;
+    // One WebSocket message past SPDY's 24-bit frame length, in two
+    // fragments (a single WebSocket frame may not be that long).
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let sent = payload(9, 18 << 20);
+    let (first, rest) = sent.split_at(10 << 20);
+    let mut opening = vec![0u8];
+    opening.extend_from_slice(first);
+    let fragments = [
+        Frame::message(opening, OpCode::Data(Data::Binary), false),
+        Frame::message(rest.to_vec(), OpCode::Data(Data::Continue), true),
+    ];
+    for fragment in fragments {
+        socket.send(Message::Frame(fragment)).await.unwrap();
+    }
+    let mut echoed = Vec::with_capacity(sent.len());
+    while echoed.len() < sent.len() {
+        let (channel, data) = next(&mut socket, BINARY).await.expect("the echo");
+        assert_eq!(channel, 0, "{}", String::from_utf8_lossy(&data));
+        echoed.extend_from_slice(&data);
+    }
+    assert!(echoed == sent, "the echo differs from what was sent");
+    // The session still carries others.
+    round_trip(&kubegate, BINARY, echo.port, b"after").await;
+    assert_eq!(double.port_forward_sessions(), 1);
+}
+
+#[tokio::test]
+async fn a_session_whose_every_connection_fails_is_replaced() {
+    // As when the pod was recreated under the same name: the kubelet
+    // reports an error for every connection on the old session.
+    let (double, kubegate) = with_box(&[]).await;
+    let echo = EchoServer::start().await;
+    round_trip(&kubegate, BINARY, echo.port, b"first").await;
+    for _ in 0..3 {
+        let closed = free_port();
+        let mut socket = open(&kubegate, BINARY, &[closed]).await;
+        read_prefixes(&mut socket, BINARY, &[closed]).await;
+        while let Some((channel, _)) = next(&mut socket, BINARY).await {
+            assert_eq!(channel, 1);
+        }
+    }
+    round_trip(&kubegate, BINARY, echo.port, b"on a new session").await;
+    assert_eq!(double.port_forward_sessions(), 2);
+}

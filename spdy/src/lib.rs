@@ -197,8 +197,19 @@ fn fin_flag(fin: bool) -> u8 {
     if fin { FLAG_FIN } else { 0 }
 }
 
-/// Appends a `DATA` frame; `data` must fit in [`MAX_PAYLOAD`].
+/// Appends `data` as `DATA` frames of at most [`MAX_PAYLOAD`] bytes each
+/// (a length must fit its 24 bits); `fin` goes on the last.
 pub fn put_data(out: &mut BytesMut, stream: u32, fin: bool, data: &[u8]) {
+    let mut chunks = data.chunks(MAX_PAYLOAD).peekable();
+    if chunks.peek().is_none() {
+        put_data_frame(out, stream, fin, &[]);
+    }
+    while let Some(chunk) = chunks.next() {
+        put_data_frame(out, stream, fin && chunks.peek().is_none(), chunk);
+    }
+}
+
+fn put_data_frame(out: &mut BytesMut, stream: u32, fin: bool, data: &[u8]) {
     out.reserve(HEAD + data.len());
     out.put_u32(stream & 0x7fff_ffff);
     out.put_u8(fin_flag(fin));
@@ -472,6 +483,22 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn data_past_a_frames_length_is_split_and_fin_ends_the_last() {
+        let data = vec![7u8; MAX_PAYLOAD + 10];
+        let mut out = BytesMut::new();
+        put_data(&mut out, 5, true, &data);
+        let first = parse(&mut out).unwrap().unwrap();
+        let second = parse(&mut out).unwrap().unwrap();
+        assert!(
+            matches!(first, Frame::Data { stream: 5, fin: false, ref data } if data.len() == MAX_PAYLOAD)
+        );
+        assert!(
+            matches!(second, Frame::Data { stream: 5, fin: true, ref data } if data.len() == 10)
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

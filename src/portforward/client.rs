@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::session::{BUDGET, Event, Pair, Route, Session};
+use super::session::{BUDGET, Event, Pair, Reserved, Route, Session};
 use crate::admin::{Metrics, PortForwardEvent};
 
 /// How long one message to the client may take to go out before the
@@ -121,10 +121,11 @@ pub async fn serve(
     socket: WebSocketStream<TokioIo<Upgraded>>,
     framing: Framing,
     ports: &[u16],
-    session: Arc<Session>,
+    reserved: Reserved,
     moved: Moved<'_>,
     metrics: &Metrics,
 ) {
+    let session = reserved.session().clone();
     let (sink, incoming) = socket.split();
     let (events_to, events) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(BUDGET));
@@ -154,6 +155,8 @@ pub async fn serve(
         });
     }
     drop(events_to);
+    // Its connections hold the session now.
+    drop(reserved);
     let writable: Vec<AtomicBool> = connections
         .iter()
         .map(|c| AtomicBool::new(c.ours_open))
@@ -179,7 +182,7 @@ pub async fn serve(
     for connection in connections.iter().filter(|c| !c.done) {
         if let Some(pair) = connection.pair {
             if writable[connection.index].load(Ordering::Acquire) {
-                session.finish(pair.data);
+                session.finish(pair.data).await;
             }
             session.closed_pair();
             metrics.port_forward(PortForwardEvent::StreamClosed);
@@ -243,6 +246,11 @@ impl Pods<'_> {
             };
             let (index, message) = match event {
                 Event::Data(channel, data, _share) => {
+                    if channel % 2 == 1 {
+                        session.failed_connection();
+                    } else {
+                        session.pod_answered();
+                    }
                     to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if !send(&mut sink, framing.encode(channel, &data)).await {
                         return false;
@@ -261,7 +269,7 @@ impl Pods<'_> {
                         if let Some(pair) = connection.pair
                             && writable[index].swap(false, Ordering::AcqRel)
                         {
-                            session.finish(pair.data);
+                            session.finish(pair.data).await;
                         }
                     }
                     if connection.data_open || connection.error_open {

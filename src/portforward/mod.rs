@@ -20,8 +20,7 @@
 pub mod client;
 pub mod session;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,7 +46,7 @@ use crate::status::ProxyError;
 use crate::upgrade::{self, Relays};
 use crate::upstream::Upstream;
 use client::Framing;
-use session::{Session, Wire};
+use session::{Reserved, Session, Wire};
 
 /// Forwarded connections one session carries before another is opened
 /// for the same pod.
@@ -167,8 +166,9 @@ pub struct Multiplexer {
     sessions: Mutex<HashMap<PodKey, Vec<Arc<Session>>>>,
     /// One dial at a time per pod, so concurrent first clients share it.
     dialing: Mutex<HashMap<PodKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// The apiserver refused the tunnel once: raw SPDY from then on.
-    raw_only: AtomicBool,
+    /// Clusters whose apiserver refused the tunnel (400 or 403, an
+    /// apiserver before 1.31) and took raw SPDY: raw from then on.
+    raw_only: Mutex<HashSet<String>>,
     idle: Duration,
     closing: CancellationToken,
     metrics: Arc<Metrics>,
@@ -180,7 +180,7 @@ impl Multiplexer {
         Arc::new(Multiplexer {
             sessions: Mutex::default(),
             dialing: Mutex::default(),
-            raw_only: AtomicBool::new(false),
+            raw_only: Mutex::default(),
             idle,
             closing: CancellationToken::new(),
             metrics,
@@ -192,35 +192,37 @@ impl Multiplexer {
         self.closing.cancel();
     }
 
-    fn usable(&self, key: &PodKey) -> Option<Arc<Session>> {
+    /// A place on a live session to the pod, if one has room.
+    fn reserve(&self, key: &PodKey) -> Option<Reserved> {
         let sessions = self.sessions.lock().ok()?;
-        sessions
-            .get(key)?
-            .iter()
-            .find(|s| s.usable(MAX_PAIRS))
-            .cloned()
+        sessions.get(key)?.iter().find_map(|s| s.reserve(MAX_PAIRS))
     }
 
-    /// A session to the plan's pod: a live one, or a new one. A refusal
-    /// from the apiserver (the pod is gone, the identity may not) is its
-    /// response, passed through.
+    /// A place on a session to the plan's pod: a live one, or a new one. A
+    /// refusal from the apiserver (the pod is gone, the identity may not)
+    /// is its response, passed through.
     async fn session(
         self: &Arc<Self>,
         upstream: &Upstream,
         plan: &Plan,
-    ) -> Result<Result<Arc<Session>, Response<ProxyBody>>, ProxyError> {
-        if let Some(session) = self.usable(&plan.key) {
-            return Ok(Ok(session));
+    ) -> Result<Result<Reserved, Response<ProxyBody>>, ProxyError> {
+        if let Some(reserved) = self.reserve(&plan.key) {
+            return Ok(Ok(reserved));
         }
         let gate = match self.dialing.lock() {
             Ok(mut dialing) => dialing.entry(plan.key.clone()).or_default().clone(),
             Err(_) => Arc::default(),
         };
-        let _turn = gate.lock().await;
-        if let Some(session) = self.usable(&plan.key) {
-            return Ok(Ok(session));
+        let turn = gate.lock().await;
+        if let Some(reserved) = self.reserve(&plan.key) {
+            return Ok(Ok(reserved));
         }
-        let wire = match self.dial(upstream, &plan.path).await? {
+        let dialed = self.dial(upstream, &plan.key.cluster, &plan.path).await;
+        if !matches!(dialed, Ok(Ok(_))) {
+            drop(turn);
+            self.release_gate(&plan.key, gate);
+        }
+        let wire = match dialed? {
             Ok(wire) => wire,
             Err(refusal) => return Ok(Err(refusal)),
         };
@@ -231,6 +233,7 @@ impl Multiplexer {
             tunneled = session.tunneled(),
             "port-forward session opened"
         );
+        let reserved = session.reserve(MAX_PAIRS);
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions
                 .entry(plan.key.clone())
@@ -244,7 +247,25 @@ impl Multiplexer {
                 this.forget(&key, &ended);
             }
         });
-        Ok(Ok(session))
+        reserved.map(Ok).ok_or_else(|| ProxyError::Upstream {
+            server: upstream.authority().to_string(),
+            reason: format!(
+                "the port-forward session ended as it opened: {}",
+                session.reason()
+            ),
+        })
+    }
+
+    /// Forgets a pod's dial gate when no one else waits on it (a failed
+    /// dial leaves no session to forget it later).
+    fn release_gate(&self, key: &PodKey, gate: Arc<tokio::sync::Mutex<()>>) {
+        drop(gate);
+        if let Ok(mut dialing) = self.dialing.lock()
+            && dialing.get(key).is_some_and(|g| Arc::strong_count(g) == 1)
+            && self.sessions.lock().is_ok_and(|s| !s.contains_key(key))
+        {
+            dialing.remove(key);
+        }
     }
 
     fn forget(&self, key: &PodKey, ended: &Arc<Session>) {
@@ -269,9 +290,12 @@ impl Multiplexer {
     async fn dial(
         &self,
         upstream: &Upstream,
+        cluster: &str,
         path: &PathAndQuery,
     ) -> Result<Result<Wire, Response<ProxyBody>>, ProxyError> {
-        if !self.raw_only.load(Ordering::Relaxed) {
+        let raw_only = self.raw_only.lock().is_ok_and(|r| r.contains(cluster));
+        let mut refused_tunnel = false;
+        if !raw_only {
             let key = upgrade::websocket_key();
             let mut head = upgrade_head(upstream, Method::GET);
             let headers = &mut head.headers;
@@ -300,6 +324,12 @@ impl Multiplexer {
                 return Ok(Ok(Wire::Tunnel(Box::new(socket))));
             }
             tracing::debug!(server = %upstream.authority(), status = %response.status(), "the apiserver refused the SPDY tunnel; trying raw SPDY");
+            // What an apiserver without the tunnel answers; anything else
+            // (a missing pod, a passing failure) says nothing about it.
+            refused_tunnel = matches!(
+                response.status(),
+                StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN
+            );
         }
         let mut head = upgrade_head(upstream, Method::POST);
         head.headers
@@ -313,7 +343,10 @@ impl Multiplexer {
             forward::response_headers(response.headers_mut());
             return Ok(Err(response.map(|body| ProxyBody::Upstream(body, None))));
         }
-        if !self.raw_only.swap(true, Ordering::Relaxed) {
+        if refused_tunnel
+            && let Ok(mut raw_only) = self.raw_only.lock()
+            && raw_only.insert(cluster.to_string())
+        {
             tracing::info!(server = %upstream.authority(), "the apiserver does not tunnel SPDY port-forward in a WebSocket; using raw SPDY");
         }
         let io = hyper::upgrade::on(&mut response)
@@ -352,8 +385,8 @@ impl Multiplexer {
                 ));
             }
         };
-        let session = match self.session(upstream, &plan).await? {
-            Ok(session) => session,
+        let reserved = match self.session(upstream, &plan).await? {
+            Ok(reserved) => reserved,
             Err(refusal) => return Ok(refusal),
         };
         let mut answer = Response::new(ProxyBody::empty());
@@ -393,7 +426,7 @@ impl Multiplexer {
                 to_server: &to_server,
                 to_client: &to_client,
             };
-            client::serve(socket, plan.framing, &plan.ports, session, moved, &metrics).await;
+            client::serve(socket, plan.framing, &plan.ports, reserved, moved, &metrics).await;
         });
         Ok(answer)
     }

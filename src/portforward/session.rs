@@ -42,6 +42,9 @@ pub const STALL: Duration = Duration::from_secs(5);
 /// Keep-alive ping period, and how long without an answer means dead.
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_DEAD: Duration = Duration::from_secs(30);
+/// Kubelet errors in a row after which a session takes no new
+/// connections.
+const FAILURES_TO_RETIRE: usize = 3;
 /// Frames gathered into one write.
 const BATCH: usize = 256 * 1024;
 
@@ -106,10 +109,19 @@ impl WireWriter {
                 writer.write_all(&bytes).await?;
                 writer.flush().await
             }
-            WireWriter::Tunnel(sink) => sink
-                .send(Message::Binary(bytes))
-                .await
-                .map_err(std::io::Error::other),
+            WireWriter::Tunnel(sink) => {
+                // The tunnel is a byte stream, message boundaries mean
+                // nothing; WebSocket peers limit a frame's size (16 MiB
+                // by default), so a large write goes as several.
+                let mut bytes = bytes;
+                while !bytes.is_empty() {
+                    let message = bytes.split_to(bytes.len().min(BATCH));
+                    sink.feed(Message::Binary(message))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                }
+                sink.flush().await.map_err(std::io::Error::other)
+            }
         }
     }
 
@@ -161,25 +173,44 @@ enum Control {
         data: Route,
         opened: oneshot::Sender<Pair>,
     },
-    Finish(u32),
     Reset(u32),
     Pong(u32),
     Ping,
     Close,
 }
 
+/// A place held on a session until its client has opened its
+/// connections.
+pub struct Reserved(Arc<Session>);
+
+impl Reserved {
+    /// The session.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.0
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.0.closed_pair();
+    }
+}
+
 /// A live upstream session.
 pub struct Session {
     control: mpsc::UnboundedSender<Control>,
-    data: mpsc::Sender<(u32, Bytes)>,
+    /// Stream data and half-closes, in the order they must go out.
+    data: mpsc::Sender<(u32, Bytes, bool)>,
     routes: Mutex<HashMap<u32, Route>>,
     /// Forwarded connections open on it.
     pairs: AtomicUsize,
-    /// The kubelet said GOAWAY: no new pairs.
+    /// The kubelet said GOAWAY, or the pod looks gone: no new pairs.
     going_away: AtomicBool,
-    /// Milliseconds since `began` at the last answered ping, and when the
-    /// last pair closed.
-    pong_at: AtomicU64,
+    /// Connections in a row the kubelet reported errors on.
+    failures: AtomicUsize,
+    /// Milliseconds since `began` at the last frame from the apiserver
+    /// (an answered ping or anything else), and when the last pair closed.
+    heard_at: AtomicU64,
     idle_at: AtomicU64,
     began: Instant,
     ended: CancellationToken,
@@ -210,7 +241,8 @@ impl Session {
             routes: Mutex::new(HashMap::new()),
             pairs: AtomicUsize::new(0),
             going_away: AtomicBool::new(false),
-            pong_at: AtomicU64::new(0),
+            failures: AtomicUsize::new(0),
+            heard_at: AtomicU64::new(0),
             idle_at: AtomicU64::new(0),
             began: Instant::now(),
             ended: closing.child_token(),
@@ -243,11 +275,35 @@ impl Session {
         session
     }
 
-    /// Whether it can take another forwarded connection.
-    pub fn usable(&self, max_pairs: usize) -> bool {
-        !self.ended.is_cancelled()
-            && !self.going_away.load(Ordering::Acquire)
-            && self.pairs.load(Ordering::Acquire) < max_pairs
+    /// Holds a place on the session for a client about to open its
+    /// connections (so an idle close cannot slip in between), if it can
+    /// take another.
+    pub fn reserve(self: &Arc<Self>, max_pairs: usize) -> Option<Reserved> {
+        if self.ended.is_cancelled() || self.going_away.load(Ordering::Acquire) {
+            return None;
+        }
+        self.pairs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pairs| {
+                (pairs < max_pairs).then_some(pairs + 1)
+            })
+            .ok()?;
+        Some(Reserved(self.clone()))
+    }
+
+    /// The kubelet reported an error on a connection. A closed port does
+    /// that once; a pod that is gone (recreated under the same name, the
+    /// session bound to the old one) does it every time: after
+    /// [`FAILURES_TO_RETIRE`] in a row with no data between, the session
+    /// takes no new connections and the next client gets a fresh one.
+    pub fn failed_connection(&self) {
+        if self.failures.fetch_add(1, Ordering::AcqRel) + 1 >= FAILURES_TO_RETIRE {
+            self.going_away.store(true, Ordering::Release);
+        }
+    }
+
+    /// A pod sent data: it is there.
+    pub fn pod_answered(&self) {
+        self.failures.store(0, Ordering::Relaxed);
     }
 
     /// Whether it is SPDY tunneled in a WebSocket.
@@ -295,12 +351,13 @@ impl Session {
     /// Sends bytes on a stream; waits while the kubelet is slow to read.
     /// `false` if the session has ended.
     pub async fn send(&self, stream: u32, data: Bytes) -> bool {
-        self.data.send((stream, data)).await.is_ok()
+        self.data.send((stream, data, false)).await.is_ok()
     }
 
-    /// Half-closes a stream from kubegate's side.
-    pub fn finish(&self, stream: u32) {
-        let _ = self.control.send(Control::Finish(stream));
+    /// Half-closes a stream from kubegate's side, after the data sent on
+    /// it before.
+    pub async fn finish(&self, stream: u32) {
+        let _ = self.data.send((stream, Bytes::new(), true)).await;
     }
 
     /// Resets a stream, unless the kubelet has already closed it.
@@ -363,6 +420,7 @@ impl Session {
                 () = self.ended.cancelled() => return Ok(()),
             };
             let Some(frame) = frame else { return Ok(()) };
+            self.heard_at.store(self.millis(), Ordering::Release);
             match frame {
                 Frame::Data { stream, fin, data } => self.deliver(stream, fin, data).await,
                 Frame::SynReply { stream, fin, block } => {
@@ -389,7 +447,7 @@ impl Session {
                 Frame::Ping(id) if id % 2 == 0 => {
                     let _ = self.control.send(Control::Pong(id));
                 }
-                Frame::Ping(_) => self.pong_at.store(self.millis(), Ordering::Release),
+                Frame::Ping(_) => {}
                 Frame::GoAway { .. } => self.going_away.store(true, Ordering::Release),
                 Frame::Ignored => {}
             }
@@ -414,6 +472,9 @@ impl Session {
                     let _ = route.events.send(Event::Data(route.channel, data, permit));
                 }
                 _ => {
+                    // The client's other streams fail at once rather than
+                    // each hold the session for another pause.
+                    route.budget.close();
                     self.take_route(stream);
                     let _ = self.control.send(Control::Reset(stream));
                     let reason = format!(
@@ -435,7 +496,7 @@ impl Session {
         &self,
         mut writer: WireWriter,
         mut control: mpsc::UnboundedReceiver<Control>,
-        mut data: mpsc::Receiver<(u32, Bytes)>,
+        mut data: mpsc::Receiver<(u32, Bytes, bool)>,
     ) -> std::io::Result<()> {
         let mut deflater = Deflater::default();
         let mut out = BytesMut::with_capacity(64 * 1024);
@@ -450,7 +511,7 @@ impl Session {
                     Some(Control::Close) | None => closing = true,
                     Some(command) => self.put(command, &mut out, &mut deflater, (&mut next_stream, &mut next_request, &mut next_ping)),
                 },
-                Some((stream, bytes)) = data.recv() => kubegate_spdy::put_data(&mut out, stream, false, &bytes),
+                Some((stream, bytes, fin)) = data.recv() => kubegate_spdy::put_data(&mut out, stream, fin, &bytes),
                 () = self.ended.cancelled() => {
                     closing = true;
                     self.end("kubegate is shutting down".to_string());
@@ -465,8 +526,8 @@ impl Session {
                         let ids = (&mut next_stream, &mut next_request, &mut next_ping);
                         self.put(command, &mut out, &mut deflater, ids);
                     }
-                } else if let Ok((stream, bytes)) = data.try_recv() {
-                    kubegate_spdy::put_data(&mut out, stream, false, &bytes);
+                } else if let Ok((stream, bytes, fin)) = data.try_recv() {
+                    kubegate_spdy::put_data(&mut out, stream, fin, &bytes);
                 } else {
                     break;
                 }
@@ -507,10 +568,17 @@ impl Session {
                 *next_stream += 4;
                 let request = next_request.to_string();
                 *next_request += 1;
-                if let Ok(mut routes) = self.routes.lock() {
-                    routes.insert(pair.error, error);
-                    routes.insert(pair.data, data);
+                let Ok(mut routes) = self.routes.lock() else {
+                    return;
+                };
+                // Once the session has ended nobody would tell these
+                // routes: the opener hears `None` instead.
+                if self.finished.load(Ordering::Acquire) {
+                    return;
                 }
+                routes.insert(pair.error, error);
+                routes.insert(pair.data, data);
+                drop(routes);
                 let port = port.to_string();
                 for (stream, kind) in [(pair.error, "error"), (pair.data, "data")] {
                     let block = deflater.block(&[
@@ -526,7 +594,6 @@ impl Session {
                 }
                 let _ = opened.send(pair);
             }
-            Control::Finish(stream) => kubegate_spdy::put_data(out, stream, true, &[]),
             Control::Reset(stream) => {
                 self.take_route(stream);
                 kubegate_spdy::put_rst_stream(out, stream, reset::CANCEL);
@@ -547,7 +614,7 @@ impl Session {
         let mut ticks = tokio::time::interval(tick);
         ticks.tick().await;
         let mut pinged = Duration::ZERO;
-        self.pong_at.store(self.millis(), Ordering::Release);
+        self.heard_at.store(self.millis(), Ordering::Release);
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -563,7 +630,7 @@ impl Session {
                 self.ended.cancelled().await;
                 return;
             }
-            if now.saturating_sub(self.pong_at.load(Ordering::Acquire))
+            if now.saturating_sub(self.heard_at.load(Ordering::Acquire))
                 >= PING_DEAD.as_millis() as u64
             {
                 self.end(format!(
