@@ -227,10 +227,10 @@ async fn an_idle_session_closes_and_the_next_client_gets_a_fresh_one() {
             .await,
         "1"
     );
-    within("the idle session to close", async {
-        while kubegate.metric("kubegate_port_forward_sessions").await != "0" {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    // The double sees the session end when kubegate closes it.
+    let open = &double.server.state().stats.open_streams;
+    eventually("the idle session to close", || {
+        open.load(std::sync::atomic::Ordering::Acquire) == 0
     })
     .await;
     round_trip(&kubegate, BINARY, echo.port, b"two").await;
