@@ -278,10 +278,40 @@ pub async fn exec_round_trips(endpoint: &Endpoint, count: usize) -> Figures {
     figures
 }
 
-/// Port-forward connections opened, used for one echo, and closed, by
-/// `concurrency` clients for `duration`; each a new WebSocket, as every
-/// WebSocket port-forward client makes one per connection.
-pub async fn port_forwards(endpoint: &Endpoint, concurrency: usize, duration: Duration) -> Figures {
+/// A WebSocket a setup phase opens, uses for one echo and closes.
+pub struct Setup {
+    path: &'static str,
+    protocol: &'static str,
+    /// Frames the server sends before the echo.
+    preamble: usize,
+    message: &'static [u8],
+}
+
+/// A port-forward connection: the port on both channels, then the echo.
+/// Every WebSocket port-forward client opens one of these per connection.
+pub const PORT_FORWARD_SETUP: Setup = Setup {
+    path: PORT_FORWARD,
+    protocol: "v4.channel.k8s.io",
+    preamble: 2,
+    message: &[0, 1, 2, 3],
+};
+
+/// An exec session: the ready frame, then one byte echoed on stdout.
+pub const EXEC_SETUP: Setup = Setup {
+    path: EXEC,
+    protocol: "v5.channel.k8s.io",
+    preamble: 1,
+    message: &[0, b'x'],
+};
+
+/// WebSockets opened, used for one echo, and closed, by `concurrency`
+/// clients for `duration`.
+pub async fn setups(
+    endpoint: &Endpoint,
+    setup: &'static Setup,
+    concurrency: usize,
+    duration: Duration,
+) -> Figures {
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
     let workers = (0..concurrency).map(|_| {
@@ -291,19 +321,15 @@ pub async fn port_forwards(endpoint: &Endpoint, concurrency: usize, duration: Du
             while Instant::now() < deadline {
                 let began = Instant::now();
                 let ok = async {
-                    let path = "/api/v1/namespaces/default/pods/bench/portforward?ports=80";
-                    let mut socket = endpoint.websocket(path, "v4.channel.k8s.io").await?;
-                    for _ in 0..2 {
+                    let mut socket = endpoint.websocket(setup.path, setup.protocol).await?;
+                    for _ in 0..setup.preamble {
                         socket.next().await?.ok()?;
                     }
-                    socket
-                        .send(Message::binary(vec![0u8, 1, 2, 3]))
-                        .await
-                        .ok()?;
+                    socket.send(Message::binary(setup.message)).await.ok()?;
                     let echo = socket.next().await?.ok()?;
                     let echoed = began.elapsed();
                     let _ = socket.close(None).await;
-                    (echo.into_data().len() == 4).then_some(echoed)
+                    (echo.into_data().len() == setup.message.len()).then_some(echoed)
                 };
                 match tokio::time::timeout(Duration::from_secs(10), ok).await {
                     Ok(Some(echoed)) => first_echo.push(echoed.as_micros() as u64),
@@ -347,14 +373,15 @@ pub async fn port_forward_throughput(endpoint: &Endpoint, total: u64) -> Figures
     echo_throughput(socket, (0, 0), total, 64 * 1024, None).await
 }
 
-/// Opens `count` watches and holds them while `measure` runs; returns its
-/// value and the errors.
-pub async fn idle_watches(
+/// Opens `count` watches of the pods in `default` and holds them while
+/// `during` runs (which may change pods, so that events flow, and
+/// measures); every event is read. Returns `during`'s value, the events
+/// each watch received (the fewest), and the errors.
+pub async fn watches<T>(
     endpoint: &Endpoint,
     count: usize,
-    measure: impl FnOnce() -> f64,
-) -> (f64, u64) {
-    let mut errors = 0;
+    during: impl Future<Output = T>,
+) -> (T, u64, u64) {
     let opened = futures_util::future::join_all((0..count).map(|_| {
         let endpoint = endpoint.clone();
         async move {
@@ -365,20 +392,43 @@ pub async fn idle_watches(
                 )
                 .await
                 .ok()?;
-            (response.status() == 200).then_some((sender, response))
+            if response.status() != 200 {
+                return None;
+            }
+            // Each watch counts the events it reads, as a client would.
+            let events = Arc::new(AtomicU64::new(0));
+            let counted = events.clone();
+            let reader = tokio::spawn(async move {
+                let _sender = sender;
+                let mut body = response.into_body();
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Some(data) = frame.data_ref() {
+                        let lines = data.iter().filter(|&&b| b == b'\n').count();
+                        counted.fetch_add(lines as u64, Ordering::Relaxed);
+                    }
+                }
+            });
+            Some((events, reader))
         }
     }))
     .await;
-    let mut held = Vec::new();
-    for watch in opened {
-        match watch {
-            Some(watch) => held.push(watch),
-            None => errors += 1,
-        }
-    }
-    // Let the proxy settle with every stream open, then measure.
+    let errors = opened.iter().filter(|watch| watch.is_none()).count() as u64;
+    let held: Vec<_> = opened.into_iter().flatten().collect();
+    // Let the proxy settle with every stream open.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let value = measure();
-    drop(held);
-    (value, errors)
+    let before: Vec<u64> = held
+        .iter()
+        .map(|(e, _)| e.load(Ordering::Relaxed))
+        .collect();
+    let value = during.await;
+    let fewest = held
+        .iter()
+        .zip(before)
+        .map(|((events, _), before)| events.load(Ordering::Relaxed) - before)
+        .min()
+        .unwrap_or(0);
+    for (_, reader) in held {
+        reader.abort();
+    }
+    (value, fewest, errors)
 }

@@ -81,7 +81,7 @@ pub async fn run(
     let stats = &upstream.state().stats;
     let store = &upstream.state().store;
     let gets = load::small_gets(&endpoint, 4, duration);
-    let port_forwards = load::port_forwards(&endpoint, 2, duration);
+    let port_forwards = load::setups(&endpoint, &load::PORT_FORWARD_SETUP, 2, duration);
     let execs = async {
         while Instant::now() < deadline {
             let session = load::exec_round_trips(&endpoint, 50).await;

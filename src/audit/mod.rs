@@ -33,7 +33,7 @@ use crate::error::{StartupError, io_reason};
 use crate::request::RequestInfo;
 use crate::status::ProxyError;
 use crate::upstream::Upstream;
-use event::{Event, Level, ObjectRef, ResponseStatus, Stage, UserInfo};
+use event::{Event, Level, Micros, ObjectRef, ResponseStatus, Stage, UserInfo};
 
 /// Annotation: the policy decision, as the apiserver's authorizer writes it.
 pub const DECISION: &str = "authorization.k8s.io/decision";
@@ -84,6 +84,8 @@ pub struct Audit {
     log: Option<log::LogBackend>,
     webhook: Option<webhook::WebhookBackend>,
     user: UserInfo,
+    /// `user` as JSON: it is in every event and never changes.
+    user_json: Box<RawValue>,
     failure: FailureMode,
     max_body_bytes: usize,
     ids: Ids,
@@ -129,11 +131,15 @@ impl Audit {
             ),
             None => None,
         };
+        let user_json = serde_json::value::to_raw_value(&user).map_err(|error| {
+            StartupError::Unsupported(format!("cannot write kubegate's user as JSON: {error}"))
+        })?;
         Ok(Audit {
             policy: settings.policy,
             log,
             webhook,
             user,
+            user_json,
             failure: settings.failure,
             max_body_bytes: settings.max_body_bytes,
             ids: Ids::new(),
@@ -239,41 +245,28 @@ impl Audit {
         Some(record)
     }
 
-    async fn send(&self, event: Event) {
-        if let Some(line) = self.render(event)
-            && let Some(log) = &self.log
-        {
-            log.send(line).await;
-        }
-    }
-
-    fn send_soon(&self, event: Event) {
-        if let Some(line) = self.render(event)
-            && let Some(log) = &self.log
-        {
-            log.send_soon(line);
-        }
-    }
-
     /// The event's line, after handing the webhook its copy: the same
     /// line, or for an event over [`WEBHOOK_MAX_EVENT`] one without bodies.
-    fn render(&self, mut event: Event) -> Option<Vec<u8>> {
+    fn render(&self, event: Event<'_>) -> Option<Vec<u8>> {
         let line = line_of(&event)?;
         if let Some(webhook) = &self.webhook {
             if line.len() > WEBHOOK_MAX_EVENT {
-                event.request_object = None;
-                event.response_object = None;
-                event
-                    .annotations
-                    .insert("audit.k8s.io/truncated", "true".into());
-                if let Some(smaller) = line_of(&event) {
+                let mut annotations = event.annotations.clone();
+                annotations.insert("audit.k8s.io/truncated", "true".into());
+                let smaller = Event {
+                    request_object: None,
+                    response_object: None,
+                    annotations: &annotations,
+                    ..event
+                };
+                if let Some(smaller) = line_of(&smaller) {
                     webhook.send(&smaller);
                 }
             } else {
                 webhook.send(&line);
             }
         }
-        Some(line)
+        self.log.as_ref().map(|_| line)
     }
 
     /// Notes that kubegate is shutting down, so that requests cut short
@@ -502,8 +495,10 @@ impl Record {
     }
 
     async fn emit(&self, stage: Stage, status: Option<ResponseStatus>) {
-        if let Some(event) = self.0.event(stage, status) {
-            self.0.audit.send(event).await;
+        if let Some(line) = self.0.line(stage, status)
+            && let Some(log) = &self.0.audit.log
+        {
+            log.send(line).await;
         }
     }
 
@@ -519,7 +514,10 @@ impl RecordInner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn event(&self, stage: Stage, status: Option<ResponseStatus>) -> Option<Event> {
+    /// The stage's event, written for the webhook and returned as the
+    /// log's line; `None` when the policy omits the stage or no log takes
+    /// it.
+    fn line(&self, stage: Stage, status: Option<ResponseStatus>) -> Option<Vec<u8>> {
         let complete = stage == Stage::ResponseComplete;
         if complete {
             self.completed.store(true, Ordering::Release);
@@ -527,41 +525,37 @@ impl RecordInner {
         if self.omit.contains(&stage) {
             return None;
         }
-        let mut state = self.state();
-        let event = Event {
+        let state = self.state();
+        // Bodies go in the last event only.
+        fn body(object: &Option<Box<RawValue>>, complete: bool) -> Option<&RawValue> {
+            object.as_deref().filter(|_| complete)
+        }
+        self.audit.render(Event {
             kind: "Event",
             api_version: "audit.k8s.io/v1",
             level: self.level,
-            audit_id: self.id.clone(),
+            audit_id: &self.id,
             stage,
-            request_uri: self.request_uri.clone(),
-            verb: self.verb.clone(),
-            user: self.audit.user.clone(),
-            source_ips: self.source_ips.clone(),
-            user_agent: self.user_agent.clone(),
-            object_ref: self.object.clone(),
+            request_uri: &self.request_uri,
+            verb: &self.verb,
+            user: &self.audit.user_json,
+            source_ips: &self.source_ips,
+            user_agent: self.user_agent.as_deref(),
+            object_ref: self.object.as_ref(),
             response_status: status,
-            request_object: if complete {
-                state.request_object.take()
-            } else {
-                None
-            },
-            response_object: if complete {
-                state.response_object.take()
-            } else {
-                None
-            },
-            request_received_timestamp: event::timestamp(self.received),
-            stage_timestamp: event::timestamp(jiff::Timestamp::now()),
-            annotations: state.annotations.clone(),
-        };
-        drop(state);
-        Some(event)
+            request_object: body(&state.request_object, complete),
+            response_object: body(&state.response_object, complete),
+            request_received_timestamp: Micros(self.received),
+            stage_timestamp: Micros(jiff::Timestamp::now()),
+            annotations: &state.annotations,
+        })
     }
 
     fn emit_soon(&self, stage: Stage, status: Option<ResponseStatus>) {
-        if let Some(event) = self.event(stage, status) {
-            self.audit.send_soon(event);
+        if let Some(line) = self.line(stage, status)
+            && let Some(log) = &self.audit.log
+        {
+            log.send_soon(line);
         }
     }
 }
@@ -593,8 +587,9 @@ impl Drop for RecordInner {
 }
 
 /// One JSON line.
-fn line_of(event: &Event) -> Option<Vec<u8>> {
-    let mut line = serde_json::to_vec(event).ok()?;
+fn line_of(event: &Event<'_>) -> Option<Vec<u8>> {
+    let mut line = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut line, event).ok()?;
     line.push(b'\n');
     Some(line)
 }
