@@ -49,9 +49,16 @@ struct Args {
     /// (give a `--kubegate` built with symbols: see bench/src/profile.rs).
     #[arg(long, value_name = "SVG")]
     flamegraph: Option<PathBuf>,
+    /// Measure only these columns (comma-separated names, e.g.
+    /// "kubegate,kubegate + audit"): a quick comparison, not a report.
+    #[arg(long, value_name = "COLUMNS")]
+    only: Option<String>,
     /// Which column `--flamegraph` samples (e.g. "kubegate + audit").
     #[arg(long, value_name = "COLUMN", default_value = "kubegate")]
     flamegraph_of: String,
+    /// Which phase `--flamegraph` samples (e.g. "stream").
+    #[arg(long, value_name = "PHASE", default_value = "small GET c=64")]
+    flamegraph_phase: String,
 }
 
 /// Phase sizes: the full run, or the smoke test's.
@@ -246,6 +253,11 @@ async fn main() {
         flags: vec!["--generate-access-token".into()],
     });
 
+    if let Some(only) = &args.only {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        kinds.retain(|kind| only.contains(&kind.name()));
+        assert!(!kinds.is_empty(), "--only names no column");
+    }
     if args.flamegraph.is_some() {
         kinds.retain(|kind| kind.name() == args.flamegraph_of);
         assert!(!kinds.is_empty(), "--flamegraph-of names no column");
@@ -269,7 +281,10 @@ async fn main() {
                 Ok(proxy) => proxy,
                 Err(error) => panic!("cannot start {}: {error}", kind.name()),
             };
-            let flamegraph = args.flamegraph.as_deref();
+            let flamegraph = args
+                .flamegraph
+                .as_deref()
+                .map(|svg| (svg, args.flamegraph_phase.as_str()));
             let figures = run_phases(&proxy, &sizes, &upstream, flamegraph).await;
             let entry = results.entry(kind.name().to_string()).or_default();
             for (name, value) in figures {
@@ -333,127 +348,104 @@ async fn run_phases(
     proxy: &Proxy,
     sizes: &Sizes,
     upstream: &ApiServer,
-    flamegraph: Option<&Path>,
+    flamegraph: Option<(&Path, &str)>,
 ) -> BTreeMap<String, f64> {
     let endpoint = Endpoint {
         address: proxy.base.trim_start_matches("http://").to_string(),
         headers: proxy.headers.clone(),
     };
     let pid = proxy.pid();
+    let probe = Probe { pid, flamegraph };
     let mut out = BTreeMap::new();
     // Warm up (connections to the upstream, TLS sessions), then idle RSS.
     load::small_gets(&endpoint, 4, Duration::from_millis(200)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let idle = rss_mib(pid);
-    out.insert("RSS idle: MiB".into(), idle);
+    out.insert("RSS idle: MiB".into(), rss_mib(pid));
 
     for concurrency in [1usize, 16, 64] {
         let phase = format!("small GET c={concurrency}");
-        let recording = match (flamegraph, pid) {
-            (Some(svg), Some(pid)) if concurrency == 64 => {
-                Some(profile::start(pid, svg, &format!("kubegate, {phase}")).await)
-            }
-            _ => None,
-        };
-        let measured = measured(pid, load::small_gets(&endpoint, concurrency, sizes.get)).await;
-        if let Some(recording) = recording {
-            recording.finish().await;
-        }
-        measured.record_per(&mut out, &phase, "requests", "CPU µs/request", 1e6);
+        let work = load::small_gets(&endpoint, concurrency, sizes.get);
+        let measured = probe.measure(&phase, work).await;
+        measured.record_per(&mut out, "requests", "CPU µs/request", 1e6);
     }
-    measured(pid, load::stream(&endpoint, sizes.stream))
-        .await
-        .record_per(&mut out, "stream", "bytes", "CPU s/GiB", GIB);
-    measured(pid, load::exec_throughput(&endpoint, sizes.exec, 64 * 1024))
-        .await
-        .record_per(&mut out, "exec echo", "bytes", "CPU s/GiB", GIB);
-    measured(pid, load::exec_round_trips(&endpoint, sizes.round_trips))
-        .await
-        .record(&mut out, "exec 1-byte");
-    measured(
-        pid,
-        load::setups(&endpoint, &load::EXEC_SETUP, 8, sizes.port_forward),
-    )
-    .await
-    .record_per(
-        &mut out,
-        "exec open+echo+close c=8",
-        "sessions",
-        "CPU ms/conn",
-        1e3,
-    );
+    let work = load::stream(&endpoint, sizes.stream);
+    let measured = probe.measure("stream", work).await;
+    measured.record_per(&mut out, "bytes", "CPU s/GiB", GIB);
+    let work = load::exec_throughput(&endpoint, sizes.exec, 64 * 1024);
+    let measured = probe.measure("exec echo", work).await;
+    measured.record_per(&mut out, "bytes", "CPU s/GiB", GIB);
+    let work = load::exec_round_trips(&endpoint, sizes.round_trips);
+    probe.measure("exec 1-byte", work).await.record(&mut out);
+    let work = load::setups(&endpoint, &load::EXEC_SETUP, 8, sizes.port_forward);
+    let measured = probe.measure("exec open+echo+close c=8", work).await;
+    measured.record_per(&mut out, "sessions", "CPU ms/conn", 1e3);
     let handshakes = &upstream.state().stats.connections;
     for concurrency in [8usize, 64] {
         let phase = format!("port-forward c={concurrency}");
         let handshakes_before = handshakes.load(Ordering::Relaxed);
-        let measured = measured(
-            pid,
-            load::setups(
-                &endpoint,
-                &load::PORT_FORWARD_SETUP,
-                concurrency,
-                sizes.port_forward,
-            ),
-        )
-        .await;
+        let setup = &load::PORT_FORWARD_SETUP;
+        let work = load::setups(&endpoint, setup, concurrency, sizes.port_forward);
+        let measured = probe.measure(&phase, work).await;
         let opened = handshakes.load(Ordering::Relaxed) - handshakes_before;
         let sessions = measured.count("sessions");
-        measured.record_per(&mut out, &phase, "sessions", "CPU ms/conn", 1e3);
+        measured.record_per(&mut out, "sessions", "CPU ms/conn", 1e3);
         out.insert(
             format!("{phase}: upstream TLS handshakes per 1,000"),
             opened as f64 * 1000.0 / sessions,
         );
     }
-    measured(pid, load::port_forward_throughput(&endpoint, sizes.exec))
-        .await
-        .record_per(&mut out, "port-forward bulk", "bytes", "CPU s/GiB", GIB);
+    let work = load::port_forward_throughput(&endpoint, sizes.exec);
+    let measured = probe.measure("port-forward bulk", work).await;
+    measured.record_per(&mut out, "bytes", "CPU s/GiB", GIB);
 
+    // A watch's cost is what RSS grows by when it opens: earlier phases
+    // leave freed memory the allocator keeps, which is not the watches'.
     let count = sizes.watches;
+    let before = rss_mib(pid);
     let (rss, _, errors) = load::watches(&endpoint, count, async { rss_mib(pid) }).await;
     let phase = format!("{count} watches idle");
     out.insert(format!("{phase}: RSS MiB"), rss);
     out.insert(
         format!("{phase}: RSS KiB/watch"),
-        (rss - idle) * 1024.0 / count as f64,
+        (rss - before) * 1024.0 / count as f64,
     );
     out.insert(format!("{phase}: errors"), errors as f64);
 
     // Every watch receives an event a second: one pod changes each second.
-    let seconds = sizes.flowing.as_secs().max(1);
-    let changes = async {
-        measured(pid, async {
-            for second in 0..seconds {
-                let patch = json!({ "metadata": { "labels": { "second": second.to_string() } } });
-                let _ = upstream.state().store.patch("default", "web-1", &patch);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Figures::default()
-        })
-        .await
-    };
-    let (measured, fewest, errors) = load::watches(&endpoint, count, changes).await;
     let phase = format!("{count} watches, an event a second each");
-    let events = (count as u64 * seconds) as f64;
-    out.insert(format!("{phase}: RSS MiB"), rss_mib(pid));
-    out.insert(
-        format!("{phase}: CPU µs/event"),
-        measured.cpu * 1e6 / events,
-    );
-    out.insert(
-        format!("{phase}: driver+upstream % of machine"),
-        measured.driver_share,
-    );
+    let seconds = sizes.flowing.as_secs().max(1);
+    let changes = probe.measure(&phase, async {
+        for second in 0..seconds {
+            let patch = json!({ "metadata": { "labels": { "second": second.to_string() } } });
+            let _ = upstream.state().store.patch("default", "web-1", &patch);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Figures {
+            values: BTreeMap::from([("events".to_string(), (count as u64 * seconds) as f64)]),
+            errors: 0,
+        }
+    });
+    let (mut measured, fewest, errors) = load::watches(&endpoint, count, changes).await;
     // A watch that missed an event is an error.
-    let missed = u64::from(fewest + 1 < seconds);
-    out.insert(format!("{phase}: errors"), (errors + missed) as f64);
+    measured.figures.errors = errors + u64::from(fewest + 1 < seconds);
+    measured.record_per(&mut out, "events", "CPU µs/event", 1e6);
+    out.insert(format!("{phase}: RSS MiB"), rss_mib(pid));
     out
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// Measures phases of one proxy, and samples the one `--flamegraph` names.
+struct Probe<'a> {
+    pid: Option<u32>,
+    /// Where the flame graph goes, and of which phase.
+    flamegraph: Option<(&'a Path, &'a str)>,
+}
+
 /// What a phase measured of the proxy, and of the bench process (the load
 /// driver and the upstream).
 struct Measured {
+    phase: String,
     figures: Figures,
     /// The proxy's CPU seconds.
     cpu: f64,
@@ -463,21 +455,34 @@ struct Measured {
     driver_share: f64,
 }
 
-/// Runs a phase, measuring the proxy's CPU seconds and peak RSS, and the
-/// share of the machine the bench process used.
-async fn measured(pid: Option<u32>, phase: impl Future<Output = Figures>) -> Measured {
-    let own = Some(std::process::id());
-    let (cpu_before, own_before) = (cpu_seconds(pid), cpu_seconds(own));
-    let began = std::time::Instant::now();
-    let peak = PeakRss::start(pid);
-    let figures = phase.await;
-    let wall = began.elapsed().as_secs_f64().max(1e-3);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    Measured {
-        figures,
-        cpu: cpu_seconds(pid) - cpu_before,
-        peak: peak.stop(),
-        driver_share: (cpu_seconds(own) - own_before) * 100.0 / (wall * cores),
+impl Probe<'_> {
+    /// Runs a phase, measuring the proxy's CPU seconds and peak RSS, and
+    /// the share of the machine the bench process used.
+    async fn measure(&self, phase: &str, work: impl Future<Output = Figures>) -> Measured {
+        let recording = match (self.flamegraph, self.pid) {
+            (Some((svg, wanted)), Some(pid)) if wanted == phase => {
+                Some(profile::start(pid, svg, &format!("kubegate, {phase}")).await)
+            }
+            _ => None,
+        };
+        let own = Some(std::process::id());
+        let (cpu_before, own_before) = (cpu_seconds(self.pid), cpu_seconds(own));
+        let began = std::time::Instant::now();
+        let peak = PeakRss::start(self.pid);
+        let figures = work.await;
+        let wall = began.elapsed().as_secs_f64().max(1e-3);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let measured = Measured {
+            phase: phase.to_string(),
+            figures,
+            cpu: cpu_seconds(self.pid) - cpu_before,
+            peak: peak.stop(),
+            driver_share: (cpu_seconds(own) - own_before) * 100.0 / (wall * cores),
+        };
+        if let Some(recording) = recording {
+            recording.finish().await;
+        }
+        measured
     }
 }
 
@@ -492,9 +497,10 @@ impl Measured {
             .max(1.0)
     }
 
-    fn record(&self, out: &mut BTreeMap<String, f64>, phase: &str) {
+    fn record(&self, out: &mut BTreeMap<String, f64>) {
+        let phase = &self.phase;
         for (name, value) in &self.figures.values {
-            if name != "requests" && name != "bytes" && name != "sessions" {
+            if !["requests", "bytes", "sessions", "events"].contains(&name.as_str()) {
                 out.insert(format!("{phase}: {name}"), *value);
             }
         }
@@ -510,17 +516,10 @@ impl Measured {
     /// Records the phase and its CPU per unit of `count`: `per` is what
     /// one unit is in the count's terms (1e6 for µs per request, a GiB's
     /// bytes for seconds per GiB).
-    fn record_per(
-        &self,
-        out: &mut BTreeMap<String, f64>,
-        phase: &str,
-        count: &str,
-        figure: &str,
-        per: f64,
-    ) {
-        self.record(out, phase);
+    fn record_per(&self, out: &mut BTreeMap<String, f64>, count: &str, figure: &str, per: f64) {
+        self.record(out);
         out.insert(
-            format!("{phase}: {figure}"),
+            format!("{}: {figure}", self.phase),
             self.cpu * per / self.count(count),
         );
     }
@@ -673,7 +672,7 @@ fn report(
         let mut shown = measured.map_or("–".into(), |r| format!("{r:.2}×"));
         if *figure == "stream: CPU s/GiB" {
             shown.push_str(&format!(
-                " (floor on this machine, one AES-256-GCM decryption and two copies: {floor:.2} s/GiB, {:.2}× kubectl proxy)",
+                " (floor on this machine, one AES-128-GCM decryption and two copies, no kernel: {floor:.2} s/GiB, {:.2}× kubectl proxy)",
                 medians
                     .get("kubectl proxy")
                     .and_then(|f| f.get(*figure))
