@@ -246,6 +246,7 @@ impl Output {
                     max_bytes,
                     max_backups,
                     max_age,
+                    joined: Vec::new(),
                 }))
             }
         }
@@ -305,11 +306,20 @@ struct RotatingFile {
     max_bytes: u64,
     max_backups: usize,
     max_age: Duration,
+    /// A batch joined for one write; kept, so that batches reuse it.
+    joined: Vec<u8>,
 }
 
 impl RotatingFile {
     fn write_batch(&mut self, lines: &[Vec<u8>]) -> Result<(), Failed> {
-        let mut buffer = Vec::with_capacity(lines.iter().map(Vec::len).sum());
+        let mut buffer = std::mem::take(&mut self.joined);
+        buffer.clear();
+        let written = self.write_joined(lines, &mut buffer);
+        self.joined = buffer;
+        written
+    }
+
+    fn write_joined(&mut self, lines: &[Vec<u8>], buffer: &mut Vec<u8>) -> Result<(), Failed> {
         // Lines before `done` are in a file.
         let mut done = 0;
         for (index, line) in lines.iter().enumerate() {
@@ -317,7 +327,7 @@ impl RotatingFile {
                 && self.size + (buffer.len() + line.len()) as u64 > self.max_bytes
                 && self.size + buffer.len() as u64 > 0
             {
-                self.append(&buffer)
+                self.append(buffer)
                     .map_err(|error| Failed { done, error })?;
                 buffer.clear();
                 done = index;
@@ -325,7 +335,7 @@ impl RotatingFile {
             }
             buffer.extend_from_slice(line);
         }
-        self.append(&buffer).map_err(|error| Failed { done, error })
+        self.append(buffer).map_err(|error| Failed { done, error })
     }
 
     /// Appends whole lines or nothing: a write that fails partway (disk

@@ -207,10 +207,10 @@ impl Audit {
         let received = jiff::Timestamp::now();
         let mut annotations = BTreeMap::new();
         let mut truncated = Vec::new();
-        annotations.insert("kubegate.io/client", peer.description.clone());
+        annotations.insert("kubegate.io/client", Cow::Owned(peer.description.clone()));
         if let Some(client_id) = head.headers.get("audit-id").and_then(|v| v.to_str().ok()) {
             let client_id = bounded(client_id, MAX_HEADER_VALUE, "Audit-ID", &mut truncated);
-            annotations.insert("kubegate.io/client-audit-id", client_id);
+            annotations.insert("kubegate.io/client-audit-id", Cow::Owned(client_id));
         }
         let request_uri = uri.path_and_query().map_or(path, |pq| pq.as_str());
         let request_uri = bounded(request_uri, MAX_REQUEST_URI, "requestURI", &mut truncated);
@@ -220,7 +220,7 @@ impl Audit {
             .and_then(|v| v.to_str().ok())
             .map(|agent| bounded(agent, MAX_HEADER_VALUE, "userAgent", &mut truncated));
         if !truncated.is_empty() {
-            annotations.insert(TRUNCATED, truncated.join(", "));
+            annotations.insert(TRUNCATED, Cow::Owned(truncated.join(", ")));
         }
         let record = Record(Arc::new(RecordInner {
             audit: self.clone(),
@@ -230,7 +230,9 @@ impl Audit {
             id: self.ids.next(),
             request_uri,
             verb: verb.into_owned(),
-            object: resource.map(ObjectRef::from),
+            object: resource
+                .map(ObjectRef::from)
+                .and_then(|object| serde_json::value::to_raw_value(&object).ok()),
             source_ips: peer.ip.iter().cloned().collect(),
             user_agent,
             received,
@@ -252,7 +254,7 @@ impl Audit {
         if let Some(webhook) = &self.webhook {
             if line.len() > WEBHOOK_MAX_EVENT {
                 let mut annotations = event.annotations.clone();
-                annotations.insert("audit.k8s.io/truncated", "true".into());
+                annotations.insert("audit.k8s.io/truncated", Cow::Borrowed("true"));
                 let smaller = Event {
                     request_object: None,
                     response_object: None,
@@ -317,19 +319,29 @@ impl Ids {
         }
     }
 
-    fn next(&self) -> String {
+    fn next(&self) -> AuditId {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // Version 4 and the RFC 4122 variant in their places.
         let high = (self.prefix & 0xffff_ffff_ffff_0fff) | 0x4000;
         let low = (n & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            high >> 32,
-            (high >> 16) & 0xffff,
-            high & 0xffff,
-            low >> 48,
-            low & 0xffff_ffff_ffff
-        )
+        let mut id = *b"00000000-0000-0000-0000-000000000000";
+        let digits = id.iter_mut().filter(|c| **c != b'-');
+        let nibbles = (0..16).rev().map(|i| (high >> (4 * i)) & 0xf);
+        let nibbles = nibbles.chain((0..16).rev().map(|i| (low >> (4 * i)) & 0xf));
+        for (digit, nibble) in digits.zip(nibbles) {
+            *digit = b"0123456789abcdef"[nibble as usize];
+        }
+        AuditId(id)
+    }
+}
+
+/// An audit ID: a UUID's 36 characters, held without an allocation.
+#[derive(Clone, Copy)]
+struct AuditId([u8; 36]);
+
+impl AuditId {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -342,10 +354,11 @@ struct RecordInner {
     level: Level,
     omit: Vec<Stage>,
     long_running: bool,
-    id: String,
+    id: AuditId,
     request_uri: String,
     verb: String,
-    object: Option<ObjectRef>,
+    /// `objectRef`, as JSON: the same in every event.
+    object: Option<Box<RawValue>>,
     source_ips: Vec<String>,
     user_agent: Option<String>,
     received: jiff::Timestamp,
@@ -355,7 +368,7 @@ struct RecordInner {
 }
 
 struct RecordState {
-    annotations: BTreeMap<&'static str, String>,
+    annotations: BTreeMap<&'static str, Cow<'static, str>>,
     request_object: Option<Box<RawValue>>,
     response_object: Option<Box<RawValue>>,
 }
@@ -363,12 +376,12 @@ struct RecordState {
 impl Record {
     /// The audit ID.
     pub fn id(&self) -> &str {
-        &self.0.id
+        self.0.id.as_str()
     }
 
     /// The ID as a header value.
     pub fn header(&self) -> Option<HeaderValue> {
-        HeaderValue::from_str(&self.0.id).ok()
+        HeaderValue::from_bytes(&self.0.id.0).ok()
     }
 
     /// Whether request bodies are recorded.
@@ -391,7 +404,7 @@ impl Record {
     }
 
     /// Adds an annotation.
-    pub fn annotate(&self, key: &'static str, value: impl Into<String>) {
+    pub fn annotate(&self, key: &'static str, value: impl Into<Cow<'static, str>>) {
         self.state().annotations.insert(key, value.into());
     }
 
@@ -401,11 +414,11 @@ impl Record {
         state
             .annotations
             .entry(DECISION)
-            .or_insert_with(|| "allow".into());
+            .or_insert(Cow::Borrowed("allow"));
         state
             .annotations
             .entry(REASON)
-            .or_insert_with(|| "kubegate: allowed by --accept-hosts, --accept-paths, --reject-paths and --reject-methods".into());
+            .or_insert(Cow::Borrowed("kubegate: allowed by --accept-hosts, --accept-paths, --reject-paths and --reject-methods"));
     }
 
     /// Records a refusal (or failure) and writes `ResponseComplete` for it.
@@ -534,14 +547,14 @@ impl RecordInner {
             kind: "Event",
             api_version: "audit.k8s.io/v1",
             level: self.level,
-            audit_id: &self.id,
+            audit_id: self.id.as_str(),
             stage,
             request_uri: &self.request_uri,
             verb: &self.verb,
             user: &self.audit.user_json,
             source_ips: &self.source_ips,
             user_agent: self.user_agent.as_deref(),
-            object_ref: self.object.as_ref(),
+            object_ref: self.object.as_deref(),
             response_status: status,
             request_object: body(&state.request_object, complete),
             response_object: body(&state.response_object, complete),
@@ -581,7 +594,7 @@ impl Drop for RecordInner {
             code: code.as_u16(),
             ..ResponseStatus::default()
         };
-        self.state().annotations.insert(RESPONSE, why);
+        self.state().annotations.insert(RESPONSE, Cow::Owned(why));
         self.emit_soon(Stage::ResponseComplete, Some(status));
     }
 }
@@ -623,6 +636,7 @@ mod tests {
     fn audit_ids_are_unique_version_4_uuids() {
         let ids = Ids::new();
         let (a, b) = (ids.next(), ids.next());
+        let (a, b) = (a.as_str(), b.as_str());
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
