@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -58,7 +58,18 @@ impl Endpoint {
         Some(sender)
     }
 
-    /// A GET of `path` with the endpoint's headers.
+    /// A fresh HTTP/2 connection (prior knowledge, no TLS).
+    pub async fn connect_http2(&self) -> Option<http2::SendRequest<Empty<Bytes>>> {
+        let tcp = TcpStream::connect(&self.address).await.ok()?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        Some(sender)
+    }
+
+    /// A GET of `path` (or a whole URL) with the endpoint's headers.
     pub fn request(&self, path: &str) -> http::Request<Empty<Bytes>> {
         let mut request = http::Request::get(path).header("host", "localhost");
         for (name, value) in &self.headers {
@@ -373,25 +384,49 @@ pub async fn port_forward_throughput(endpoint: &Endpoint, total: u64) -> Figures
     echo_throughput(socket, (0, 0), total, 64 * 1024, None).await
 }
 
+/// How a phase's watches reach the proxy.
+#[derive(Clone, Copy)]
+pub enum Transport {
+    /// A connection each, as HTTP/1.1 clients (kubectl, client-go over
+    /// plain HTTP) watch.
+    Http1,
+    /// All on one HTTP/2 connection (prior knowledge, as a browser's or
+    /// client-go's HTTP/2 over TLS would share one).
+    Http2,
+}
+
+const WATCH: &str = "/api/v1/namespaces/default/pods?watch=1&resourceVersion=0";
+
 /// Opens `count` watches of the pods in `default` and holds them while
 /// `during` runs (which may change pods, so that events flow, and
 /// measures); every event is read. Returns `during`'s value, the events
 /// each watch received (the fewest), and the errors.
 pub async fn watches<T>(
     endpoint: &Endpoint,
+    over: Transport,
     count: usize,
     during: impl Future<Output = T>,
 ) -> (T, u64, u64) {
+    let shared = match over {
+        Transport::Http1 => None,
+        Transport::Http2 => endpoint.connect_http2().await,
+    };
     let opened = futures_util::future::join_all((0..count).map(|_| {
-        let endpoint = endpoint.clone();
+        let (endpoint, shared) = (endpoint.clone(), shared.clone());
         async move {
-            let mut sender = endpoint.connect().await?;
-            let response = sender
-                .send_request(
-                    endpoint.request("/api/v1/namespaces/default/pods?watch=1&resourceVersion=0"),
-                )
-                .await
-                .ok()?;
+            let (response, sender) = match (over, shared) {
+                (Transport::Http1, _) => {
+                    let mut sender = endpoint.connect().await?;
+                    let response = sender.send_request(endpoint.request(WATCH)).await.ok()?;
+                    (response, Some(sender))
+                }
+                (Transport::Http2, Some(mut shared)) => {
+                    let url = format!("http://{}{WATCH}", endpoint.address);
+                    let response = shared.send_request(endpoint.request(&url)).await.ok()?;
+                    (response, None)
+                }
+                (Transport::Http2, None) => return None,
+            };
             if response.status() != 200 {
                 return None;
             }

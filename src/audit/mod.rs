@@ -379,9 +379,13 @@ impl Record {
         self.0.id.as_str()
     }
 
-    /// The ID as a header value.
+    /// The ID as a header value. Marked never to be indexed by HPACK: a
+    /// value sent once would only evict from the upstream connection's
+    /// table the headers that repeat on every request.
     pub fn header(&self) -> Option<HeaderValue> {
-        HeaderValue::from_bytes(&self.0.id.0).ok()
+        let mut value = HeaderValue::from_bytes(&self.0.id.0).ok()?;
+        value.set_sensitive(true);
+        Some(value)
     }
 
     /// Whether request bodies are recorded.
