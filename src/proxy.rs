@@ -253,7 +253,10 @@ impl ProxyService {
         let (info, cluster) = match target {
             Target::Www(dir, path) => {
                 self.shared.filters.check_host(host)?;
-                return www::serve(dir, path, &head.method).await;
+                // Boxed, as each path only some requests take: a request's
+                // future is held by every request in flight (each watch
+                // while it opens), so it is kept to what all of them need.
+                return Box::pin(www::serve(dir, path, &head.method)).await;
             }
             _ if !self.authenticated(&head.headers) => return Err(ProxyError::Unauthorized),
             Target::NotFound => return Err(ProxyError::NotFound(uri.path().to_string())),
@@ -312,22 +315,16 @@ impl ProxyService {
                 && !self.shared.forward_client_credentials
                 && let Some(plan) = Plan::of(&cluster.name, &info, &head, path_and_query.clone())?
             {
-                return multiplexer
-                    .serve(
-                        &cluster.upstream,
-                        &self.shared.relays,
-                        plan,
-                        head,
-                        record,
-                        slot,
-                    )
-                    .await;
+                let relays = &self.shared.relays;
+                let serving =
+                    multiplexer.serve(&cluster.upstream, relays, plan, head, record, slot);
+                return Box::pin(serving).await;
             }
-            return self
+            let relay = self
                 .shared
                 .relays
-                .relay(&outbound, head, path_and_query, record, slot)
-                .await;
+                .relay(&outbound, head, path_and_query, record, slot);
+            return Box::pin(relay).await;
         }
         forward(&outbound, head, body, path_and_query, record).await
     }

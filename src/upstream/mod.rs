@@ -218,7 +218,9 @@ impl Upstream {
         };
         self.answered();
         if response.status() == StatusCode::UNAUTHORIZED {
-            self.credentials.rejected(sent.as_ref()).await;
+            // Boxed: a refresh (an exec plugin run) is rare and its future
+            // large, and every request in flight would carry its room.
+            Box::pin(self.credentials.rejected(sent.as_ref())).await;
         }
         Ok(response)
     }

@@ -141,7 +141,10 @@ impl H2Pool {
                     drop(dialing);
                     settings.known().await;
                 }
-                None => return self.dial(uri).await,
+                // Boxed: a dial's future (TCP, TLS, a proxy hop, the
+                // HTTP/2 handshake) is many times a request's, and every
+                // request in flight would carry its room.
+                None => return Box::pin(self.dial(uri)).await,
             }
         }
     }
