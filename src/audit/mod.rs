@@ -268,7 +268,7 @@ impl Audit {
                 webhook.send(&line);
             }
         }
-        self.log.as_ref().map(|_| line)
+        Some(line)
     }
 
     /// Notes that kubegate is shutting down, so that requests cut short
