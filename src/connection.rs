@@ -15,8 +15,72 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{BoxError, ProxyBody};
+
+/// Client connections, as the command line sets them.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// `--max-connections`, resolved: most client connections and relayed
+    /// sessions open at once.
+    pub limit: usize,
+    /// When an idle connection is closed.
+    pub deadlines: Deadlines,
+    /// `--keepalive`: the TCP keep-alive period of client sockets, `None`
+    /// for off.
+    pub keepalive: Option<Duration>,
+    /// `--shutdown-grace`: how long in-flight requests may run after a
+    /// signal.
+    pub grace: Duration,
+}
+
+/// `--max-connections`: the slots, and how many there are.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Limit {
+    /// `max` slots.
+    pub fn new(max: usize) -> Self {
+        Limit {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Slots taken now.
+    pub fn taken(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
+    /// Whether every slot is taken.
+    pub fn is_full(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
+    /// A slot, if one is free now.
+    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot, once one is free; `None` once the limit is closed.
+    pub async fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Waits until a slot is free, without taking it.
+    pub async fn room(&self) {
+        drop(self.slots.acquire().await);
+    }
+}
 
 /// How long a client connection may be idle.
 #[derive(Debug, Clone, Copy)]

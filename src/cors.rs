@@ -151,7 +151,7 @@ mod tests {
 
     fn policy(patterns: &str) -> OriginPolicy {
         OriginPolicy {
-            accept: PatternList::parse("accept-origins", patterns).unwrap(),
+            accept: PatternList::parse(patterns).unwrap(),
         }
     }
 

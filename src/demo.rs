@@ -107,10 +107,10 @@ impl Demo {
     /// and the browser console as `--www` unless one was given.
     pub fn args(&self, args: &Args) -> Args {
         let mut args = args.clone();
-        args.kubeconfig = Some(self.kubeconfig());
-        args.context = None;
-        if args.www.is_none() {
-            args.www = Some(self.dir.0.join("www"));
+        args.clusters.kubeconfig = Some(self.kubeconfig());
+        args.clusters.context = None;
+        if args.listening.www.is_none() {
+            args.listening.www = Some(self.dir.0.join("www"));
         }
         args
     }
@@ -128,8 +128,8 @@ impl Demo {
                 "then: curl localhost:8080",
             ),
         ];
-        if args.www.as_ref() == Some(&self.dir.0.join("www")) {
-            let console = format!("open {base}{}", args.www_prefix);
+        if args.listening.www.as_ref() == Some(&self.dir.0.join("www")) {
+            let console = format!("open {base}{}", args.listening.www_prefix);
             tries.push((console, "the browser console: pods, logs, a terminal"));
         }
         if on_path("deno") {

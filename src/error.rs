@@ -4,13 +4,13 @@
 
 /// A misconfiguration found at start-up: one line naming the file or flag
 /// and what to do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StartupError {
     /// A flag value is wrong.
     #[error("--{flag}: {message}")]
     Flag {
         /// The flag, without dashes.
-        flag: &'static str,
+        flag: String,
         /// What is wrong and what to do.
         message: String,
     },
@@ -51,6 +51,28 @@ pub enum StartupError {
     /// The credential plugin or token cannot be used.
     #[error("{0}")]
     Credential(String),
+    /// Several misconfigurations, found together: every bad flag is
+    /// reported at once, one line each.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<StartupError>),
+}
+
+impl StartupError {
+    /// A flag's error line.
+    pub fn flag(flag: &str, message: impl Into<String>) -> StartupError {
+        StartupError::Flag {
+            flag: flag.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Each misconfiguration, one per line to print.
+    pub fn each(&self) -> Vec<&StartupError> {
+        match self {
+            StartupError::Several(all) => all.iter().flat_map(StartupError::each).collect(),
+            one => vec![one],
+        }
+    }
 }
 
 /// An I/O error in words a user can act on (no OS error codes).

@@ -10,11 +10,12 @@
 //! else is crate-private.
 //!
 //! 1. [`error`]: start-up errors, one line naming the file or flag.
-//! 2. [`cli`]: the command line (kubectl proxy's flags first); clap only.
-//! 3. [`body`]: the one response body type, and the tee audit uses.
-//! 4. [`connection`]: one client connection's requests in flight and
-//!    its idle deadlines.
-//! 5. [`pattern`]: kubectl's comma-separated regex lists.
+//! 2. [`pattern`]: kubectl's comma-separated regex lists.
+//! 3. [`cli`]: the command line (kubectl proxy's flags first), a group
+//!    per subsystem, every value parsed to its final type.
+//! 4. [`body`]: the one response body type, and the tee audit uses.
+//! 5. [`connection`]: client connections: the limit, one connection's
+//!    requests in flight and its idle deadlines.
 //! 6. [`reload`]: files read again when they change.
 //! 7. [`request`]: the one reading of a request: canonical path, verb,
 //!    resource, namespace, name, as the apiserver reads them.
@@ -40,8 +41,8 @@
 //! 23. [`proxy`]: the request handler, in stages.
 //! 24. [`serve`]: connections, TLS, graceful shutdown.
 //! 25. [`shutdown`]: the signals.
-//! 26. [`config`]: command line and kubeconfig into a typed
-//!     [`config::Config`].
+//! 26. [`config`]: each flag group into its subsystem's settings, checked
+//!     against the others, every problem reported at once.
 //! 27. `fuzz` (tests only): every parser of client and file input, fed
 //!     random and mutated input.
 //!
@@ -129,9 +130,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     /// `--tls-cert-file`: TLS for every accepted TCP connection.
     tls: Option<tokio_rustls::TlsAcceptor>,
-    grace: std::time::Duration,
-    keepalive: Option<std::time::Duration>,
-    client_deadlines: connection::Deadlines,
+    connections: connection::Settings,
     admin: Option<std::net::SocketAddr>,
 }
 
@@ -148,23 +147,23 @@ impl Proxy {
                 "Request filter disabled (--disable-filter): any web page or local process that can reach kubegate can use your credentials"
             );
         }
-        let primary = &config.upstreams[0].1;
-        let keepalive = primary.keepalive;
+        let reload_interval = config.network.token_reload_interval;
         let tls = match &config.serve_tls {
-            Some((cert, key)) => Some(serve_tls(cert, key, config.reload_interval)?),
+            Some((cert, key)) => Some(serve_tls(cert, key, reload_interval)?),
             None => None,
         };
-        let fallback_user = primary
+        let fallback_user = config.clusters.upstreams[0]
+            .1
             .client_identity
             .as_ref()
             .map(|identity| audit::identity::from_certificate(&identity.chain[0]))
             .unwrap_or_default();
-        let mut list = Vec::with_capacity(config.upstreams.len());
-        for (name, settings) in config.upstreams {
+        let mut list = Vec::with_capacity(config.clusters.upstreams.len());
+        for (name, settings) in config.clusters.upstreams {
             let upstream = Upstream::new(settings).await?;
             list.push(upstream::clusters::Cluster { name, upstream });
         }
-        let clusters = match config.named_clusters {
+        let clusters = match config.clusters.named {
             true => upstream::clusters::Clusters::named(list),
             false => upstream::clusters::Clusters::single(list.remove(0).upstream),
         };
@@ -176,7 +175,7 @@ impl Proxy {
             None => None,
         };
         if let Some(policy) = &config.policy {
-            policy.watch(config.reload_interval);
+            policy.watch(reload_interval);
         }
         let metrics = Arc::new(admin::Metrics::default());
         Ok(Proxy {
@@ -186,21 +185,18 @@ impl Proxy {
                 filters: config.filters,
                 policy: config.policy,
                 origins: config.origins,
-                access_token: config.access_token,
+                access_token: config.access.token,
                 clusters,
-                forward_client_credentials: config.forward_client_credentials,
+                forward_client_credentials: config.access.forward_client_credentials,
                 relays: upgrade::Relays::new(metrics.clone()),
                 port_forward: config
                     .port_forward_idle
                     .map(|idle| portforward::Multiplexer::new(idle, metrics.clone())),
-                slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-                max_connections: config.max_connections,
+                limit: connection::Limit::new(config.connections.limit),
                 audit,
                 metrics,
             }),
-            grace: config.shutdown_grace,
-            keepalive,
-            client_deadlines: config.client_deadlines,
+            connections: config.connections,
             admin: config.admin,
         })
     }
@@ -265,18 +261,10 @@ impl Proxy {
     /// for up to `--shutdown-grace`.
     pub async fn serve(&self, listener: Listener, shutdown: impl Future<Output = ()>) {
         let connections = serve::Connections {
-            keepalive: self.keepalive,
+            settings: self.connections,
             tls: self.tls.clone(),
-            deadlines: self.client_deadlines,
         };
-        serve::serve(
-            listener,
-            self.shared.clone(),
-            shutdown,
-            self.grace,
-            connections,
-        )
-        .await;
+        serve::serve(listener, self.shared.clone(), shutdown, connections).await;
     }
 }
 

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         upgrade,
     })) = &args.command
     {
-        return match kubegate::check_policy(file, args.read_only, method, path, *upgrade) {
+        return match kubegate::check_policy(file, args.policy.read_only, method, path, *upgrade) {
             Ok((line, allowed)) => {
                 println!("{line}");
                 if allowed {
@@ -41,11 +41,18 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_tracing(args.verbosity, args.log_format);
+    init_tracing(args.logging.verbosity, args.logging.log_format);
+    // As Go does at start: the soft descriptor limit up to the hard one, so
+    // that many watches and idle clients do not run kubegate out of sockets.
+    // Before any `Env` is made: `--max-connections` defaults from the limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
     // One thread by default: a proxy's work is mostly waiting on sockets,
     // and handing each request between threads costs more CPU than it
     // saves on a sidecar's fraction of a core (see BENCHMARKS.md).
-    let runtime = match args.threads {
+    let runtime = match args.connections.threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -75,7 +82,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("kubegate: {error}");
+            for line in error.each() {
+                eprintln!("kubegate: {line}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -88,12 +97,6 @@ async fn run(
     env: &Env,
     banner: impl FnOnce(&Listener) -> Option<String>,
 ) -> Result<(), StartupError> {
-    // As Go does at start: the soft descriptor limit up to the hard one, so
-    // that many watches and idle clients do not run kubegate out of sockets.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
-        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
-    }
     let mut config = Config::load(args, env).await?;
     let listen = config.listen.clone();
     if let Some(token) = config.generated_access_token.take() {

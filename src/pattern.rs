@@ -4,8 +4,6 @@
 
 use regex::RegexSet;
 
-use crate::error::StartupError;
-
 /// A comma-separated list of regular expressions, as kubectl's filter flags
 /// take them. Compiled once; matched as a substring search, as Go does.
 #[derive(Debug, Clone)]
@@ -19,8 +17,9 @@ impl PatternList {
     ///
     /// # Errors
     ///
-    /// A [`StartupError::Flag`] naming the flag and the first bad pattern.
-    pub fn parse(flag: &'static str, list: &str) -> Result<Self, StartupError> {
+    /// What is wrong with the first bad pattern, in words for the flag's
+    /// error line.
+    pub fn parse(list: &str) -> Result<Self, String> {
         let patterns: Vec<&str> = if list.is_empty() {
             Vec::new()
         } else {
@@ -30,11 +29,10 @@ impl PatternList {
             if let Err(error) = regex::Regex::new(pattern) {
                 let reason = error.to_string();
                 let reason = reason.lines().last().unwrap_or_default().trim();
-                return Err(invalid(flag, pattern, reason));
+                return Err(invalid(pattern, reason));
             }
         }
-        let set =
-            RegexSet::new(&patterns).map_err(|error| invalid(flag, list, &error.to_string()))?;
+        let set = RegexSet::new(&patterns).map_err(|error| invalid(list, &error.to_string()))?;
         Ok(PatternList { set })
     }
 
@@ -45,14 +43,13 @@ impl PatternList {
     /// # Errors
     ///
     /// As [`PatternList::parse`].
-    pub fn parse_whole(flag: &'static str, list: &str) -> Result<Self, StartupError> {
-        PatternList::parse(flag, list)?;
+    pub fn parse_whole(list: &str) -> Result<Self, String> {
+        PatternList::parse(list)?;
         let anchored: Vec<String> = match list {
             "" => Vec::new(),
             list => list.split(',').map(|p| format!("^(?:{p})$")).collect(),
         };
-        let set =
-            RegexSet::new(&anchored).map_err(|error| invalid(flag, list, &error.to_string()))?;
+        let set = RegexSet::new(&anchored).map_err(|error| invalid(list, &error.to_string()))?;
         Ok(PatternList { set })
     }
 
@@ -68,9 +65,6 @@ impl PatternList {
     }
 }
 
-fn invalid(flag: &'static str, pattern: &str, reason: &str) -> StartupError {
-    StartupError::Flag {
-        flag,
-        message: format!("the pattern {pattern:?} is not a valid regular expression: {reason}"),
-    }
+fn invalid(pattern: &str, reason: &str) -> String {
+    format!("the pattern {pattern:?} is not a valid regular expression: {reason}")
 }

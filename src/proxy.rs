@@ -23,7 +23,7 @@ use crate::admin::{Decision, Metrics, PortForwardEvent};
 use crate::audit::{Audit, Record};
 use crate::body::{Capture, ProxyBody};
 use crate::client::ClientOrigin;
-use crate::connection::{Activity, Served};
+use crate::connection::{Activity, Limit, Served};
 use crate::cors::{self, OriginPolicy};
 use crate::filters::Filters;
 use crate::forward::{self, Outbound};
@@ -34,7 +34,6 @@ use crate::status::ProxyError;
 use crate::upgrade::{Relays, adopt_extended_connect, is_upgrade};
 use crate::upstream::clusters::{Cluster, Clusters, Route};
 use crate::www;
-use tokio::sync::Semaphore;
 
 /// How request paths are split between the API and static files.
 #[derive(Debug, Clone)]
@@ -70,9 +69,7 @@ pub struct Shared {
     pub port_forward: Option<Arc<Multiplexer>>,
     /// `--max-connections`: a slot per client connection, and per relayed
     /// session (which outlives its connection in hyper).
-    pub slots: Arc<Semaphore>,
-    /// How many slots there are.
-    pub max_connections: usize,
+    pub limit: Limit,
     /// The audit trail, when on.
     pub audit: Option<Arc<Audit>>,
     /// What `/metrics` and `/readyz` report.
@@ -303,12 +300,10 @@ impl ProxyService {
                 return Err(ProxyError::UpgradeWithBody);
             }
             let record = record.cloned();
-            let slot = self
-                .shared
-                .slots
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| ProxyError::AtConnectionLimit(self.shared.max_connections))?;
+            let limit = &self.shared.limit;
+            let slot = limit
+                .try_take()
+                .ok_or(ProxyError::AtConnectionLimit(limit.max()))?;
             // A session is shared only when kubegate's identity is the one
             // that goes upstream.
             if let Some(multiplexer) = &self.shared.port_forward

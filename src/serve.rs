@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{ClientOrigin, Peer};
-use crate::connection::{Activity, Deadlines};
+use crate::connection::{Activity, Deadlines, Settings};
 use crate::listen::{Accepted, Listener};
 use crate::proxy::{ProxyService, Shared};
 
@@ -30,13 +30,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How accepted connections are set up and bounded.
 pub struct Connections {
-    /// TCP keep-alive, so that a quiet exec session an hour long still
-    /// notices a vanished peer.
-    pub keepalive: Option<Duration>,
+    /// Deadlines, TCP keep-alive (so that a quiet exec session an hour long
+    /// still notices a vanished peer) and the shutdown grace.
+    pub settings: Settings,
     /// `--tls-cert-file`: a TLS handshake first (in the connection's task).
     pub tls: Option<TlsAcceptor>,
-    /// `--first-request-timeout` and `--client-idle-timeout`.
-    pub deadlines: Deadlines,
 }
 
 /// How long closed connections get to finish their last writes (their
@@ -80,14 +78,14 @@ struct Serving {
 }
 
 /// Accepts and serves connections until `shutdown` resolves, then drains
-/// them for up to `grace`.
+/// them for up to `--shutdown-grace`.
 pub async fn serve(
     listener: Listener,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
     connections: Connections,
 ) {
+    let grace = connections.settings.grace;
     let tasks = Tasks {
         tracker: TaskTracker::new(),
         draining: CancellationToken::new(),
@@ -109,32 +107,32 @@ pub async fn serve(
     let serving = Arc::new(Serving {
         builder,
         tasks: tasks.clone(),
-        deadlines: connections.deadlines,
+        deadlines: connections.settings.deadlines,
     });
-    let slots = shared.slots.clone();
+    let limit = &shared.limit;
     tokio::pin!(shutdown);
     loop {
         let accepted = async {
             // Wait for room without holding it while accept waits: a
             // relayed session may take a slot meanwhile.
-            if slots.available_permits() == 0 {
+            if limit.is_full() {
                 tracing::warn!(
-                    max = shared.max_connections,
+                    max = limit.max(),
                     "at --max-connections: new clients wait until a connection closes"
                 );
-                drop(slots.acquire().await.ok()?);
+                limit.room().await;
             }
             let accepted = listener.accept().await;
-            let slot = match slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => slots.clone().acquire_owned().await.ok()?,
+            let slot = match limit.try_take() {
+                Some(slot) => slot,
+                None => limit.take().await?,
             };
             Some((accepted, slot))
         };
         tokio::select! {
             accepted = accepted => match accepted {
                 Some((Ok(Accepted::Tcp(stream, peer)), slot)) => {
-                    if let Some(period) = connections.keepalive {
+                    if let Some(period) = connections.settings.keepalive {
                         let probe = socket2::TcpKeepalive::new().with_time(period).with_interval(period);
                         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probe) {
                             tracing::debug!(%error, "cannot set TCP keep-alive");
@@ -172,7 +170,7 @@ pub async fn serve(
         audit.shutting_down();
     }
     drop(listener);
-    let open = shared.max_connections - slots.available_permits();
+    let open = limit.taken();
     if open > 0 {
         tracing::info!(open, grace = ?grace, "waiting for open connections to finish");
     }

@@ -4,15 +4,10 @@ use proptest::prelude::*;
 
 fn kubectl_defaults() -> Filters {
     Filters {
-        accept_hosts: PatternList::parse("accept-hosts", r"^localhost$,^127\.0\.0\.1$,^\[::1\]$")
-            .unwrap(),
-        accept_paths: PatternList::parse("accept-paths", "^.*").unwrap(),
-        reject_paths: PatternList::parse(
-            "reject-paths",
-            "^/api/.*/pods/.*/exec,^/api/.*/pods/.*/attach",
-        )
-        .unwrap(),
-        reject_methods: PatternList::parse("reject-methods", "^$").unwrap(),
+        accept_hosts: PatternList::parse(r"^localhost$,^127\.0\.0\.1$,^\[::1\]$").unwrap(),
+        accept_paths: PatternList::parse("^.*").unwrap(),
+        reject_paths: PatternList::parse("^/api/.*/pods/.*/exec,^/api/.*/pods/.*/attach").unwrap(),
+        reject_methods: PatternList::parse("^$").unwrap(),
         disabled: false,
     }
 }
@@ -88,8 +83,8 @@ fn reject_paths_wins_and_names_the_pattern() {
 #[test]
 fn accept_paths_and_reject_methods_refuse_with_their_flag() {
     let mut policy = kubectl_defaults();
-    policy.accept_paths = PatternList::parse("accept-paths", "^/api$,^/version$").unwrap();
-    policy.reject_methods = PatternList::parse("reject-methods", "POST,PUT").unwrap();
+    policy.accept_paths = PatternList::parse("^/api$,^/version$").unwrap();
+    policy.reject_methods = PatternList::parse("POST,PUT").unwrap();
     assert!(check(&policy, "GET", "localhost", "/version").is_ok());
     assert!(
         check(&policy, "GET", "localhost", "/apis")
@@ -106,8 +101,8 @@ fn accept_paths_and_reject_methods_refuse_with_their_flag() {
 #[test]
 fn an_upgrade_counts_as_post_for_reject_methods() {
     let mut policy = kubectl_defaults();
-    policy.reject_paths = PatternList::parse("reject-paths", "").unwrap();
-    policy.reject_methods = PatternList::parse("reject-methods", "^POST$").unwrap();
+    policy.reject_paths = PatternList::parse("").unwrap();
+    policy.reject_methods = PatternList::parse("^POST$").unwrap();
     let path = "/api/v1/namespaces/a/pods/b/exec";
     let plain = RequestInfo::read("GET", path, None, false).unwrap();
     assert!(policy.check("GET", Some("localhost"), &plain).is_ok());
@@ -120,19 +115,10 @@ fn an_upgrade_counts_as_post_for_reject_methods() {
 }
 
 #[test]
-fn an_empty_list_matches_nothing_and_a_bad_pattern_names_its_flag() {
-    assert!(
-        !PatternList::parse("reject-paths", "")
-            .unwrap()
-            .is_match("/anything")
-    );
-    let error = PatternList::parse("reject-paths", "^/ok,(unclosed").unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .starts_with("--reject-paths: the pattern \"(unclosed\""),
-        "{error}"
-    );
+fn an_empty_list_matches_nothing_and_a_bad_pattern_is_named() {
+    assert!(!PatternList::parse("").unwrap().is_match("/anything"));
+    let error = PatternList::parse("^/ok,(unclosed").unwrap_err();
+    assert!(error.starts_with("the pattern \"(unclosed\""), "{error}");
 }
 
 #[test]

@@ -76,7 +76,7 @@ impl Upstream {
         let (credentials, exec_identity) = Credentials::start(
             &settings.credential,
             &settings.server,
-            settings.token_reload_interval,
+            settings.network.token_reload_interval,
         )
         .await?;
         let identity = exec_identity.as_ref().or(settings.client_identity.as_ref());
@@ -97,8 +97,8 @@ impl Upstream {
                 &settings.proxy,
                 offer_h2,
                 server_name.clone(),
-                settings.keepalive,
-                settings.connect_timeout,
+                settings.network.keepalive,
+                settings.network.connect_timeout,
                 opened.clone(),
             )
         };

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -17,6 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::forward_proxy::ProxyRule;
+use crate::cli::Overrides;
 use crate::error::{StartupError, io_reason};
 
 /// The apiserver and the identity kubegate uses there.
@@ -42,12 +44,8 @@ pub struct UpstreamSettings {
     pub impersonate: Vec<(HeaderName, HeaderValue)>,
     /// The forward proxy, if any: `proxy-url` or the environment's.
     pub proxy: ProxyRule,
-    /// TCP keep-alive period, `None` to disable.
-    pub keepalive: Option<Duration>,
-    /// `--connect-timeout`.
-    pub connect_timeout: Duration,
-    /// `--token-reload-interval`.
-    pub token_reload_interval: Duration,
+    /// What every cluster's connections share.
+    pub network: Arc<Network>,
 }
 
 /// A client certificate chain and its private key.
@@ -86,9 +84,9 @@ pub enum CredentialSource {
     Exec(Box<ExecConfig>),
 }
 
-/// What every upstream connection shares: timings from the command line
-/// and the environment's proxies.
-#[derive(Debug, Clone)]
+/// What every upstream connection shares, one value for all clusters:
+/// timings from the command line and the environment's proxies.
+#[derive(Debug)]
 pub struct Network {
     /// TCP keep-alive period, `None` to disable.
     pub keepalive: Option<Duration>,
@@ -112,7 +110,7 @@ pub async fn from_kubeconfig(
     paths: &[PathBuf],
     chosen: &KubeConfigOptions,
     overrides: &Overrides,
-    network: &Network,
+    network: &Arc<Network>,
 ) -> Result<UpstreamSettings, StartupError> {
     let shown = match paths {
         [] => "(none: kubectl's flags alone)".to_string(),
@@ -127,7 +125,7 @@ pub async fn from_kubeconfig(
         message,
     };
     let mut merged = match paths {
-        [] => Overrides::kubeconfig(),
+        [] => flags_only_kubeconfig(),
         _ => Kubeconfig::default(),
     };
     for path in paths {
@@ -155,7 +153,7 @@ pub async fn from_kubeconfig(
             "no user named {user:?}; list them with `kubectl config get-users` and pass --user"
         )));
     }
-    overrides.apply(&mut merged, &selection);
+    apply(overrides, &mut merged, &selection);
     let loaded = kube_client::Config::from_custom_kubeconfig(merged.clone(), chosen)
         .await
         .map_err(|e| fail(kubeconfig_hint(&e, &selection)))?;
@@ -189,9 +187,7 @@ pub async fn from_kubeconfig(
             })?,
             None => network.environment_proxy.clone(),
         },
-        keepalive: network.keepalive,
-        connect_timeout: network.connect_timeout,
-        token_reload_interval: network.token_reload_interval,
+        network: network.clone(),
     })
 }
 
@@ -217,137 +213,104 @@ pub fn context_names(paths: &[PathBuf]) -> Result<Vec<String>, StartupError> {
     Ok(names)
 }
 
-/// kubectl's global flags that override the chosen cluster and user of the
-/// kubeconfig, as client-go's `ConfigOverrides` do; with `--server` they
-/// also work with no kubeconfig at all.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    /// `-s/--server`.
-    pub server: Option<String>,
-    /// `--certificate-authority`.
-    pub certificate_authority: Option<String>,
-    /// `--insecure-skip-tls-verify`.
-    pub insecure_skip_tls_verify: bool,
-    /// `--tls-server-name`.
-    pub tls_server_name: Option<String>,
-    /// `--token`.
-    pub token: Option<SecretString>,
-    /// `--client-certificate`.
-    pub client_certificate: Option<String>,
-    /// `--client-key`.
-    pub client_key: Option<String>,
-    /// `--username`.
-    pub username: Option<String>,
-    /// `--password`.
-    pub password: Option<SecretString>,
-    /// `--as`.
-    pub impersonate: Option<String>,
-    /// `--as-group`.
-    pub impersonate_groups: Vec<String>,
-    /// `--as-uid`.
-    pub impersonate_uid: Option<String>,
-}
-
 /// The names the flags-only kubeconfig uses.
 const FLAGS: &str = "command-line";
 
-impl Overrides {
-    /// An empty kubeconfig whose one context the flags fill in.
-    fn kubeconfig() -> Kubeconfig {
-        Kubeconfig {
-            clusters: vec![NamedCluster {
-                name: FLAGS.into(),
-                cluster: Some(Cluster::default()),
-                other: Default::default(),
-            }],
-            auth_infos: vec![NamedAuthInfo {
-                name: FLAGS.into(),
-                auth_info: Some(AuthInfo::default()),
-                other: Default::default(),
-            }],
-            contexts: vec![NamedContext {
-                name: FLAGS.into(),
-                context: Some(Context {
-                    cluster: FLAGS.into(),
-                    user: Some(FLAGS.into()),
-                    ..Context::default()
-                }),
-                other: Default::default(),
-            }],
-            current_context: Some(FLAGS.into()),
-            ..Kubeconfig::default()
+/// An empty kubeconfig whose one context the flags fill in.
+fn flags_only_kubeconfig() -> Kubeconfig {
+    Kubeconfig {
+        clusters: vec![NamedCluster {
+            name: FLAGS.into(),
+            cluster: Some(Cluster::default()),
+            other: Default::default(),
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: FLAGS.into(),
+            auth_info: Some(AuthInfo::default()),
+            other: Default::default(),
+        }],
+        contexts: vec![NamedContext {
+            name: FLAGS.into(),
+            context: Some(Context {
+                cluster: FLAGS.into(),
+                user: Some(FLAGS.into()),
+                ..Context::default()
+            }),
+            other: Default::default(),
+        }],
+        current_context: Some(FLAGS.into()),
+        ..Kubeconfig::default()
+    }
+}
+
+/// Writes kubectl's global flags over the selected cluster and user, as
+/// client-go's `ConfigOverrides` do: a file flag replaces inline data,
+/// `--token` and `--username` replace every other way of getting a
+/// credential, `--insecure-skip-tls-verify` drops the certificate authority.
+fn apply(flags: &Overrides, config: &mut Kubeconfig, selection: &Selection) {
+    let cluster = config
+        .clusters
+        .iter_mut()
+        .find(|c| Some(&c.name) == selection.cluster.as_ref())
+        .and_then(|c| c.cluster.as_mut());
+    if let Some(cluster) = cluster {
+        if let Some(server) = &flags.server {
+            cluster.server = Some(server.clone());
+        }
+        if let Some(ca) = &flags.certificate_authority {
+            cluster.certificate_authority = Some(ca.clone());
+            cluster.certificate_authority_data = None;
+        }
+        if flags.insecure_skip_tls_verify {
+            cluster.insecure_skip_tls_verify = Some(true);
+            cluster.certificate_authority = None;
+            cluster.certificate_authority_data = None;
+        }
+        if let Some(name) = &flags.tls_server_name {
+            cluster.tls_server_name = Some(name.clone());
         }
     }
-
-    /// Writes the flags over the selected cluster and user: a file flag
-    /// replaces inline data, `--token` and `--username` replace every other
-    /// way of getting a credential, `--insecure-skip-tls-verify` drops the
-    /// certificate authority.
-    fn apply(&self, config: &mut Kubeconfig, selection: &Selection) {
-        let cluster = config
-            .clusters
-            .iter_mut()
-            .find(|c| Some(&c.name) == selection.cluster.as_ref())
-            .and_then(|c| c.cluster.as_mut());
-        if let Some(cluster) = cluster {
-            if let Some(server) = &self.server {
-                cluster.server = Some(server.clone());
-            }
-            if let Some(ca) = &self.certificate_authority {
-                cluster.certificate_authority = Some(ca.clone());
-                cluster.certificate_authority_data = None;
-            }
-            if self.insecure_skip_tls_verify {
-                cluster.insecure_skip_tls_verify = Some(true);
-                cluster.certificate_authority = None;
-                cluster.certificate_authority_data = None;
-            }
-            if let Some(name) = &self.tls_server_name {
-                cluster.tls_server_name = Some(name.clone());
-            }
-        }
-        let user = config
-            .auth_infos
-            .iter_mut()
-            .find(|u| Some(&u.name) == selection.user.as_ref())
-            .and_then(|u| u.auth_info.as_mut());
-        let Some(user) = user else {
-            return;
-        };
-        let replace_credential = |user: &mut AuthInfo| {
-            user.token = None;
-            user.token_file = None;
-            user.username = None;
-            user.password = None;
-            user.exec = None;
-            user.auth_provider = None;
-        };
-        if let Some(token) = &self.token {
-            replace_credential(user);
-            user.token = Some(token.clone());
-        }
-        if let (Some(name), Some(password)) = (&self.username, &self.password) {
-            replace_credential(user);
-            user.username = Some(name.clone());
-            user.password = Some(password.clone());
-        }
-        if let Some(cert) = &self.client_certificate {
-            user.client_certificate = Some(cert.clone());
-            user.client_certificate_data = None;
-        }
-        if let Some(key) = &self.client_key {
-            user.client_key = Some(key.clone());
-            user.client_key_data = None;
-        }
-        if let Some(name) = &self.impersonate {
-            user.impersonate = Some(name.clone());
-        }
-        if !self.impersonate_groups.is_empty() {
-            user.impersonate_groups = Some(self.impersonate_groups.clone());
-        }
-        if let Some(uid) = &self.impersonate_uid {
-            user.impersonate_uid = Some(uid.clone());
-        }
+    let user = config
+        .auth_infos
+        .iter_mut()
+        .find(|u| Some(&u.name) == selection.user.as_ref())
+        .and_then(|u| u.auth_info.as_mut());
+    let Some(user) = user else {
+        return;
+    };
+    let replace_credential = |user: &mut AuthInfo| {
+        user.token = None;
+        user.token_file = None;
+        user.username = None;
+        user.password = None;
+        user.exec = None;
+        user.auth_provider = None;
+    };
+    if let Some(token) = &flags.token {
+        replace_credential(user);
+        user.token = Some(token.clone());
+    }
+    if let (Some(name), Some(password)) = (&flags.username, &flags.password) {
+        replace_credential(user);
+        user.username = Some(name.clone());
+        user.password = Some(password.clone());
+    }
+    if let Some(cert) = &flags.client_certificate {
+        user.client_certificate = Some(cert.clone());
+        user.client_certificate_data = None;
+    }
+    if let Some(key) = &flags.client_key {
+        user.client_key = Some(key.clone());
+        user.client_key_data = None;
+    }
+    if let Some(name) = &flags.as_user {
+        user.impersonate = Some(name.clone());
+    }
+    if !flags.as_group.is_empty() {
+        user.impersonate_groups = Some(flags.as_group.clone());
+    }
+    if let Some(uid) = &flags.as_uid {
+        user.impersonate_uid = Some(uid.clone());
     }
 }
 
@@ -660,7 +623,7 @@ pub fn in_cluster(
     dir: &Path,
     host: &str,
     port: &str,
-    network: &Network,
+    network: &Arc<Network>,
 ) -> Result<UpstreamSettings, StartupError> {
     let authority = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
@@ -707,9 +670,7 @@ pub fn in_cluster(
         credential: CredentialSource::TokenFile(token_file),
         impersonate: Vec::new(),
         proxy: network.environment_proxy.clone(),
-        keepalive: network.keepalive,
-        connect_timeout: network.connect_timeout,
-        token_reload_interval: network.token_reload_interval,
+        network: network.clone(),
     })
 }
 

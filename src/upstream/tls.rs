@@ -50,7 +50,12 @@ pub fn client_config(
     if let Some(identity) = identity
         && let Some((cert, key)) = &identity.files
     {
-        let pair = FilePair::watch(cert, key, settings.token_reload_interval, &provider())?;
+        let pair = FilePair::watch(
+            cert,
+            key,
+            settings.network.token_reload_interval,
+            &provider(),
+        )?;
         let mut config = build(settings, None)?;
         config.client_auth_cert_resolver = pair.clone();
         config.resumption = Resumption::store(pair);
