@@ -16,34 +16,37 @@
 //! 4. [`body`]: the one response body type, and the tee audit uses.
 //! 5. [`connection`]: client connections: the limit, one connection's
 //!    requests in flight and its idle deadlines.
-//! 6. [`reload`]: files read again when they change.
-//! 7. [`request`]: the one reading of a request: canonical path, verb,
+//! 6. [`telemetry`]: what kubegate counts, pushed where it happens, and
+//!    the one registry.
+//! 7. [`lifecycle`]: the background tasks, stopped together.
+//! 8. [`reload`]: files read again when they change.
+//! 9. [`request`]: the one reading of a request: canonical path, verb,
 //!    resource, namespace, name, as the apiserver reads them.
-//! 8. [`filters`]: kubectl's host, path and method filters.
-//! 9. [`policy`]: `--policy-file` and `--read-only`: rules in Kubernetes
-//!    terms.
-//! 10. [`status`]: every failure as a `metav1.Status` response.
-//! 11. [`client`]: who is at the other end of a connection.
-//! 12. [`cors`]: browser origins and CORS.
-//! 13. [`access`]: the local access token.
-//! 14. [`certs`]: certificate and key files, reloaded when they change.
-//! 15. [`upstream`]: the apiservers: settings from a kubeconfig, TLS,
+//! 10. [`filters`]: kubectl's host, path and method filters.
+//! 11. [`policy`]: `--policy-file` and `--read-only`: rules in Kubernetes
+//!     terms.
+//! 12. [`status`]: every failure as a `metav1.Status` response.
+//! 13. [`client`]: who is at the other end of a connection.
+//! 14. [`cors`]: browser origins and CORS.
+//! 15. [`access`]: the local access token.
+//! 16. [`certs`]: certificate and key files, reloaded when they change.
+//! 17. [`upstream`]: the apiservers: settings from a kubeconfig, TLS,
 //!     credentials, forward proxies, pooled HTTP/2, one cluster or one per
 //!     context.
-//! 16. [`forward`]: header rewriting on the way to and from the apiserver.
-//! 17. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
-//! 18. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
-//! 19. [`upgrade`]: exec, attach, port-forward: the byte splice.
-//! 20. [`portforward`]: WebSocket port-forward answered by kubegate and
+//! 18. [`forward`]: header rewriting on the way to and from the apiserver.
+//! 19. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
+//! 20. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
+//! 21. [`upgrade`]: exec, attach, port-forward: the byte splice.
+//! 22. [`portforward`]: WebSocket port-forward answered by kubegate and
 //!     multiplexed onto one upstream SPDY session per pod.
-//! 21. [`www`]: `--www` static files.
-//! 22. [`listen`]: TCP and unix sockets.
-//! 23. [`proxy`]: the request handler, in stages.
-//! 24. [`serve`]: connections, TLS, graceful shutdown.
-//! 25. [`shutdown`]: the signals.
-//! 26. [`config`]: each flag group into its subsystem's settings, checked
+//! 23. [`www`]: `--www` static files.
+//! 24. [`listen`]: TCP and unix sockets.
+//! 25. [`proxy`]: the request handler, in stages.
+//! 26. [`serve`]: connections, TLS, graceful shutdown.
+//! 27. [`shutdown`]: the signals.
+//! 28. [`config`]: each flag group into its subsystem's settings, checked
 //!     against the others, every problem reported at once.
-//! 27. `fuzz` (tests only): every parser of client and file input, fed
+//! 29. `fuzz` (tests only): every parser of client and file input, fed
 //!     random and mutated input.
 //!
 //! The crate root ties them together ([`Proxy`]); the binary adds `main`
@@ -99,6 +102,7 @@ pub(crate) mod cors;
 pub mod error;
 pub(crate) mod filters;
 pub(crate) mod forward;
+pub(crate) mod lifecycle;
 pub mod listen;
 pub(crate) mod pattern;
 pub(crate) mod policy;
@@ -109,6 +113,7 @@ pub(crate) mod request;
 pub(crate) mod serve;
 pub mod shutdown;
 pub(crate) mod status;
+pub(crate) mod telemetry;
 pub(crate) mod upgrade;
 pub(crate) mod upstream;
 pub(crate) mod www;
@@ -132,6 +137,8 @@ pub struct Proxy {
     tls: Option<tokio_rustls::TlsAcceptor>,
     connections: connection::Settings,
     admin: Option<std::net::SocketAddr>,
+    /// The admin server and the readiness probe.
+    lifecycle: lifecycle::Lifecycle,
 }
 
 impl Proxy {
@@ -147,6 +154,7 @@ impl Proxy {
                 "Request filter disabled (--disable-filter): any web page or local process that can reach kubegate can use your credentials"
             );
         }
+        let telemetry = Arc::new(telemetry::Telemetry::default());
         let reload_interval = config.network.token_reload_interval;
         let tls = match &config.serve_tls {
             Some((cert, key)) => Some(serve_tls(cert, key, reload_interval)?),
@@ -160,7 +168,7 @@ impl Proxy {
             .unwrap_or_default();
         let mut list = Vec::with_capacity(config.clusters.upstreams.len());
         for (name, settings) in config.clusters.upstreams {
-            let upstream = Upstream::new(settings).await?;
+            let upstream = Upstream::new(settings, &telemetry.upstream).await?;
             list.push(upstream::clusters::Cluster { name, upstream });
         }
         let clusters = match config.clusters.named {
@@ -170,14 +178,13 @@ impl Proxy {
         let upstream = clusters.primary();
         let audit = match config.audit {
             Some(settings) => Some(Arc::new(
-                audit::Audit::start(settings, upstream, fallback_user).await?,
+                audit::Audit::start(settings, upstream, fallback_user, &telemetry.audit).await?,
             )),
             None => None,
         };
         if let Some(policy) = &config.policy {
             policy.watch(reload_interval);
         }
-        let metrics = Arc::new(admin::Metrics::default());
         Ok(Proxy {
             tls,
             shared: Arc::new(Shared {
@@ -188,16 +195,18 @@ impl Proxy {
                 access_token: config.access.token,
                 clusters,
                 forward_client_credentials: config.access.forward_client_credentials,
-                relays: upgrade::Relays::new(metrics.clone()),
+                relays: upgrade::Relays::new(telemetry.clone()),
                 port_forward: config
                     .port_forward_idle
-                    .map(|idle| portforward::Multiplexer::new(idle, metrics.clone())),
+                    .map(|idle| portforward::Multiplexer::new(idle, telemetry.clone())),
                 limit: connection::Limit::new(config.connections.limit),
                 audit,
-                metrics,
+                metrics: telemetry,
+                readiness: Arc::new(admin::Readiness::default()),
             }),
             connections: config.connections,
             admin: config.admin,
+            lifecycle: lifecycle::Lifecycle::default(),
         })
     }
 
@@ -234,26 +243,24 @@ impl Proxy {
             })?;
         let bound = listener.local_addr().ok();
         let shared = self.shared.clone();
-        admin::serve(listener, self.shared.metrics.clone(), move |metrics| {
-            let (written, lost) = shared
-                .audit
-                .as_ref()
-                .map_or((0, 0), |a| (a.written(), a.lost()));
-            let (mut refreshed, mut failed, mut connections) = (0, 0, 0);
-            let mut up = Vec::new();
-            for cluster in shared.clusters.iter() {
-                let (r, f) = cluster.upstream.credential_refreshes();
-                refreshed += r;
-                failed += f;
-                connections += cluster.upstream.connections_opened();
-                let answered = cluster.upstream.answered_within(admin::READY_WITHIN);
-                up.push((cluster.name.clone(), answered));
-            }
-            let waiting = shared.audit.as_ref().map_or(0, |a| a.waiting());
-            metrics.scrape(written, lost, waiting, connections, refreshed, failed);
-            metrics.apiservers_up(up);
+        let apiservers_up: admin::ApiserversUp = Box::new(move || {
+            let answered = |c: &upstream::clusters::Cluster| {
+                let up = c.upstream.answered_within(admin::READY_WITHIN);
+                (c.name.clone(), up)
+            };
+            shared.clusters.iter().map(answered).collect()
         });
-        tokio::spawn(keep_ready(self.shared.clone()));
+        let readiness = (self.shared.readiness.clone(), apiservers_up);
+        let lifecycle = &self.lifecycle;
+        let (tasks, stopping) = (lifecycle.tasks(), lifecycle.stopping());
+        admin::serve(
+            listener,
+            self.shared.metrics.clone(),
+            readiness,
+            tasks,
+            stopping,
+        );
+        lifecycle.spawn(keep_ready(self.shared.clone()));
         Ok(bound)
     }
 
@@ -265,6 +272,9 @@ impl Proxy {
             tls: self.tls.clone(),
         };
         serve::serve(listener, self.shared.clone(), shutdown, connections).await;
+        // Connections are closed and the audit flushed: the background
+        // tasks go last, so /readyz answers "shutting down" until the end.
+        self.lifecycle.stop().await;
     }
 }
 

@@ -19,7 +19,6 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access::AccessToken;
-use crate::admin::{Decision, Metrics, PortForwardEvent};
 use crate::audit::{Audit, Record};
 use crate::body::{Capture, ProxyBody};
 use crate::client::ClientOrigin;
@@ -31,6 +30,7 @@ use crate::policy::Policy;
 use crate::portforward::{Multiplexer, Plan};
 use crate::request::{PathError, RequestInfo, Verb};
 use crate::status::ProxyError;
+use crate::telemetry::{Decision, PortForwardEvent, Telemetry};
 use crate::upgrade::{Relays, adopt_extended_connect, is_upgrade};
 use crate::upstream::clusters::{Cluster, Clusters, Route};
 use crate::www;
@@ -72,8 +72,10 @@ pub struct Shared {
     pub limit: Limit,
     /// The audit trail, when on.
     pub audit: Option<Arc<Audit>>,
-    /// What `/metrics` and `/readyz` report.
-    pub metrics: Arc<Metrics>,
+    /// What `/metrics` reports: counted here and in every subsystem.
+    pub metrics: Arc<Telemetry>,
+    /// Whether `/readyz` says kubegate is shutting down.
+    pub readiness: Arc<crate::admin::Readiness>,
 }
 
 /// The hyper service for one client connection.
@@ -406,7 +408,7 @@ impl ProxyService {
         let elapsed = began.elapsed();
         self.shared
             .metrics
-            .request(verb, response.status(), decision, elapsed);
+            .request(verb.as_str(), response.status().as_u16(), decision, elapsed);
         if let Some(path) = logged_path {
             tracing::info!(
                 target: "kubegate::request",

@@ -165,7 +165,7 @@ pub async fn serve(
     }
     // /readyz fails first, then kubegate stops accepting (and removes a unix
     // socket file) and drains.
-    shared.metrics.shutting_down();
+    shared.readiness.shutting_down();
     if let Some(audit) = &shared.audit {
         audit.shutting_down();
     }

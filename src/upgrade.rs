@@ -27,12 +27,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{Metrics, StreamKind};
 use crate::audit::Record;
 use crate::body::{BoxError, ProxyBody};
 use crate::forward::{self, Outbound};
 use crate::request::query_pairs;
 use crate::status::ProxyError;
+use crate::telemetry::{StreamKind, Telemetry};
 use crate::upstream::Upstream;
 use crate::upstream::connect::classify;
 
@@ -122,12 +122,12 @@ pub struct Relays {
     tracker: TaskTracker,
     closing: CancellationToken,
     open: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
 }
 
 impl Relays {
     /// No relays yet; sessions will be counted in `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Telemetry>) -> Self {
         Relays {
             tracker: TaskTracker::new(),
             closing: CancellationToken::new(),
@@ -349,7 +349,7 @@ impl Session {
     }
 
     /// Counts the session's bytes and writes its `ResponseComplete`.
-    async fn end(self, metrics: &Metrics) {
+    async fn end(self, metrics: &Telemetry) {
         let to_server = self.to_server.load(Ordering::Relaxed);
         let to_client = self.to_client.load(Ordering::Relaxed);
         metrics.stream(self.kind, -1);

@@ -86,8 +86,8 @@ async fn health_readiness_and_metrics_move_with_traffic() {
         1.0
     );
     assert!(after[r#"kubegate_request_duration_seconds_count{verb="list"}"#] >= 3.0);
-    assert!(after["kubegate_upstream_connections{}"] >= 1.0);
-    assert!(after.contains_key(r#"kubegate_credential_refreshes{outcome="failure"}"#));
+    assert!(after["kubegate_upstream_connections_total{}"] >= 1.0);
+    assert!(after.contains_key(r#"kubegate_credential_refreshes_total{outcome="failure"}"#));
 }
 
 #[tokio::test]

@@ -15,11 +15,15 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
+
+use crate::telemetry::AuditCounters;
 
 /// Lines queued for the writer at most.
 const QUEUE: usize = 8192;
@@ -74,9 +78,11 @@ pub struct Health {
     /// Set while writes fail; cleared by the next good write.
     pub failing: AtomicBool,
     /// Lines written.
-    pub written: AtomicU64,
+    pub written: Counter,
     /// Lines lost to write errors.
-    pub lost: AtomicU64,
+    pub lost: Counter,
+    /// Lines queued and not yet written, as of the writer's last batch.
+    waiting: Gauge,
     /// kubegate is exiting: a failing disk gets a few more attempts.
     closing: AtomicBool,
 }
@@ -100,7 +106,11 @@ impl LogBackend {
     /// # Errors
     ///
     /// The error opening the file.
-    pub fn start(target: Target, drop_while_failing: bool) -> io::Result<LogBackend> {
+    pub fn start(
+        target: Target,
+        drop_while_failing: bool,
+        counters: &AuditCounters,
+    ) -> io::Result<LogBackend> {
         // A file size limit (RLIMIT_FSIZE) must fail the write with EFBIG,
         // which is retried, not kill the process: SIGXFSZ gets a handler
         // (tokio's stays installed for the life of the process).
@@ -111,7 +121,12 @@ impl LogBackend {
         }
         let output = Output::open(target)?;
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health {
+            written: counters.written.clone(),
+            lost: counters.lost.clone(),
+            waiting: counters.waiting.clone(),
+            ..Health::default()
+        });
         let writer_health = health.clone();
         let writer = std::thread::Builder::new()
             .name("audit-log".into())
@@ -121,13 +136,6 @@ impl LogBackend {
             writer: std::sync::Mutex::new(Some(writer)),
             drop_while_failing,
             health,
-        })
-    }
-
-    /// Lines queued and not yet written.
-    pub fn waiting(&self) -> u64 {
-        self.sender.load().as_ref().map_or(0, |sender| {
-            (sender.max_capacity() - sender.capacity()) as u64
         })
     }
 
@@ -170,7 +178,7 @@ impl LogBackend {
             Err(mpsc::error::TrySendError::Full(_))
                 if self.drop_while_failing && self.health.failing.load(Ordering::Acquire) =>
             {
-                self.health.lost.fetch_add(1, Ordering::Relaxed);
+                self.health.lost.inc();
                 None
             }
             Err(mpsc::error::TrySendError::Full(line)) => Some(line),
@@ -210,7 +218,7 @@ impl Drop for Waiting {
 fn queue_later(sender: Arc<mpsc::Sender<Vec<u8>>>, line: Vec<u8>, health: Arc<Health>) {
     tokio::spawn(async move {
         if sender.send(line).await.is_err() {
-            health.lost.fetch_add(1, Ordering::Relaxed);
+            health.lost.inc();
         }
     });
 }
@@ -463,18 +471,17 @@ fn write_lines(mut output: Output, mut lines: mpsc::Receiver<Vec<u8>>, health: &
                 Err(_) => break,
             }
         }
+        health.waiting.set(lines.len() as i64);
         let failed = match output.write_batch(&batch) {
             Ok(()) => None,
             Err(Failed { done, error }) => {
-                health.written.fetch_add(done as u64, Ordering::Relaxed);
+                health.written.inc_by(done as u64);
                 batch.drain(..done);
                 Some(error)
             }
         };
         let Some(error) = failed else {
-            health
-                .written
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            health.written.inc_by(batch.len() as u64);
             let full = batch.len() == BATCH;
             batch.clear();
             pause = RETRY_FIRST;
@@ -499,7 +506,7 @@ fn write_lines(mut output: Output, mut lines: mpsc::Receiver<Vec<u8>>, health: &
                 while lines.try_recv().is_ok() {
                     lost += 1;
                 }
-                health.lost.fetch_add(lost as u64, Ordering::Relaxed);
+                health.lost.inc_by(lost as u64);
                 tracing::error!(%error, lost, "exiting with audit events unwritten");
                 return;
             }

@@ -32,6 +32,7 @@ use crate::client::Peer;
 use crate::error::{StartupError, io_reason};
 use crate::request::RequestInfo;
 use crate::status::ProxyError;
+use crate::telemetry::AuditCounters;
 use crate::upstream::Upstream;
 use event::{Event, Level, Micros, ObjectRef, ResponseStatus, Stage, UserInfo};
 
@@ -106,6 +107,7 @@ impl Audit {
         settings: Settings,
         upstream: &Upstream,
         fallback: UserInfo,
+        counters: &AuditCounters,
     ) -> Result<Audit, StartupError> {
         let user = match identity::self_subject_review(upstream).await {
             Some(user) => user,
@@ -117,13 +119,17 @@ impl Audit {
             }
         };
         let webhook = match settings.webhook {
-            Some(webhook) => Some(webhook::WebhookBackend::start(webhook).await?),
+            Some(webhook) => Some(webhook::WebhookBackend::start(webhook, counters).await?),
             None => None,
         };
         let log = match settings.log {
             Some(target) => Some(
-                log::LogBackend::start(target.clone(), settings.failure == FailureMode::Continue)
-                    .map_err(|error| StartupError::File {
+                log::LogBackend::start(
+                    target.clone(),
+                    settings.failure == FailureMode::Continue,
+                    counters,
+                )
+                .map_err(|error| StartupError::File {
                     what: "audit log",
                     path: target.to_string(),
                     message: format!("{}; fix --audit-log-path", io_reason(&error)),
@@ -154,25 +160,6 @@ impl Audit {
                 .log
                 .as_ref()
                 .is_some_and(|log| log.health.failing.load(Ordering::Acquire))
-    }
-
-    /// Lines queued for the log writer now.
-    pub fn waiting(&self) -> u64 {
-        self.log.as_ref().map_or(0, log::LogBackend::waiting)
-    }
-
-    /// Lines lost to log write errors.
-    pub fn lost(&self) -> u64 {
-        self.log
-            .as_ref()
-            .map_or(0, |l| l.health.lost.load(Ordering::Relaxed))
-    }
-
-    /// Lines the log backend has written.
-    pub fn written(&self) -> u64 {
-        self.log
-            .as_ref()
-            .map_or(0, |l| l.health.written.load(Ordering::Relaxed))
     }
 
     /// Opens the record of a request and writes its `RequestReceived`

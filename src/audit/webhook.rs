@@ -8,17 +8,17 @@
 //! event refused alone is dropped. The buffer is bounded; what is dropped
 //! is counted and logged (the log backend, when on, still gets every event).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body_util::{BodyExt, Either, Full};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use crate::error::StartupError;
+use crate::telemetry::{AuditCounters, UpstreamCounters};
 use crate::upstream::{Upstream, UpstreamSettings};
 
 /// Where the webhook backend sends and how it batches and retries.
@@ -41,7 +41,8 @@ pub struct Settings {
 pub struct WebhookBackend {
     sender: ArcSwapOption<mpsc::Sender<Vec<u8>>>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    overflowed: Arc<AtomicU64>,
+    /// Events the buffer had no room for.
+    overflowed: Counter,
 }
 
 impl WebhookBackend {
@@ -50,14 +51,18 @@ impl WebhookBackend {
     /// # Errors
     ///
     /// A [`StartupError`] when the collector's credentials cannot be used.
-    pub async fn start(mut settings: Settings) -> Result<WebhookBackend, StartupError> {
+    pub async fn start(
+        mut settings: Settings,
+        counters: &AuditCounters,
+    ) -> Result<WebhookBackend, StartupError> {
         // The collector's URL path is where batches go, not a prefix.
         let path = match std::mem::take(&mut settings.collector.server_path) {
             path if path.is_empty() => "/".to_string(),
             path => path,
         };
         let collector = Collector {
-            upstream: Upstream::new(settings.collector).await?,
+            // Its connections are not the apiserver's: counted apart.
+            upstream: Upstream::new(settings.collector, &UpstreamCounters::default()).await?,
             path,
         };
         let (sender, receiver) = mpsc::channel(settings.buffer.max(1));
@@ -66,12 +71,12 @@ impl WebhookBackend {
             max_wait: settings.batch_max_wait,
             initial_backoff: settings.initial_backoff,
         };
-        let overflowed = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(deliver(collector, batching, receiver, overflowed.clone()));
+        let dropped = counters.webhook_dropped.clone();
+        let task = tokio::spawn(deliver(collector, batching, receiver, dropped));
         Ok(WebhookBackend {
             sender: ArcSwapOption::from_pointee(sender),
             task: std::sync::Mutex::new(Some(task)),
-            overflowed,
+            overflowed: counters.webhook_overflowed.clone(),
         })
     }
 
@@ -81,7 +86,7 @@ impl WebhookBackend {
             return;
         };
         if sender.try_send(line.to_vec()).is_err() {
-            let lost = self.overflowed.fetch_add(1, Ordering::Relaxed) + 1;
+            let lost = self.overflowed.inc() + 1;
             if lost.is_power_of_two() {
                 tracing::error!(
                     lost,
@@ -125,7 +130,7 @@ async fn deliver(
     collector: Collector,
     settings: Batching,
     mut events: mpsc::Receiver<Vec<u8>>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 ) {
     loop {
         let Some(first) = events.recv().await else {
@@ -162,7 +167,7 @@ async fn deliver(
             Ok(()) => 0,
         };
         if refused > 0 {
-            dropped.fetch_add(refused as u64, Ordering::Relaxed);
+            dropped.inc_by(refused as u64);
             tracing::error!(
                 events = refused,
                 "audit webhook: events dropped after the collector refused them or stayed down"

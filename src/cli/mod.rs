@@ -77,7 +77,7 @@ Examples:
   # Serve on a unix socket, readable by this user only
   kubegate --unix-socket=/tmp/kubegate.sock
 
-Differences from kubectl proxy are listed in the README.";
+Differences from kubectl proxy are listed in docs/flags.md.";
 
 // The flags come in one group per subsystem; `display_order` keeps
 // `--help` in kubectl proxy's order (its own flags first) across groups.

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::session::{BUDGET, Event, Pair, Reserved, Route, Session};
-use crate::admin::{Metrics, PortForwardEvent};
+use crate::telemetry::{PortForwardEvent, Telemetry};
 
 /// How long one message to the client may take to go out before the
 /// client counts as gone (kubectl's own write deadline).
@@ -123,7 +123,7 @@ pub async fn serve(
     ports: &[u16],
     reserved: Reserved,
     moved: Moved<'_>,
-    metrics: &Metrics,
+    metrics: &Telemetry,
 ) {
     let session = reserved.session().clone();
     let (sink, incoming) = socket.split();
@@ -199,7 +199,7 @@ pub async fn serve(
 struct Pods<'a> {
     framing: Framing,
     session: &'a Arc<Session>,
-    metrics: &'a Metrics,
+    metrics: &'a Telemetry,
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>;

@@ -37,12 +37,12 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::BEARER_SUBPROTOCOL_PREFIX;
-use crate::admin::{Metrics, PortForwardEvent, StreamKind};
 use crate::audit::Record;
 use crate::body::ProxyBody;
 use crate::forward;
 use crate::request::{RequestInfo, query_pairs};
 use crate::status::ProxyError;
+use crate::telemetry::{PortForwardEvent, StreamKind, Telemetry};
 use crate::upgrade::{self, Relays};
 use crate::upstream::Upstream;
 use client::Framing;
@@ -171,12 +171,12 @@ pub struct Multiplexer {
     raw_only: Mutex<HashSet<String>>,
     idle: Duration,
     closing: CancellationToken,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
 }
 
 impl Multiplexer {
     /// No sessions yet; each will close after `idle` without connections.
-    pub fn new(idle: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(idle: Duration, metrics: Arc<Telemetry>) -> Arc<Self> {
         Arc::new(Multiplexer {
             sessions: Mutex::default(),
             dialing: Mutex::default(),

@@ -31,7 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{Metrics, PortForwardEvent};
+use crate::telemetry::{PortForwardEvent, Telemetry};
 
 /// Unread bytes a client may leave with kubegate before the session waits
 /// for it.
@@ -229,7 +229,7 @@ impl Session {
         wire: Wire,
         idle: Duration,
         closing: CancellationToken,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
     ) -> Arc<Session> {
         let tunneled = matches!(wire, Wire::Tunnel(_));
         let (reader, writer) = wire.split();

@@ -16,6 +16,7 @@ use tower_service::Service;
 
 use super::forward_proxy::{HopConnector, HopIo, ProxyRule};
 use crate::status::ProxyError;
+use crate::telemetry::UpstreamCounters;
 
 /// A stream to the apiserver, plain or TLS, direct or through a proxy.
 pub type UpstreamIo = MaybeHttpsStream<HopIo>;
@@ -28,7 +29,7 @@ pub struct Connector {
     timeout: Duration,
     /// Connections opened (each a TLS handshake to a TLS apiserver),
     /// shared by every clone, for `/metrics`.
-    opened: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    opened: UpstreamCounters,
 }
 
 impl Connector {
@@ -42,7 +43,7 @@ impl Connector {
         server_name: Option<ServerName<'static>>,
         keepalive: Option<Duration>,
         timeout: Duration,
-        opened: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        opened: UpstreamCounters,
     ) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -78,8 +79,7 @@ impl Connector {
         let mut inner = self.inner.clone();
         match tokio::time::timeout(self.timeout, inner.call(uri.clone())).await {
             Ok(Ok(io)) => {
-                self.opened
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.opened.connection_opened();
                 Ok(io)
             }
             // Nothing was sent yet: whatever failed, the server was not reached.

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::settings::{ClientIdentity, CredentialSource, parse_identity};
 use crate::error::StartupError;
+use crate::telemetry::UpstreamCounters;
 
 /// How long before expiry an exec plugin is run again.
 const EXEC_REFRESH_MARGIN: Duration = Duration::from_secs(60);
@@ -26,8 +27,8 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// The current credential header, and the task that keeps it fresh.
 pub struct Credentials {
     header: Arc<ArcSwapOption<HeaderValue>>,
-    /// Refreshes that worked and that failed, for `/metrics`.
-    pub refreshes: Arc<Refreshes>,
+    /// Where refreshes that worked and that failed are counted.
+    refreshes: UpstreamCounters,
     /// Where a fresh credential comes from, for a reload after a 401.
     reload: Reload,
     /// One reload at a time, and when the last one ran: a 401 burst runs
@@ -35,22 +36,6 @@ pub struct Credentials {
     /// run it more than once per [`RELOAD_SPACING`].
     reloading: tokio::sync::Mutex<Option<std::time::Instant>>,
     refresher: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Counts of credential refreshes.
-#[derive(Debug, Default)]
-pub struct Refreshes {
-    /// Reloads and plugin runs that produced a credential.
-    pub succeeded: std::sync::atomic::AtomicU64,
-    /// Those that did not.
-    pub failed: std::sync::atomic::AtomicU64,
-}
-
-impl Refreshes {
-    fn count(&self, ok: bool) {
-        let counter = if ok { &self.succeeded } else { &self.failed };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// The least time between two reloads after 401s.
@@ -83,9 +68,9 @@ impl Credentials {
         source: &CredentialSource,
         server: &Uri,
         reload_interval: Duration,
+        refreshes: &UpstreamCounters,
     ) -> Result<(Credentials, Option<ClientIdentity>), StartupError> {
         let header = Arc::new(ArcSwapOption::empty());
-        let refreshes = Arc::new(Refreshes::default());
         let mut identity = None;
         let mut reload = Reload::Nothing;
         let refresher = match source {
@@ -132,7 +117,7 @@ impl Credentials {
         Ok((
             Credentials {
                 header,
-                refreshes,
+                refreshes: refreshes.clone(),
                 reload,
                 reloading: tokio::sync::Mutex::new(None),
                 refresher,
@@ -175,14 +160,14 @@ impl Credentials {
         match fresh.map(|token| bearer(&token)) {
             Ok(Ok(value)) => {
                 self.header.store(Some(Arc::new(value)));
-                self.refreshes.count(true);
+                self.refreshes.refreshed(true);
             }
             Ok(Err(error)) => {
-                self.refreshes.count(false);
+                self.refreshes.refreshed(false);
                 tracing::warn!(%error, "cannot use the reloaded token");
             }
             Err(error) => {
-                self.refreshes.count(false);
+                self.refreshes.refreshed(false);
                 tracing::warn!(%error, "cannot reload the credential after a 401");
             }
         }
@@ -225,7 +210,7 @@ async fn watch_token_file(
     path: PathBuf,
     interval: Duration,
     header: Arc<ArcSwapOption<HeaderValue>>,
-    refreshes: Arc<Refreshes>,
+    refreshes: UpstreamCounters,
 ) {
     loop {
         tokio::time::sleep(interval).await;
@@ -233,16 +218,16 @@ async fn watch_token_file(
             Ok(Ok(value)) => {
                 if header.load().as_deref() != Some(&value) {
                     header.store(Some(Arc::new(value)));
-                    refreshes.count(true);
+                    refreshes.refreshed(true);
                     tracing::info!(file = %path.display(), "token file changed; using the new token");
                 }
             }
             Ok(Err(error)) => {
-                refreshes.count(false);
+                refreshes.refreshed(false);
                 tracing::warn!(%error, "ignoring the new token");
             }
             Err(error) => {
-                refreshes.count(false);
+                refreshes.refreshed(false);
                 tracing::warn!(%error, "keeping the last good token");
             }
         }
@@ -256,7 +241,7 @@ async fn refresh_exec(
     server: Uri,
     mut expires: Option<jiff::Timestamp>,
     header: Arc<ArcSwapOption<HeaderValue>>,
-    refreshes: Arc<Refreshes>,
+    refreshes: UpstreamCounters,
 ) {
     loop {
         // A token without an expiry is refreshed only after a 401.
@@ -278,11 +263,11 @@ async fn refresh_exec(
                     header.store(Some(Arc::new(value)));
                 }
                 expires = output.expires;
-                refreshes.count(true);
+                refreshes.refreshed(true);
                 tracing::info!("exec credential plugin refreshed the token");
             }
             Err(error) => {
-                refreshes.count(false);
+                refreshes.refreshed(false);
                 tracing::warn!(%error, "exec credential plugin failed; keeping the last token");
                 expires = Some(jiff::Timestamp::now() + RETRY_AFTER_FAILURE + EXEC_REFRESH_MARGIN);
             }

@@ -19,7 +19,6 @@ pub mod pool;
 pub mod settings;
 pub mod tls;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -34,6 +33,7 @@ use rustls::pki_types::ServerName;
 use crate::body::{Capture, ProxyBody};
 use crate::error::StartupError;
 use crate::status::ProxyError;
+use crate::telemetry::UpstreamCounters;
 use connect::{Connector, classify};
 use credentials::Credentials;
 use pool::{Checkout, H2Pool};
@@ -56,8 +56,6 @@ pub struct Upstream {
     http1: Client<Connector, UpstreamBody>,
     /// Opens HTTP/1.1-only connections for upgrades.
     upgrade_connector: Connector,
-    /// Every connection opened to the apiserver, whatever for.
-    connections_opened: Arc<AtomicU64>,
     /// When the apiserver last answered anything: seconds since `started`
     /// plus one (0: never). For `/readyz`.
     last_answer: AtomicU64,
@@ -72,11 +70,15 @@ impl Upstream {
     /// # Errors
     ///
     /// A [`StartupError`] when the credential or TLS material is unusable.
-    pub async fn new(settings: UpstreamSettings) -> Result<Self, StartupError> {
+    pub async fn new(
+        settings: UpstreamSettings,
+        counters: &UpstreamCounters,
+    ) -> Result<Self, StartupError> {
         let (credentials, exec_identity) = Credentials::start(
             &settings.credential,
             &settings.server,
             settings.network.token_reload_interval,
+            counters,
         )
         .await?;
         let identity = exec_identity.as_ref().or(settings.client_identity.as_ref());
@@ -90,7 +92,6 @@ impl Upstream {
             })?),
             None => None,
         };
-        let opened = Arc::new(AtomicU64::new(0));
         let connector = |offer_h2| {
             Connector::new(
                 &tls,
@@ -99,7 +100,7 @@ impl Upstream {
                 server_name.clone(),
                 settings.network.keepalive,
                 settings.network.connect_timeout,
-                opened.clone(),
+                counters.clone(),
             )
         };
         let scheme = settings.server.scheme().cloned().unwrap_or(Scheme::HTTPS);
@@ -128,7 +129,6 @@ impl Upstream {
             http1_only: AtomicBool::new(false),
             http1,
             upgrade_connector: connector(false),
-            connections_opened: opened.clone(),
             last_answer: AtomicU64::new(0),
             started: std::time::Instant::now(),
             credentials,
@@ -240,16 +240,6 @@ impl Upstream {
         }
     }
 
-    /// Credential refreshes that worked, and that failed.
-    pub fn credential_refreshes(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let refreshes = &self.credentials.refreshes;
-        (
-            refreshes.succeeded.load(Relaxed),
-            refreshes.failed.load(Relaxed),
-        )
-    }
-
     /// Records that the apiserver answered (any status counts: it is up).
     pub fn answered(&self) {
         let now = self.started.elapsed().as_secs() + 1;
@@ -261,12 +251,6 @@ impl Upstream {
         let last = self.last_answer.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_secs() + 1;
         last != 0 && now.saturating_sub(last) <= window.as_secs()
-    }
-
-    /// How many connections (TCP, and TLS handshakes to a TLS apiserver)
-    /// have been opened to the apiserver: pooled, HTTP/1.1 and upgrades.
-    pub fn connections_opened(&self) -> u64 {
-        self.connections_opened.load(Ordering::Relaxed)
     }
 
     /// How many HTTP/2 connections have been opened to the apiserver.
