@@ -18,6 +18,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{SignatureScheme, client::ClientSessionMemoryCache};
 
 use crate::error::{StartupError, io_reason};
+use crate::lifecycle::Lifecycle;
 use crate::reload;
 
 /// After the pair changes, how long no session is resumed: a handshake
@@ -49,6 +50,7 @@ impl FilePair {
         key: &Path,
         interval: Duration,
         provider: &Arc<CryptoProvider>,
+        lifecycle: &Lifecycle,
     ) -> Result<Arc<FilePair>, StartupError> {
         let pair = Arc::new(FilePair {
             current: ArcSwap::from_pointee(load(cert, key, provider)?),
@@ -74,6 +76,7 @@ impl FilePair {
                 tracing::info!(cert = %cert.display(), "certificate files changed; new connections use the new pair");
                 Ok::<_, StartupError>(())
             },
+            lifecycle,
         );
         Ok(pair)
     }

@@ -36,17 +36,20 @@
 //! 18. [`forward`]: header rewriting on the way to and from the apiserver.
 //! 19. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
 //! 20. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
-//! 21. [`upgrade`]: exec, attach, port-forward: the byte splice.
-//! 22. [`portforward`]: WebSocket port-forward answered by kubegate and
+//! 21. [`handshake`]: the upgrade handshake both ways, shared by the
+//!     relay and the port-forward multiplexer.
+//! 22. [`upgrade`]: exec, attach, port-forward: the byte splice, and the
+//!     client sessions both kinds of upgrade run as.
+//! 23. [`portforward`]: WebSocket port-forward answered by kubegate and
 //!     multiplexed onto one upstream SPDY session per pod.
-//! 23. [`www`]: `--www` static files.
-//! 24. [`listen`]: TCP and unix sockets.
-//! 25. [`proxy`]: the request handler, in stages.
-//! 26. [`serve`]: connections, TLS, graceful shutdown.
-//! 27. [`shutdown`]: the signals.
-//! 28. [`config`]: each flag group into its subsystem's settings, checked
+//! 24. [`www`]: `--www` static files.
+//! 25. [`listen`]: TCP and unix sockets.
+//! 26. [`proxy`]: the request handler, in stages.
+//! 27. [`serve`]: connections, TLS, graceful shutdown.
+//! 28. [`shutdown`]: the signals.
+//! 29. [`config`]: each flag group into its subsystem's settings, checked
 //!     against the others, every problem reported at once.
-//! 29. `fuzz` (tests only): every parser of client and file input, fed
+//! 30. `fuzz` (tests only): every parser of client and file input, fed
 //!     random and mutated input.
 //!
 //! The crate root ties them together ([`Proxy`]); the binary adds `main`
@@ -102,6 +105,7 @@ pub(crate) mod cors;
 pub mod error;
 pub(crate) mod filters;
 pub(crate) mod forward;
+pub(crate) mod handshake;
 pub(crate) mod lifecycle;
 pub mod listen;
 pub(crate) mod pattern;
@@ -137,7 +141,8 @@ pub struct Proxy {
     tls: Option<tokio_rustls::TlsAcceptor>,
     connections: connection::Settings,
     admin: Option<std::net::SocketAddr>,
-    /// The admin server and the readiness probe.
+    /// The background tasks: the admin server, the readiness probe, the
+    /// reloaders and the credential refreshers.
     lifecycle: lifecycle::Lifecycle,
 }
 
@@ -155,9 +160,10 @@ impl Proxy {
             );
         }
         let telemetry = Arc::new(telemetry::Telemetry::default());
+        let lifecycle = lifecycle::Lifecycle::default();
         let reload_interval = config.network.token_reload_interval;
         let tls = match &config.serve_tls {
-            Some((cert, key)) => Some(serve_tls(cert, key, reload_interval)?),
+            Some((cert, key)) => Some(serve_tls(cert, key, reload_interval, &lifecycle)?),
             None => None,
         };
         let fallback_user = config.clusters.upstreams[0]
@@ -168,7 +174,7 @@ impl Proxy {
             .unwrap_or_default();
         let mut list = Vec::with_capacity(config.clusters.upstreams.len());
         for (name, settings) in config.clusters.upstreams {
-            let upstream = Upstream::new(settings, &telemetry.upstream).await?;
+            let upstream = Upstream::new(settings, &telemetry.upstream, &lifecycle).await?;
             list.push(upstream::clusters::Cluster { name, upstream });
         }
         let clusters = match config.clusters.named {
@@ -178,12 +184,19 @@ impl Proxy {
         let upstream = clusters.primary();
         let audit = match config.audit {
             Some(settings) => Some(Arc::new(
-                audit::Audit::start(settings, upstream, fallback_user, &telemetry.audit).await?,
+                audit::Audit::start(
+                    settings,
+                    upstream,
+                    fallback_user,
+                    &telemetry.audit,
+                    &lifecycle,
+                )
+                .await?,
             )),
             None => None,
         };
         if let Some(policy) = &config.policy {
-            policy.watch(reload_interval);
+            policy.watch(reload_interval, &lifecycle);
         }
         Ok(Proxy {
             tls,
@@ -206,7 +219,7 @@ impl Proxy {
             }),
             connections: config.connections,
             admin: config.admin,
-            lifecycle: lifecycle::Lifecycle::default(),
+            lifecycle,
         })
     }
 
@@ -316,9 +329,10 @@ fn serve_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
     interval: std::time::Duration,
+    lifecycle: &lifecycle::Lifecycle,
 ) -> Result<tokio_rustls::TlsAcceptor, StartupError> {
     let provider = upstream::tls::provider();
-    let pair = certs::FilePair::watch(cert, key, interval, &provider)?;
+    let pair = certs::FilePair::watch(cert, key, interval, &provider, lifecycle)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| StartupError::Credential(format!("TLS setup failed: {e}")))?

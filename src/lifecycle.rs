@@ -1,9 +1,12 @@
-//! One place for kubegate's background tasks (the admin server, the
-//! readiness probe): each is registered here, and stops when kubegate
-//! does, after the proxy port has stopped accepting and drained.
+//! One place for kubegate's background tasks: the admin server, the
+//! readiness probe, the file reloaders (certificates, the policy file,
+//! token files) and the credential refreshers. Each is registered here,
+//! and all stop together when kubegate does, after the proxy port has
+//! stopped accepting, drained, closed and flushed.
 
 use std::future::Future;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,15 +29,16 @@ impl Lifecycle {
         &self.tasks
     }
 
-    /// Runs `task` until it ends or kubegate stops.
-    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    /// Runs `task` until it ends or kubegate stops; the handle aborts it
+    /// sooner, when its owner goes.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
         let stopping = self.stopping.clone();
         self.tasks.spawn(async move {
             tokio::select! {
                 () = task => {}
                 () = stopping.cancelled() => {}
             }
-        });
+        })
     }
 
     /// Stops every task and waits until each has ended.

@@ -26,12 +26,13 @@ use crate::connection::{Activity, Limit, Served};
 use crate::cors::{self, OriginPolicy};
 use crate::filters::Filters;
 use crate::forward::{self, Outbound};
+use crate::handshake::{adopt_extended_connect, is_upgrade};
 use crate::policy::Policy;
 use crate::portforward::{Multiplexer, Plan};
 use crate::request::{PathError, RequestInfo, Verb};
 use crate::status::ProxyError;
 use crate::telemetry::{Decision, PortForwardEvent, Telemetry};
-use crate::upgrade::{Relays, adopt_extended_connect, is_upgrade};
+use crate::upgrade::Relays;
 use crate::upstream::clusters::{Cluster, Clusters, Route};
 use crate::www;
 

@@ -8,20 +8,24 @@ use std::path::PathBuf;
 use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
-/// Every `interval`, while `owner` lives, checks whether any of `files`
-/// changed (modification time or size) and then calls `reload` with the
-/// owner. A failed reload (a half-written file, a typo) is logged once and
-/// keeps what the owner had; the next change is tried again.
+use crate::lifecycle::Lifecycle;
+
+/// Every `interval`, while `owner` lives and until `lifecycle` stops,
+/// checks whether any of `files` changed (modification time or size) and
+/// then calls `reload` with the owner. A failed reload (a half-written
+/// file, a typo) is logged once and keeps what the owner had; the next
+/// change is tried again.
 pub fn watch<O, E>(
     files: Vec<PathBuf>,
     interval: Duration,
     owner: Weak<O>,
     reload: impl Fn(&O) -> Result<(), E> + Send + 'static,
+    lifecycle: &Lifecycle,
 ) where
     O: Send + Sync + 'static,
     E: Display,
 {
-    tokio::spawn(async move {
+    lifecycle.spawn(async move {
         let mut seen = modified(&files);
         loop {
             tokio::time::sleep(interval).await;

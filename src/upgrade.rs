@@ -29,93 +29,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::Record;
 use crate::body::{BoxError, ProxyBody};
-use crate::forward::{self, Outbound};
+use crate::forward::Outbound;
+use crate::handshake;
 use crate::request::query_pairs;
 use crate::status::ProxyError;
 use crate::telemetry::{StreamKind, Telemetry};
-use crate::upstream::Upstream;
-use crate::upstream::connect::classify;
-
-/// How long the apiserver may take to answer an upgrade (it dials the
-/// kubelet first).
-const HANDSHAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Splice buffer per direction: large, so a bulk transfer moves in few
 /// system calls.
 const SPLICE_BUFFER: usize = 64 * 1024;
-
-/// Whether the request asks to switch protocols: `Connection` names
-/// `upgrade` (what the apiserver checks) and there is an `Upgrade` header
-/// to switch to (without one, HTTP/1.1 cannot switch, and the request is an
-/// ordinary one).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Marks a WebSocket that arrived over HTTP/2 as an extended `CONNECT`
-/// (RFC 8441): it is answered `200`, without the HTTP/1.1 handshake
-/// headers, and kubegate makes the handshake to the apiserver itself.
-#[derive(Debug, Clone, Copy)]
-pub struct OverHttp2;
-
-/// Reads an RFC 8441 extended `CONNECT` with `:protocol: websocket` as
-/// the HTTP/1.1 upgrade it stands for (`GET` with `Upgrade: websocket`),
-/// so that every check sees the request it is. `true` if it was one.
-pub fn adopt_extended_connect(head: &mut Parts) -> bool {
-    let websocket = head
-        .extensions
-        .get::<hyper::ext::Protocol>()
-        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-    if head.method != http::Method::CONNECT || !websocket {
-        return false;
-    }
-    head.method = http::Method::GET;
-    head.headers
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    head.headers
-        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    head.extensions.insert(OverHttp2);
-    true
-}
-
-/// A fresh `Sec-WebSocket-Key`.
-pub fn websocket_key() -> String {
-    use base64::Engine;
-    let mut bytes = [0u8; 16];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// Whether a `101` answers the WebSocket key kubegate sent.
-pub fn accepts_key(response: &HeaderMap, key: &str) -> bool {
-    let expected = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    response
-        .get(header::SEC_WEBSOCKET_ACCEPT)
-        .is_some_and(|v| v.as_bytes() == expected.as_bytes())
-}
-
-/// The client's answer to an upgrade the apiserver accepted: its `101` as
-/// it is, or for a WebSocket over HTTP/2 a `200` with the subprotocol.
-fn client_answer(over_http2: bool, upstream: &mut HeaderMap) -> Response<ProxyBody> {
-    let mut answer = Response::new(ProxyBody::empty());
-    if over_http2 {
-        if let Some(protocol) = upstream.remove(header::SEC_WEBSOCKET_PROTOCOL) {
-            answer
-                .headers_mut()
-                .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
-        }
-    } else {
-        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *answer.headers_mut() = std::mem::take(upstream);
-    }
-    answer
-}
 
 /// The relays in flight: counted, and closed together at shutdown.
 pub struct Relays {
@@ -167,10 +89,7 @@ impl Relays {
         record: Option<Record>,
         slot: OwnedSemaphorePermit,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let client_upgrade = head
-            .extensions
-            .remove::<OnUpgrade>()
-            .ok_or(ProxyError::NotUpgradable)?;
+        let client_upgrade = handshake::take_client(&mut head)?;
         let query = path_and_query.query().unwrap_or_default().to_string();
         let kind = stream_kind(path_and_query.path());
         let upgrade = head.headers.get(header::UPGRADE).cloned();
@@ -178,29 +97,19 @@ impl Relays {
         if let Some(upgrade) = upgrade {
             head.headers.insert(header::UPGRADE, upgrade);
         }
-        let over_http2 = head.extensions.get::<OverHttp2>().is_some();
-        let key = over_http2.then(websocket_key);
-        if let Some(key) = &key
-            && let Ok(value) = HeaderValue::from_str(key)
-        {
-            head.headers.insert(header::SEC_WEBSOCKET_KEY, value);
-            head.headers.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-        }
+        // Over HTTP/2 the client sent no key: kubegate makes the WebSocket
+        // handshake to the apiserver with its own.
+        let over_http2 = handshake::over_http2(&head);
+        let key = over_http2.then(|| handshake::offer_websocket(&mut head.headers));
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         head.version = Version::HTTP_11;
-        let mut response = handshake(outbound.upstream, path_and_query, head).await?;
-
+        let mut response = handshake::handshake(outbound.upstream, path_and_query, head).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            // A refused upgrade: the apiserver's status and body, as they are.
-            forward::response_headers(response.headers_mut());
-            return Ok(response.map(|body| ProxyBody::Upstream(body, None)));
+            return Ok(handshake::refusal(response));
         }
         if let Some(key) = &key
-            && !accepts_key(response.headers(), key)
+            && !handshake::accepts_key(response.headers(), key)
         {
             return Err(ProxyError::Upstream {
                 server: outbound.upstream.authority().to_string(),
@@ -212,8 +121,8 @@ impl Relays {
             annotate_session(record, response.headers(), &query);
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
-        let answer = client_answer(over_http2, response.headers_mut());
-        let session = Session::new(slot, kind, record);
+        let answer = handshake::client_answer(over_http2, std::mem::take(response.headers_mut()));
+        let session = ClientSession::new(slot, kind, record);
         let (to_server, to_client) = session.counters();
         // The client's side of the upgrade only completes after this
         // response has been written, so the splice runs in its own task.
@@ -241,7 +150,7 @@ impl Relays {
 
     /// Runs an upgraded session's work in a tracked task: counted as open,
     /// cut at shutdown, and its end recorded.
-    pub fn run(&self, session: Session, work: impl Future<Output = ()> + Send + 'static) {
+    pub fn run(&self, session: ClientSession, work: impl Future<Output = ()> + Send + 'static) {
         self.metrics.stream(session.kind, 1);
         self.open.fetch_add(1, Ordering::AcqRel);
         let (closing, open, metrics) = (
@@ -260,67 +169,9 @@ impl Relays {
     }
 }
 
-/// Sends an upgrade request to the apiserver on a fresh HTTP/1.1
-/// connection and returns its answer, `101` or not.
-///
-/// # Errors
-///
-/// A [`ProxyError`] if the apiserver cannot be reached or does not answer
-/// within a minute.
-pub async fn handshake(
-    upstream: &Upstream,
-    path_and_query: PathAndQuery,
-    mut head: Parts,
-) -> Result<Response<Incoming>, ProxyError> {
-    let absolute = upstream.uri_for(path_and_query)?;
-    if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
-        head.headers.insert(header::HOST, host);
-    }
-    head.uri = absolute
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"))
-        .into();
-    send_upgrade(upstream, &absolute, head).await
-}
-
-async fn send_upgrade(
-    upstream: &Upstream,
-    absolute: &http::Uri,
-    head: Parts,
-) -> Result<Response<Incoming>, ProxyError> {
-    let io = upstream.upgrade_connector().connect(absolute).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| classify(absolute, &e))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "apiserver upgrade connection ended");
-        }
-    });
-    let upstream_request = Request::from_parts(
-        head,
-        Either::<Empty<bytes::Bytes>, Incoming>::Left(Empty::new()),
-    );
-    // The kubelet answers within seconds; a server that never does
-    // must not hold the connection and the client forever.
-    let answered = tokio::time::timeout(HANDSHAKE_LIMIT, sender.send_request(upstream_request));
-    let response = answered
-        .await
-        .map_err(|_| ProxyError::Upstream {
-            server: upstream.authority().to_string(),
-            reason: format!(
-                "no answer to the upgrade within {}s",
-                HANDSHAKE_LIMIT.as_secs()
-            ),
-        })?
-        .map_err(|e| classify(absolute, &e))?;
-    upstream.answered();
-    Ok(response)
-}
-
-/// One upgraded session: what it is and what it moved.
-pub struct Session {
+/// A client's upgraded session (relayed, or a port-forward client of a
+/// shared SPDY session): what it is and what it moved.
+pub struct ClientSession {
     /// Its `--max-connections` slot, held until the session ends.
     _slot: OwnedSemaphorePermit,
     kind: StreamKind,
@@ -330,10 +181,10 @@ pub struct Session {
     to_client: Arc<AtomicU64>,
 }
 
-impl Session {
+impl ClientSession {
     /// A session that holds `slot` until it ends, recorded in `record`.
     pub fn new(slot: OwnedSemaphorePermit, kind: StreamKind, record: Option<Record>) -> Self {
-        Session {
+        ClientSession {
             _slot: slot,
             kind,
             record,

@@ -30,6 +30,7 @@ use serde_json::value::RawValue;
 use crate::body::{Captured, ProxyBody};
 use crate::client::Peer;
 use crate::error::{StartupError, io_reason};
+use crate::lifecycle::Lifecycle;
 use crate::request::RequestInfo;
 use crate::status::ProxyError;
 use crate::telemetry::AuditCounters;
@@ -108,6 +109,7 @@ impl Audit {
         upstream: &Upstream,
         fallback: UserInfo,
         counters: &AuditCounters,
+        lifecycle: &Lifecycle,
     ) -> Result<Audit, StartupError> {
         let user = match identity::self_subject_review(upstream).await {
             Some(user) => user,
@@ -119,7 +121,9 @@ impl Audit {
             }
         };
         let webhook = match settings.webhook {
-            Some(webhook) => Some(webhook::WebhookBackend::start(webhook, counters).await?),
+            Some(webhook) => {
+                Some(webhook::WebhookBackend::start(webhook, counters, lifecycle).await?)
+            }
             None => None,
         };
         let log = match settings.log {

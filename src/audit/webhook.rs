@@ -18,6 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use crate::error::StartupError;
+use crate::lifecycle::Lifecycle;
 use crate::telemetry::{AuditCounters, UpstreamCounters};
 use crate::upstream::{Upstream, UpstreamSettings};
 
@@ -54,6 +55,7 @@ impl WebhookBackend {
     pub async fn start(
         mut settings: Settings,
         counters: &AuditCounters,
+        lifecycle: &Lifecycle,
     ) -> Result<WebhookBackend, StartupError> {
         // The collector's URL path is where batches go, not a prefix.
         let path = match std::mem::take(&mut settings.collector.server_path) {
@@ -62,7 +64,8 @@ impl WebhookBackend {
         };
         let collector = Collector {
             // Its connections are not the apiserver's: counted apart.
-            upstream: Upstream::new(settings.collector, &UpstreamCounters::default()).await?,
+            upstream: Upstream::new(settings.collector, &UpstreamCounters::default(), lifecycle)
+                .await?,
             path,
         };
         let (sender, receiver) = mpsc::channel(settings.buffer.max(1));

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 
 use crate::error::{StartupError, io_reason};
+use crate::lifecycle::Lifecycle;
 use crate::reload;
 use crate::request::{RequestInfo, Resource, STREAM_SUBRESOURCES, Verb};
 use selector::{GroupResources, Selector};
@@ -104,7 +105,7 @@ impl Policy {
 
     /// Reads the file again whenever it changes (checked every
     /// `interval`); a file that no longer parses keeps the rules it had.
-    pub fn watch(&self, interval: Duration) {
+    pub fn watch(&self, interval: Duration, lifecycle: &Lifecycle) {
         let Some(file) = &self.file else {
             return;
         };
@@ -119,6 +120,7 @@ impl Policy {
                 file.rules.store(Arc::new(rules));
                 Ok::<_, StartupError>(())
             },
+            lifecycle,
         );
     }
 

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::session::{BUDGET, Event, Pair, Reserved, Route, Session};
+use super::session::{BUDGET, Event, Pair, Reserved, Route, SpdySession};
 use crate::telemetry::{PortForwardEvent, Telemetry};
 
 /// How long one message to the client may take to go out before the
@@ -198,7 +198,7 @@ pub async fn serve(
 /// One client's side of its connections.
 struct Pods<'a> {
     framing: Framing,
-    session: &'a Arc<Session>,
+    session: &'a Arc<SpdySession>,
     metrics: &'a Telemetry,
 }
 

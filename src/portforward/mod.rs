@@ -40,13 +40,14 @@ use crate::access::BEARER_SUBPROTOCOL_PREFIX;
 use crate::audit::Record;
 use crate::body::ProxyBody;
 use crate::forward;
+use crate::handshake;
 use crate::request::{RequestInfo, query_pairs};
 use crate::status::ProxyError;
 use crate::telemetry::{PortForwardEvent, StreamKind, Telemetry};
-use crate::upgrade::{self, Relays};
+use crate::upgrade::{ClientSession, Relays, annotate_session};
 use crate::upstream::Upstream;
 use client::Framing;
-use session::{Reserved, Session, Wire};
+use session::{Reserved, SpdySession, Wire};
 
 /// Forwarded connections one session carries before another is opened
 /// for the same pod.
@@ -163,7 +164,7 @@ impl Plan {
 
 /// The shared sessions, by pod.
 pub struct Multiplexer {
-    sessions: Mutex<HashMap<PodKey, Vec<Arc<Session>>>>,
+    sessions: Mutex<HashMap<PodKey, Vec<Arc<SpdySession>>>>,
     /// One dial at a time per pod, so concurrent first clients share it.
     dialing: Mutex<HashMap<PodKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Clusters whose apiserver refused the tunnel (400 or 403, an
@@ -226,7 +227,8 @@ impl Multiplexer {
             Ok(wire) => wire,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let session = Session::start(wire, self.idle, self.closing.clone(), self.metrics.clone());
+        let session =
+            SpdySession::start(wire, self.idle, self.closing.clone(), self.metrics.clone());
         tracing::debug!(
             namespace = %plan.key.namespace,
             pod = %plan.key.pod,
@@ -268,7 +270,7 @@ impl Multiplexer {
         }
     }
 
-    fn forget(&self, key: &PodKey, ended: &Arc<Session>) {
+    fn forget(&self, key: &PodKey, ended: &Arc<SpdySession>) {
         let Ok(mut sessions) = self.sessions.lock() else {
             return;
         };
@@ -296,31 +298,21 @@ impl Multiplexer {
         let raw_only = self.raw_only.lock().is_ok_and(|r| r.contains(cluster));
         let mut refused_tunnel = false;
         if !raw_only {
-            let key = upgrade::websocket_key();
             let mut head = upgrade_head(upstream, Method::GET);
             let headers = &mut head.headers;
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-            headers.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(TUNNEL),
             );
-            if let Ok(value) = HeaderValue::from_str(&key) {
-                headers.insert(header::SEC_WEBSOCKET_KEY, value);
-            }
-            let mut response = upgrade::handshake(upstream, path.clone(), head).await?;
+            let key = handshake::offer_websocket(headers);
+            let mut response = handshake::handshake(upstream, path.clone(), head).await?;
             let accepted = response.status() == StatusCode::SWITCHING_PROTOCOLS
-                && upgrade::accepts_key(response.headers(), &key)
+                && handshake::accepts_key(response.headers(), &key)
                 && header_is(response.headers(), header::SEC_WEBSOCKET_PROTOCOL, TUNNEL);
             if accepted {
-                let io = hyper::upgrade::on(&mut response)
-                    .await
-                    .map_err(|e| upstream_failed(upstream, &e))?;
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None).await;
+                let io = handshake::upstream_io(upstream, &mut response).await?;
+                let socket = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
                 return Ok(Ok(Wire::Tunnel(Box::new(socket))));
             }
             tracing::debug!(server = %upstream.authority(), status = %response.status(), "the apiserver refused the SPDY tunnel; trying raw SPDY");
@@ -338,10 +330,9 @@ impl Multiplexer {
             "x-stream-protocol-version",
             HeaderValue::from_static("portforward.k8s.io"),
         );
-        let mut response = upgrade::handshake(upstream, path.clone(), head).await?;
+        let mut response = handshake::handshake(upstream, path.clone(), head).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            forward::response_headers(response.headers_mut());
-            return Ok(Err(response.map(|body| ProxyBody::Upstream(body, None))));
+            return Ok(Err(handshake::refusal(response)));
         }
         if refused_tunnel
             && let Ok(mut raw_only) = self.raw_only.lock()
@@ -349,10 +340,8 @@ impl Multiplexer {
         {
             tracing::info!(server = %upstream.authority(), "the apiserver does not tunnel SPDY port-forward in a WebSocket; using raw SPDY");
         }
-        let io = hyper::upgrade::on(&mut response)
-            .await
-            .map_err(|e| upstream_failed(upstream, &e))?;
-        Ok(Ok(Wire::Raw(TokioIo::new(io))))
+        let io = handshake::upstream_io(upstream, &mut response).await?;
+        Ok(Ok(Wire::Raw(io)))
     }
 
     /// Serves a planned port-forward: the session first (so that a refusal
@@ -371,50 +360,23 @@ impl Multiplexer {
         record: Option<Record>,
         slot: OwnedSemaphorePermit,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let client_upgrade = head
-            .extensions
-            .remove::<OnUpgrade>()
-            .ok_or(ProxyError::NotUpgradable)?;
-        let over_http2 = head.extensions.get::<upgrade::OverHttp2>().is_some();
-        let accept = match head.headers.get(header::SEC_WEBSOCKET_KEY) {
-            Some(key) => derive_accept_key(key.as_bytes()),
-            None if over_http2 => String::new(),
-            None => {
-                return Err(ProxyError::BadPortForward(
-                    "a WebSocket upgrade needs a Sec-WebSocket-Key header".into(),
-                ));
-            }
-        };
+        let client_upgrade = handshake::take_client(&mut head)?;
+        let accepted = handshake::accept_websocket(&head, &plan.protocol)?;
         let reserved = match self.session(upstream, &plan).await? {
             Ok(reserved) => reserved,
             Err(refusal) => return Ok(refusal),
         };
-        let mut answer = Response::new(ProxyBody::empty());
-        if !over_http2 {
-            *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let headers = answer.headers_mut();
-            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            if let Ok(accept) = HeaderValue::from_str(&accept) {
-                headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-            }
-        }
-        let headers = answer.headers_mut();
-        if let Ok(protocol) = HeaderValue::from_str(&plan.protocol)
-            && !plan.protocol.is_empty()
-        {
-            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
-        }
+        let answer = handshake::client_answer(handshake::over_http2(&head), accepted);
         if let Some(record) = &record {
             record.annotate("kubegate.io/port-forward", "multiplexed");
-            upgrade::annotate_session(
+            annotate_session(
                 record,
                 answer.headers(),
                 head.uri.query().unwrap_or_default(),
             );
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
-        let relayed = upgrade::Session::new(slot, StreamKind::portforward, record);
+        let relayed = ClientSession::new(slot, StreamKind::portforward, record);
         let (to_server, to_client) = relayed.counters();
         let metrics = self.metrics.clone();
         metrics.port_forward(PortForwardEvent::Client);
@@ -451,11 +413,4 @@ fn header_is(headers: &HeaderMap, name: header::HeaderName, expected: &str) -> b
     headers
         .get(name)
         .is_some_and(|v| v.as_bytes() == expected.as_bytes())
-}
-
-fn upstream_failed(upstream: &Upstream, error: &hyper::Error) -> ProxyError {
-    ProxyError::Upstream {
-        server: upstream.authority().to_string(),
-        reason: format!("the port-forward upgrade failed: {error}"),
-    }
 }

@@ -181,11 +181,11 @@ enum Control {
 
 /// A place held on a session until its client has opened its
 /// connections.
-pub struct Reserved(Arc<Session>);
+pub struct Reserved(Arc<SpdySession>);
 
 impl Reserved {
     /// The session.
-    pub fn session(&self) -> &Arc<Session> {
+    pub fn session(&self) -> &Arc<SpdySession> {
         &self.0
     }
 }
@@ -197,7 +197,7 @@ impl Drop for Reserved {
 }
 
 /// A live upstream session.
-pub struct Session {
+pub struct SpdySession {
     control: mpsc::UnboundedSender<Control>,
     /// Stream data and half-closes, in the order they must go out.
     data: mpsc::Sender<(u32, Bytes, bool)>,
@@ -222,7 +222,7 @@ pub struct Session {
     tunneled: bool,
 }
 
-impl Session {
+impl SpdySession {
     /// Starts a session on `wire`; it closes itself after `idle` with no
     /// forwarded connection, or when `closing` is cancelled.
     pub fn start(
@@ -230,12 +230,12 @@ impl Session {
         idle: Duration,
         closing: CancellationToken,
         metrics: Arc<Telemetry>,
-    ) -> Arc<Session> {
+    ) -> Arc<SpdySession> {
         let tunneled = matches!(wire, Wire::Tunnel(_));
         let (reader, writer) = wire.split();
         let (control, control_rx) = mpsc::unbounded_channel();
         let (data, data_rx) = mpsc::channel(64);
-        let session = Arc::new(Session {
+        let session = Arc::new(SpdySession {
             control,
             data,
             routes: Mutex::new(HashMap::new()),

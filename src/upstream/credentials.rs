@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::settings::{ClientIdentity, CredentialSource, parse_identity};
 use crate::error::StartupError;
+use crate::lifecycle::Lifecycle;
 use crate::telemetry::UpstreamCounters;
 
 /// How long before expiry an exec plugin is run again.
@@ -69,6 +70,7 @@ impl Credentials {
         server: &Uri,
         reload_interval: Duration,
         refreshes: &UpstreamCounters,
+        lifecycle: &Lifecycle,
     ) -> Result<(Credentials, Option<ClientIdentity>), StartupError> {
         let header = Arc::new(ArcSwapOption::empty());
         let mut identity = None;
@@ -89,7 +91,7 @@ impl Credentials {
                 let token = read_token_file(path).map_err(StartupError::Credential)?;
                 header.store(Some(Arc::new(bearer(&token)?)));
                 reload = Reload::TokenFile(path.clone());
-                Some(tokio::spawn(watch_token_file(
+                Some(lifecycle.spawn(watch_token_file(
                     path.clone(),
                     reload_interval,
                     header.clone(),
@@ -105,7 +107,7 @@ impl Credentials {
                     header.store(Some(Arc::new(bearer(token.expose_secret())?)));
                 }
                 reload = Reload::Exec(exec.clone(), server.clone());
-                Some(tokio::spawn(refresh_exec(
+                Some(lifecycle.spawn(refresh_exec(
                     (**exec).clone(),
                     server.clone(),
                     output.expires,

@@ -32,6 +32,7 @@ use rustls::pki_types::ServerName;
 
 use crate::body::{Capture, ProxyBody};
 use crate::error::StartupError;
+use crate::lifecycle::Lifecycle;
 use crate::status::ProxyError;
 use crate::telemetry::UpstreamCounters;
 use connect::{Connector, classify};
@@ -73,16 +74,18 @@ impl Upstream {
     pub async fn new(
         settings: UpstreamSettings,
         counters: &UpstreamCounters,
+        lifecycle: &Lifecycle,
     ) -> Result<Self, StartupError> {
         let (credentials, exec_identity) = Credentials::start(
             &settings.credential,
             &settings.server,
             settings.network.token_reload_interval,
             counters,
+            lifecycle,
         )
         .await?;
         let identity = exec_identity.as_ref().or(settings.client_identity.as_ref());
-        let tls = tls::client_config(&settings, identity)?;
+        let tls = tls::client_config(&settings, identity, lifecycle)?;
         let server_name = match &settings.tls_server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
                 StartupError::Credential(format!(

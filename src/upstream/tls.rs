@@ -15,6 +15,7 @@ use rustls::{CipherSuite, ClientConfig, DigitallySignedStruct, RootCertStore, Si
 use super::settings::{ClientIdentity, UpstreamSettings};
 use crate::certs::FilePair;
 use crate::error::StartupError;
+use crate::lifecycle::Lifecycle;
 
 /// The one crypto provider kubegate uses, everywhere: ring's, with the
 /// AES-128-GCM suites offered first. Go's crypto/tls (the apiserver's)
@@ -43,6 +44,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub fn client_config(
     settings: &UpstreamSettings,
     identity: Option<&ClientIdentity>,
+    lifecycle: &Lifecycle,
 ) -> Result<Arc<ClientConfig>, StartupError> {
     // Certificate files are watched, so that a rotated pair is presented
     // on the next connection (with a fresh session cache, since a resumed
@@ -55,6 +57,7 @@ pub fn client_config(
             key,
             settings.network.token_reload_interval,
             &provider(),
+            lifecycle,
         )?;
         let mut config = build(settings, None)?;
         config.client_auth_cert_resolver = pair.clone();
