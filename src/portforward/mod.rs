@@ -28,18 +28,15 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::BEARER_SUBPROTOCOL_PREFIX;
 use crate::audit::Record;
 use crate::body::ProxyBody;
-use crate::forward;
 use crate::handshake;
 use crate::request::{RequestInfo, query_pairs};
 use crate::status::ProxyError;
