@@ -156,6 +156,29 @@ async fn refuses_to_start(home: &Path, args: &[&str], words: &[&str]) {
 }
 
 #[tokio::test]
+async fn every_bad_flag_is_reported_at_once_one_line_each() {
+    let double = Double::start().await;
+    let kubeconfig = double.kubeconfig.to_str().unwrap();
+    let args = [
+        "--kubeconfig",
+        kubeconfig,
+        "--address=nowhere",
+        "--shutdown-grace=5x",
+        "--accept-paths=(",
+    ];
+    let (code, stderr) = fails(double.dir.path(), &args).await;
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, flag) in lines
+        .iter()
+        .zip(["--address", "--accept-paths", "--shutdown-grace"])
+    {
+        assert!(line.starts_with(&format!("kubegate: {flag}: ")), "{stderr}");
+    }
+}
+
+#[tokio::test]
 async fn port_zero_prints_the_real_port_and_serves_there() {
     let double = Double::start().await;
     let running = start_for(&double, &[]).await;
@@ -370,6 +393,65 @@ async fn misconfiguration_fails_at_start_with_one_line_naming_the_fix() {
         &["already in use", "--port"],
     )
     .await;
+}
+
+/// kubegate with `env` added to its clean environment, in front of
+/// `kubeconfig`: answers `GET /api`, then stops; returns the status and
+/// its log.
+async fn get_api_with_environment(
+    home: &Path,
+    kubeconfig: &Path,
+    env: &[(&str, &str)],
+) -> (u16, String) {
+    let args = ["--kubeconfig", kubeconfig.to_str().unwrap(), "-p", "0"];
+    let mut command = prepared(Command::new(KUBEGATE), home, &args);
+    command.envs(env.iter().copied());
+    let running = run(command).await;
+    let status = get(&running.url("/api")).await.status;
+    running.signal("TERM");
+    let stderr = running.stderr;
+    within("exit", { running.child }.wait()).await.unwrap();
+    (status.as_u16(), within("stderr", stderr).await.unwrap())
+}
+
+/// A shell's `HTTPS_PROXY` and a local cluster (kind, minikube): the
+/// environment's proxies follow Go's rule, and are never taken for the
+/// kubeconfig's `proxy-url`. The binary, since the kubeconfig loader reads
+/// the process's own environment.
+#[tokio::test]
+async fn the_environment_proxy_follows_gos_rule_and_is_not_the_kubeconfigs() {
+    let double = Double::start().await;
+    let home = double.dir.path();
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let direct: [&[(&str, &str)]; 3] = [
+        // NO_PROXY names the apiserver.
+        &[("HTTPS_PROXY", &down), ("NO_PROXY", "127.0.0.1")],
+        // A loopback apiserver is never proxied.
+        &[("HTTPS_PROXY", &down)],
+        &[("https_proxy", &down)],
+    ];
+    for env in direct {
+        let (status, log) = get_api_with_environment(home, &double.kubeconfig, env).await;
+        assert_eq!(status, 200, "{env:?}: {log}");
+        assert!(
+            !log.contains("reaching the apiserver through"),
+            "{env:?}: {log}"
+        );
+    }
+    // A real proxy-url is used, whatever the environment says, and the log
+    // says where it came from.
+    let proxy = ForwardProxy::start(ProxyKind::Tinyproxy { credentials: None }).await;
+    let proxy_url = format!("proxy-url: http://127.0.0.1:{}", proxy.port);
+    let config = double.kubeconfig_edited("proxied", None, &[&proxy_url]);
+    let env = [("HTTPS_PROXY", down.as_str()), ("NO_PROXY", "127.0.0.1")];
+    let (status, log) = get_api_with_environment(home, &config, &env).await;
+    assert_eq!(status, 200, "{log}");
+    let via = format!(
+        "reaching the apiserver through http://127.0.0.1:{} (the kubeconfig's proxy-url)",
+        proxy.port
+    );
+    assert!(log.contains(&via), "{log}");
+    assert!(proxy.log().contains("CONNECT 127.0.0.1"), "{}", proxy.log());
 }
 
 #[tokio::test]

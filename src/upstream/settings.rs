@@ -178,8 +178,11 @@ pub async fn from_kubeconfig(
         client_identity: client_identity(auth, &user_label)?,
         credential: credential_source(auth, &user_label)?,
         impersonate: impersonation(auth, &user_label)?,
-        proxy: match &loaded.proxy_url {
-            Some(url) => ProxyRule::from_url(&url.to_string()).map_err(|message| {
+        // The kubeconfig's own `proxy-url` only: kube-rs falls back to
+        // `HTTPS_PROXY` where a cluster has none, and the environment's
+        // proxies follow Go's rule instead (`NO_PROXY`, loopback direct).
+        proxy: match selection.proxy_url(&merged) {
+            Some(url) => ProxyRule::from_url(&url).map_err(|message| {
                 fail(format!(
                     "{message} (cluster {:?})",
                     selection.cluster.clone().unwrap_or_default()
@@ -338,6 +341,19 @@ impl Selection {
                 .or_else(|| found.as_ref().map(|c| c.cluster.clone())),
             user: chosen.user.clone().or_else(|| found.and_then(|c| c.user)),
         }
+    }
+
+    /// The chosen cluster's `proxy-url`, as the kubeconfig writes it.
+    fn proxy_url(&self, config: &Kubeconfig) -> Option<String> {
+        let name = self.cluster.as_ref()?;
+        config
+            .clusters
+            .iter()
+            .find(|c| &c.name == name)?
+            .cluster
+            .as_ref()?
+            .proxy_url
+            .clone()
     }
 
     fn ca_label(&self, config: &Kubeconfig) -> String {
