@@ -11,13 +11,13 @@
 //!
 //! 1. [`error`]: start-up errors, one line naming the file or flag.
 //! 2. [`pattern`]: kubectl's comma-separated regex lists.
-//! 3. [`cli`]: the command line (kubectl proxy's flags first), a group
-//!    per subsystem, every value parsed to its final type.
-//! 4. [`body`]: the one response body type, and the tee audit uses.
-//! 5. [`connection`]: client connections: the limit, one connection's
-//!    requests in flight and its idle deadlines.
-//! 6. [`telemetry`]: what kubegate counts, pushed where it happens, and
+//! 3. [`telemetry`]: what kubegate counts, pushed where it happens, and
 //!    the one registry.
+//! 4. [`cli`]: the command line (kubectl proxy's flags first), a group
+//!    per subsystem, every value parsed to its final type.
+//! 5. [`body`]: the one response body type, and the tee audit uses.
+//! 6. [`connection`]: client connections: one connection's requests in
+//!    flight and its idle deadlines; the limit, and room made at it.
 //! 7. [`lifecycle`]: the background tasks, stopped together.
 //! 8. [`reload`]: files read again when they change.
 //! 9. [`request`]: the one reading of a request: canonical path, verb,
@@ -212,7 +212,10 @@ impl Proxy {
                 port_forward: config
                     .port_forward_idle
                     .map(|idle| portforward::Multiplexer::new(idle, telemetry.clone())),
-                limit: connection::Limit::new(config.connections.limit),
+                limit: connection::Limit::new(
+                    config.connections.limit,
+                    telemetry.connections.clone(),
+                ),
                 audit,
                 metrics: telemetry,
                 readiness: Arc::new(admin::Readiness::default()),

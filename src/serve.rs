@@ -21,9 +21,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{ClientOrigin, Peer};
-use crate::connection::{Activity, Deadlines, Settings};
+use crate::connection::limit::PRESSED_FIRST_REQUEST;
+use crate::connection::{Activity, Deadlines, Registered, Settings};
 use crate::listen::{Accepted, Listener};
 use crate::proxy::{ProxyService, Shared};
+
+/// An accepted client: its activity, its place among the connections
+/// that may be shed for room, and its `--max-connections` slot, all held
+/// until it closes.
+struct Client {
+    activity: Arc<Activity>,
+    registered: Registered,
+    /// Accepted while connections were being shed.
+    pressed: bool,
+    _slot: OwnedSemaphorePermit,
+}
 
 /// How long to pause accepting after an accept error such as EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -115,23 +127,29 @@ pub async fn serve(
         let accepted = async {
             // Wait for room without holding it while accept waits: a
             // relayed session may take a slot meanwhile.
-            if limit.is_full() {
-                tracing::warn!(
-                    max = limit.max(),
-                    "at --max-connections: new clients wait until a connection closes"
-                );
-                limit.room().await;
-            }
+            limit.make_room().await;
             let accepted = listener.accept().await;
-            let slot = match limit.try_take() {
-                Some(slot) => slot,
-                None => limit.take().await?,
+            // A relayed session may have taken the room meanwhile.
+            let slot = loop {
+                match limit.try_take() {
+                    Some(slot) => break slot,
+                    None => limit.make_room().await,
+                }
             };
-            Some((accepted, slot))
+            limit.relieve();
+            let activity = Arc::new(Activity::default());
+            let registered = limit.register(activity.clone());
+            let client = Client {
+                activity,
+                registered,
+                pressed: limit.is_pressed(),
+                _slot: slot,
+            };
+            Some((accepted, client))
         };
         tokio::select! {
             accepted = accepted => match accepted {
-                Some((Ok(Accepted::Tcp(stream, peer)), slot)) => {
+                Some((Ok(Accepted::Tcp(stream, peer)), client)) => {
                     if let Some(period) = connections.settings.keepalive {
                         let probe = socket2::TcpKeepalive::new().with_time(period).with_interval(period);
                         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probe) {
@@ -141,18 +159,18 @@ pub async fn serve(
                     let tls = connections.tls.is_some();
                     let origin = tcp_origin(peer, tls);
                     match &connections.tls {
-                        Some(acceptor) => serving.spawn_tls(acceptor.clone(), stream, shared.clone(), origin, slot),
-                        None => serving.spawn(stream, shared.clone(), origin, slot),
+                        Some(acceptor) => serving.spawn_tls(acceptor.clone(), stream, shared.clone(), origin, client),
+                        None => serving.spawn(stream, shared.clone(), origin, client),
                     }
                 }
-                Some((Ok(Accepted::Unix(stream)), slot)) => {
+                Some((Ok(Accepted::Unix(stream)), client)) => {
                     let description = match stream.peer_cred() {
                         Ok(cred) => format!("unix socket, uid={}, pid={}", cred.uid(), cred.pid().map_or_else(|| "?".into(), |p| p.to_string())),
                         Err(_) => "unix socket".to_string(),
                     };
                     let peer = Peer { ip: None, description };
                     let origin = ClientOrigin { forwarded_for: None, proto: HeaderValue::from_static("http"), peer };
-                    serving.spawn(stream, shared.clone(), origin, slot);
+                    serving.spawn(stream, shared.clone(), origin, client);
                 }
                 Some((Err(error), _)) => {
                     tracing::warn!(%error, "accept failed; pausing");
@@ -228,48 +246,55 @@ impl Serving {
         stream: tokio::net::TcpStream,
         shared: Arc<Shared>,
         origin: ClientOrigin,
-        slot: OwnedSemaphorePermit,
+        client: Client,
     ) {
         let serving = self.clone();
         self.tasks.execute(async move {
-            let deadline = serving.deadlines.first_request;
-            let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => return tracing::debug!(%error, "client TLS handshake failed"),
-                Err(_) => return tracing::debug!("client TLS handshake timed out"),
+            let deadline = serving.deadlines(&client).first_request;
+            let handshake = tokio::time::timeout(deadline, acceptor.accept(stream));
+            let tls = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => return tracing::debug!(%error, "client TLS handshake failed"),
+                    Err(_) => return tracing::debug!("client TLS handshake timed out"),
+                },
+                () = client.registered.shed().cancelled() => {
+                    return tracing::debug!("closing a client mid-handshake to make room");
+                }
             };
-            serving.serve(tls, shared, origin, slot).await;
+            serving.serve(tls, shared, origin, client).await;
         });
     }
 
+    /// The connection's deadlines: a shorter first one while connections
+    /// are being shed for room.
+    fn deadlines(&self, client: &Client) -> Deadlines {
+        let mut deadlines = self.deadlines;
+        if client.pressed {
+            deadlines.first_request = deadlines.first_request.min(PRESSED_FIRST_REQUEST);
+        }
+        deadlines
+    }
+
     /// Serves one connection in its own task.
-    fn spawn<I>(
-        self: &Arc<Self>,
-        io: I,
-        shared: Arc<Shared>,
-        origin: ClientOrigin,
-        slot: OwnedSemaphorePermit,
-    ) where
+    fn spawn<I>(self: &Arc<Self>, io: I, shared: Arc<Shared>, origin: ClientOrigin, client: Client)
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let serving = self.clone();
         self.tasks
-            .execute(async move { serving.serve(io, shared, origin, slot).await });
+            .execute(async move { serving.serve(io, shared, origin, client).await });
     }
 
     /// Serves one connection until it ends, is idle past its deadline, or
     /// shutdown asks it to finish; then it finishes what is in flight
     /// (HTTP/2: `GOAWAY`) and closes. Its slot is free once it has.
-    async fn serve<I>(
-        &self,
-        io: I,
-        shared: Arc<Shared>,
-        origin: ClientOrigin,
-        slot: OwnedSemaphorePermit,
-    ) where
+    async fn serve<I>(&self, io: I, shared: Arc<Shared>, origin: ClientOrigin, client: Client)
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::default());
+        let deadlines = self.deadlines(&client);
+        let activity = client.activity.clone();
         let service = ProxyService::new(shared, origin, activity.clone());
         let connection = self
             .builder
@@ -277,8 +302,12 @@ impl Serving {
         tokio::pin!(connection);
         let ended = tokio::select! {
             ended = connection.as_mut() => Some(ended),
-            () = activity.idle_for(self.deadlines) => {
+            () = activity.idle_for(deadlines) => {
                 tracing::debug!("closing an idle client connection");
+                None
+            }
+            () = client.registered.shed().cancelled() => {
+                tracing::debug!("closing a client connection with nothing in flight to make room");
                 None
             }
             () = self.tasks.draining.cancelled() => None,
@@ -293,6 +322,6 @@ impl Serving {
         if let Err(error) = ended {
             tracing::debug!(%error, "client connection ended with an error");
         }
-        drop(slot);
+        drop(client);
     }
 }

@@ -59,6 +59,9 @@ pub enum PortForwardEvent {
     StreamRefused,
     /// A WebSocket arrived over HTTP/2 (RFC 8441).
     WebSocketOverHttp2,
+    /// A port-forward was relayed byte for byte: the apiserver takes no
+    /// SPDY.
+    Relayed,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +89,11 @@ struct DirectionLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +138,21 @@ impl UpstreamCounters {
     }
 }
 
+/// Client connections closed to make room at `--max-connections`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionCounters {
+    shed: Family<ReasonLabels, Counter>,
+}
+
+impl ConnectionCounters {
+    /// A connection closed for room: one that had not sent a request yet,
+    /// or one idle after its last response.
+    pub fn shed(&self, never_asked: bool) {
+        let reason = if never_asked { "no-request" } else { "idle" };
+        self.shed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
 /// The multiplexed port-forward counters.
 #[derive(Debug, Default)]
 struct PortForwardCounters {
@@ -140,6 +163,7 @@ struct PortForwardCounters {
     streams_opened: Counter,
     streams_refused: Counter,
     websockets_over_http2: Counter,
+    relayed: Counter,
 }
 
 /// Everything kubegate counts, registered once.
@@ -155,6 +179,8 @@ pub struct Telemetry {
     pub audit: AuditCounters,
     /// The apiserver connections'.
     pub upstream: UpstreamCounters,
+    /// The client connections'.
+    pub connections: ConnectionCounters,
 }
 
 impl Default for Telemetry {
@@ -171,6 +197,7 @@ impl Default for Telemetry {
             port_forward: PortForwardCounters::default(),
             audit: AuditCounters::default(),
             upstream: UpstreamCounters::default(),
+            connections: ConnectionCounters::default(),
         };
         telemetry.register();
         telemetry
@@ -210,6 +237,8 @@ impl Telemetry {
             refreshes,
             upstream.refreshes.clone(),
         );
+        let shed = "Client connections closed to make room at --max-connections, by reason (no-request, idle)";
+        r.register("connections_shed", shed, self.connections.shed.clone());
         let audit = &self.audit;
         r.register(
             "audit_events_written",
@@ -272,6 +301,8 @@ impl Telemetry {
             h2,
             pf.websockets_over_http2.clone(),
         );
+        let relayed = "Port-forwards relayed byte for byte where multiplexing is on, because the apiserver takes no SPDY";
+        r.register("port_forward_relayed", relayed, pf.relayed.clone());
     }
 
     /// Counts a finished request head.
@@ -329,6 +360,9 @@ impl Telemetry {
             }
             PortForwardEvent::WebSocketOverHttp2 => {
                 m.websockets_over_http2.inc();
+            }
+            PortForwardEvent::Relayed => {
+                m.relayed.inc();
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Client connections are bounded whatever clients do: a socket that sends
 //! nothing, half an HTTP/2 preface, or nothing after its response is
-//! closed at its deadline, and a request in flight is never cut. (The
-//! descriptor limit and `--max-connections` are in tests/cli.rs, which
-//! runs the binary under `prlimit`.)
+//! closed at its deadline, a request in flight is never cut, and at
+//! `--max-connections` room is made by closing idle connections. (The
+//! descriptor limit is in tests/cli.rs, which runs the binary under
+//! `prlimit`.)
 
 mod support;
 
@@ -115,4 +116,80 @@ async fn a_relayed_session_holds_a_connection_slot() {
     exec()
         .await
         .expect("a session opens once the first has gone");
+}
+
+/// At `--max-connections`, a flood of ten times the limit in sockets that
+/// send nothing or a request head a byte a second (slow loris): kubegate
+/// makes room by closing connections with no request in flight, oldest
+/// first. A real request is answered, and a watch and an exec opened
+/// before the flood go on untouched.
+#[tokio::test]
+async fn a_flood_of_idle_sockets_past_the_limit_shuts_out_no_real_client() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const LIMIT: usize = 16;
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let limit = format!("--max-connections={LIMIT}");
+    let flags = [limit.as_str(), "--admin-address=127.0.0.1:0"];
+    let kubegate = Kubegate::start(&double, &flags).await;
+    let mut watch = watch_pods(&double, &kubegate).await;
+    let path = "/api/v1/namespaces/default/pods/box/exec?command=cat&stdin=true&stdout=true";
+    let mut request = kubegate
+        .url(path)
+        .replace("http", "ws")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let (mut exec, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    let mut flood = Vec::new();
+    for _ in 0..LIMIT * 10 {
+        flood.push(TcpStream::connect(kubegate.address).await.unwrap());
+    }
+    // Every other socket trickles a request head, a byte a second, for as
+    // long as the test runs.
+    let slow: Vec<TcpStream> = flood.drain(..).step_by(2).collect();
+    let trickle = tokio::spawn(async move {
+        let mut slow = slow;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        for &byte in b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\n" {
+            tick.tick().await;
+            for socket in &mut slow {
+                let _ = socket.write_all(&[byte]).await;
+            }
+        }
+    });
+
+    let answer = get(&kubegate.url("/api")).await;
+    assert_eq!(answer.status, 200, "{}", answer.status_message());
+    double
+        .store()
+        .create("default", pod("after-the-flood"))
+        .unwrap();
+    let event = watch.next().await.expect("the watch is still open");
+    assert!(event.contains("\"after-the-flood\""), "{event}");
+    exec.send(Message::binary(b"\x00still here".to_vec()))
+        .await
+        .unwrap();
+    // Past the channels' opening frames (a channel byte alone).
+    let echoed = within("the exec echoes", async {
+        loop {
+            let frame = exec.next().await.unwrap().unwrap().into_data();
+            if frame.len() > 1 {
+                return frame;
+            }
+        }
+    })
+    .await;
+    assert_eq!(echoed.as_ref(), b"\x01still here");
+    let shed = kubegate
+        .metric(r#"kubegate_connections_shed_total{reason="no-request"}"#)
+        .await;
+    assert!(shed.parse::<f64>().unwrap_or(0.0) > 0.0, "shed: {shed:?}");
+    trickle.abort();
 }

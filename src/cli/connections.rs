@@ -12,9 +12,11 @@ pub struct ConnectionFlags {
     #[arg(long, default_value = "10s", value_name = "DURATION", global = true, value_parser = value::duration(), display_order = 65)]
     pub shutdown_grace: Checked<Duration>,
 
-    /// kubegate: most client connections open at once; more wait in the
-    /// listen backlog until one closes. 0: half the open file limit (each
-    /// relayed exec or port-forward holds two descriptors), less a reserve.
+    /// kubegate: most client connections open at once; at the limit, the
+    /// oldest with no request in flight is closed to make room, and with
+    /// none, new clients wait in the listen backlog. 0: half the open file
+    /// limit (each relayed exec or port-forward holds two descriptors), less
+    /// a reserve.
     #[arg(
         long,
         default_value_t = 0,

@@ -15,9 +15,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{BoxError, ProxyBody};
+
+pub mod limit;
+
+pub use limit::{Limit, Registered};
 
 /// Client connections, as the command line sets them.
 #[derive(Debug, Clone, Copy)]
@@ -33,53 +36,6 @@ pub struct Settings {
     /// `--shutdown-grace`: how long in-flight requests may run after a
     /// signal.
     pub grace: Duration,
-}
-
-/// `--max-connections`: the slots, and how many there are.
-#[derive(Debug, Clone)]
-pub struct Limit {
-    slots: Arc<Semaphore>,
-    max: usize,
-}
-
-impl Limit {
-    /// `max` slots.
-    pub fn new(max: usize) -> Self {
-        Limit {
-            slots: Arc::new(Semaphore::new(max)),
-            max,
-        }
-    }
-
-    /// The limit.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
-    /// Slots taken now.
-    pub fn taken(&self) -> usize {
-        self.max - self.slots.available_permits()
-    }
-
-    /// Whether every slot is taken.
-    pub fn is_full(&self) -> bool {
-        self.slots.available_permits() == 0
-    }
-
-    /// A slot, if one is free now.
-    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
-    }
-
-    /// A slot, once one is free; `None` once the limit is closed.
-    pub async fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().acquire_owned().await.ok()
-    }
-
-    /// Waits until a slot is free, without taking it.
-    pub async fn room(&self) {
-        drop(self.slots.acquire().await);
-    }
 }
 
 /// How long a client connection may be idle.
@@ -106,6 +62,19 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Whether no request is in flight: none sent yet, or every response
+    /// ended.
+    pub fn is_idle(&self) -> bool {
+        // Ended first: a request starting between the loads then counts.
+        let ended = self.ended.load(Ordering::Acquire);
+        ended == self.started.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection has not sent a whole request yet.
+    pub fn never_asked(&self) -> bool {
+        self.started.load(Ordering::Acquire) == 0
     }
 
     /// Resolves once the connection has had no request in flight for its
