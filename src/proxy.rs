@@ -28,7 +28,7 @@ use crate::filters::Filters;
 use crate::forward::{self, Outbound};
 use crate::handshake::{adopt_extended_connect, is_upgrade};
 use crate::policy::Policy;
-use crate::portforward::{Multiplexer, Plan};
+use crate::portforward::{Multiplexed, Multiplexer, Plan};
 use crate::request::{PathError, RequestInfo, Verb};
 use crate::status::ProxyError;
 use crate::telemetry::{Decision, PortForwardEvent, Telemetry};
@@ -302,9 +302,9 @@ impl ProxyService {
                 // The relay sends none, and the apiserver would wait for it.
                 return Err(ProxyError::UpgradeWithBody);
             }
-            let record = record.cloned();
+            let mut record = record.cloned();
             let limit = &self.shared.limit;
-            let slot = limit
+            let mut slot = limit
                 .try_take()
                 .ok_or(ProxyError::AtConnectionLimit(limit.max()))?;
             // A session is shared only when kubegate's identity is the one
@@ -316,7 +316,10 @@ impl ProxyService {
                 let relays = &self.shared.relays;
                 let serving =
                     multiplexer.serve(&cluster.upstream, relays, plan, head, record, slot);
-                return Box::pin(serving).await;
+                match Box::pin(serving).await? {
+                    Multiplexed::Answered(answer) => return Ok(answer),
+                    Multiplexed::Relay(returned) => (head, record, slot) = *returned,
+                }
             }
             let relay = self
                 .shared

@@ -386,14 +386,31 @@ async fn kubectl_port_forward_works_over_tunneled_and_raw_spdy() {
 
 /// kubegate multiplexing port-forward (the default), then relaying it:
 /// the flags, and how many upstream sessions 71 connections cost.
-const PORT_FORWARD_MODES: [(&[&str], usize); 2] =
-    [(&[], 1), (&["--port-forward-multiplex=false"], 71)];
+/// kubegate's port-forward modes, and what the double sees of 71
+/// port-forwards in each: multiplexed (one session), relayed by flag (one
+/// each), and multiplexed in front of an apiserver that takes no SPDY
+/// (both SPDY forms refused once, then every port-forward relayed).
+const PORT_FORWARD_MODES: [(&[&str], bool, usize); 3] = [
+    (&[], false, 1),
+    (&["--port-forward-multiplex=false"], false, 71),
+    (&[], true, 73),
+];
+
+/// The double for a port-forward mode, with the pod `box`.
+async fn double_for(refuse_spdy: bool) -> Double {
+    let options = kubegate_double::Options {
+        refuse_spdy,
+        ..Default::default()
+    };
+    let double = Double::with(options, Identity::Certificate).await;
+    double.store().create("default", pod("box")).unwrap();
+    double
+}
 
 #[tokio::test]
 async fn the_python_client_execs_and_port_forwards() {
-    for (flags, sessions) in PORT_FORWARD_MODES {
-        let double = Double::start().await;
-        double.store().create("default", pod("box")).unwrap();
+    for (flags, refuse_spdy, sessions) in PORT_FORWARD_MODES {
+        let double = double_for(refuse_spdy).await;
         let kubegate = Kubegate::start(&double, flags).await;
         let echo = EchoServer::start().await;
         let mut python = program("python3", "install Python 3");
@@ -415,7 +432,11 @@ async fn the_python_client_execs_and_port_forwards() {
             printed.contains("port-forward connections 70 of 70 byte-exact"),
             "{printed}"
         );
-        assert_eq!(double.port_forward_sessions(), sessions, "{flags:?}");
+        assert_eq!(
+            double.port_forward_sessions(),
+            sessions,
+            "{flags:?}, SPDY refused: {refuse_spdy}"
+        );
     }
 }
 
@@ -432,9 +453,8 @@ fn node_modules() -> std::path::PathBuf {
 #[tokio::test]
 async fn client_node_execs_and_port_forwards() {
     node_modules();
-    for (flags, sessions) in PORT_FORWARD_MODES {
-        let double = Double::start().await;
-        double.store().create("default", pod("box")).unwrap();
+    for (flags, refuse_spdy, sessions) in PORT_FORWARD_MODES {
+        let double = double_for(refuse_spdy).await;
         let kubegate = Kubegate::start(&double, flags).await;
         let echo = EchoServer::start().await;
         let mut node = program("node", "install Node.js");
@@ -453,7 +473,11 @@ async fn client_node_execs_and_port_forwards() {
             printed.contains("port-forward connections 70 of 70 byte-exact"),
             "{printed}"
         );
-        assert_eq!(double.port_forward_sessions(), sessions, "{flags:?}");
+        assert_eq!(
+            double.port_forward_sessions(),
+            sessions,
+            "{flags:?}, SPDY refused: {refuse_spdy}"
+        );
     }
 }
 

@@ -328,6 +328,33 @@ async fn an_apiserver_that_refuses_the_tunnel_gets_raw_spdy() {
     assert_eq!(double.port_forward_sessions(), 2);
 }
 
+/// A gateway before the apiserver that passes WebSockets but no SPDY:
+/// kubegate relays each client's own WebSocket, as kubectl proxy does,
+/// once both SPDY forms have been refused; a missing pod is still the
+/// apiserver's 404.
+#[tokio::test]
+async fn an_apiserver_that_takes_no_spdy_gets_each_clients_own_websocket() {
+    let options = Options {
+        refuse_spdy: true,
+        ..Options::default()
+    };
+    let double = Double::with(options, Identity::Certificate).await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, &["--admin-address=127.0.0.1:0"]).await;
+    let path = "/api/v1/namespaces/default/pods/nobody/portforward?ports=80";
+    assert_eq!(refused(&kubegate, path).await.status(), 404);
+    let echo = EchoServer::start().await;
+    for i in 0..3 {
+        round_trip(&kubegate, BINARY, echo.port, &payload(i, 3000)).await;
+    }
+    // The first client's refused tunnel and raw SPDY (a 404 is counted
+    // by no one), then one relayed WebSocket per client.
+    assert_eq!(double.port_forward_sessions(), 2 + 3);
+    let relayed = kubegate.metric("kubegate_port_forward_relayed_total").await;
+    assert_eq!(relayed, "3");
+    assert_eq!(refused(&kubegate, path).await.status(), 404);
+}
+
 #[tokio::test]
 async fn a_bulk_transfer_both_ways_at_once_completes_byte_exact() {
     let (double, kubegate) = with_box(&[]).await;

@@ -59,6 +59,10 @@ pub struct Options {
     /// An apiserver before 1.31 (or with `PortForwardWebsockets` off): the
     /// `SPDY/3.1+portforward.k8s.io` WebSocket tunnel is refused.
     pub refuse_spdy_tunnel: bool,
+    /// A gateway in front of the apiserver that passes WebSockets but not
+    /// SPDY: port-forward is served over the client's own WebSocket only,
+    /// both SPDY forms (the tunnel and a raw `SPDY/3.1` upgrade) refused.
+    pub refuse_spdy: bool,
 }
 
 impl Default for Options {
@@ -70,6 +74,7 @@ impl Default for Options {
             fast_streams: false,
             settings_delay: Duration::ZERO,
             refuse_spdy_tunnel: false,
+            refuse_spdy: false,
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct State {
     pub fast_streams: bool,
     /// [`Options::refuse_spdy_tunnel`].
     pub refuse_spdy_tunnel: bool,
+    /// [`Options::refuse_spdy`].
+    pub refuse_spdy: bool,
     /// Cancelled (and replaced) to cut every open exec, attach and
     /// port-forward session, as an apiserver restart would.
     streams_cut: std::sync::Mutex<tokio_util::sync::CancellationToken>,
@@ -199,7 +206,8 @@ impl ApiServer {
             address: listener.local_addr()?,
             stopping: tokio_util::sync::CancellationToken::new(),
             fast_streams: options.fast_streams,
-            refuse_spdy_tunnel: options.refuse_spdy_tunnel,
+            refuse_spdy_tunnel: options.refuse_spdy_tunnel || options.refuse_spdy,
+            refuse_spdy: options.refuse_spdy,
             streams_cut: std::sync::Mutex::default(),
             tokens: std::sync::RwLock::new(options.tokens.clone()),
         });

@@ -159,6 +159,38 @@ impl Plan {
     }
 }
 
+/// What became of a planned port-forward.
+pub enum Multiplexed {
+    /// Served on a shared session, or refused: the client's answer.
+    Answered(Response<ProxyBody>),
+    /// The apiserver takes no SPDY: relay the client's own WebSocket, with
+    /// the request, its audit record and its slot given back.
+    Relay(Box<(Parts, Option<Record>, OwnedSemaphorePermit)>),
+}
+
+/// What dialing a pod's session gave.
+enum Dialed {
+    Wire(Wire),
+    /// The apiserver's refusal, about the pod or the identity.
+    Refused(Response<ProxyBody>),
+    /// Neither SPDY form is served.
+    NoSpdy,
+}
+
+/// Whether a refused raw SPDY upgrade says nothing about the pod or the
+/// identity (a 401, 403, 404, 429 or 5xx would), only that SPDY is not
+/// taken: a gateway that passes WebSockets alone answers so.
+fn refuses_spdy(status: StatusCode) -> bool {
+    status.is_client_error()
+        && !matches!(
+            status,
+            StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::NOT_FOUND
+                | StatusCode::TOO_MANY_REQUESTS
+        )
+}
+
 /// The shared sessions, by pod.
 pub struct Multiplexer {
     sessions: Mutex<HashMap<PodKey, Vec<Arc<SpdySession>>>>,
@@ -167,6 +199,10 @@ pub struct Multiplexer {
     /// Clusters whose apiserver refused the tunnel (400 or 403, an
     /// apiserver before 1.31) and took raw SPDY: raw from then on.
     raw_only: Mutex<HashSet<String>>,
+    /// Clusters whose apiserver (or a gateway before it) refused both SPDY
+    /// forms: their port-forwards are relayed as the client's own
+    /// WebSocket, byte for byte, from then on.
+    relay_only: Mutex<HashSet<String>>,
     idle: Duration,
     closing: CancellationToken,
     metrics: Arc<Telemetry>,
@@ -179,6 +215,7 @@ impl Multiplexer {
             sessions: Mutex::default(),
             dialing: Mutex::default(),
             raw_only: Mutex::default(),
+            relay_only: Mutex::default(),
             idle,
             closing: CancellationToken::new(),
             metrics,
@@ -203,7 +240,7 @@ impl Multiplexer {
         self: &Arc<Self>,
         upstream: &Upstream,
         plan: &Plan,
-    ) -> Result<Result<Reserved, Response<ProxyBody>>, ProxyError> {
+    ) -> Result<Result<Reserved, Dialed>, ProxyError> {
         if let Some(reserved) = self.reserve(&plan.key) {
             return Ok(Ok(reserved));
         }
@@ -216,13 +253,13 @@ impl Multiplexer {
             return Ok(Ok(reserved));
         }
         let dialed = self.dial(upstream, &plan.key.cluster, &plan.path).await;
-        if !matches!(dialed, Ok(Ok(_))) {
+        if !matches!(dialed, Ok(Dialed::Wire(_))) {
             drop(turn);
             self.release_gate(&plan.key, gate);
         }
         let wire = match dialed? {
-            Ok(wire) => wire,
-            Err(refusal) => return Ok(Err(refusal)),
+            Dialed::Wire(wire) => wire,
+            other => return Ok(Err(other)),
         };
         let session =
             SpdySession::start(wire, self.idle, self.closing.clone(), self.metrics.clone());
@@ -291,7 +328,7 @@ impl Multiplexer {
         upstream: &Upstream,
         cluster: &str,
         path: &PathAndQuery,
-    ) -> Result<Result<Wire, Response<ProxyBody>>, ProxyError> {
+    ) -> Result<Dialed, ProxyError> {
         let raw_only = self.raw_only.lock().is_ok_and(|r| r.contains(cluster));
         let mut refused_tunnel = false;
         if !raw_only {
@@ -310,7 +347,7 @@ impl Multiplexer {
             if accepted {
                 let io = handshake::upstream_io(upstream, &mut response).await?;
                 let socket = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
-                return Ok(Ok(Wire::Tunnel(Box::new(socket))));
+                return Ok(Dialed::Wire(Wire::Tunnel(Box::new(socket))));
             }
             tracing::debug!(server = %upstream.authority(), status = %response.status(), "the apiserver refused the SPDY tunnel; trying raw SPDY");
             // What an apiserver without the tunnel answers; anything else
@@ -328,8 +365,16 @@ impl Multiplexer {
             HeaderValue::from_static("portforward.k8s.io"),
         );
         let mut response = handshake::handshake(upstream, path.clone(), head).await?;
+        if refuses_spdy(response.status()) {
+            if let Ok(mut relay_only) = self.relay_only.lock()
+                && relay_only.insert(cluster.to_string())
+            {
+                tracing::warn!(server = %upstream.authority(), status = %response.status(), "the apiserver refuses SPDY port-forward, tunneled and raw; relaying each port-forward's own WebSocket from now on");
+            }
+            return Ok(Dialed::NoSpdy);
+        }
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(Err(handshake::refusal(response)));
+            return Ok(Dialed::Refused(handshake::refusal(response)));
         }
         if refused_tunnel
             && let Ok(mut raw_only) = self.raw_only.lock()
@@ -338,12 +383,13 @@ impl Multiplexer {
             tracing::info!(server = %upstream.authority(), "the apiserver does not tunnel SPDY port-forward in a WebSocket; using raw SPDY");
         }
         let io = handshake::upstream_io(upstream, &mut response).await?;
-        Ok(Ok(Wire::Raw(io)))
+        Ok(Dialed::Wire(Wire::Raw(io)))
     }
 
     /// Serves a planned port-forward: the session first (so that a refusal
     /// is the apiserver's own answer), then the client's `101`, then the
-    /// client's streams in a task `relays` tracks.
+    /// client's streams in a task `relays` tracks. Where the apiserver
+    /// takes no SPDY, the request comes back to be relayed.
     ///
     /// # Errors
     ///
@@ -356,13 +402,30 @@ impl Multiplexer {
         mut head: Parts,
         record: Option<Record>,
         slot: OwnedSemaphorePermit,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let client_upgrade = handshake::take_client(&mut head)?;
+    ) -> Result<Multiplexed, ProxyError> {
         let accepted = handshake::accept_websocket(&head, &plan.protocol)?;
-        let reserved = match self.session(upstream, &plan).await? {
-            Ok(reserved) => reserved,
-            Err(refusal) => return Ok(refusal),
+        let relay_only = |this: &Self| {
+            this.relay_only
+                .lock()
+                .is_ok_and(|r| r.contains(&plan.key.cluster))
         };
+        let reserved = match relay_only(self) {
+            true => Err(Dialed::NoSpdy),
+            false => self.session(upstream, &plan).await?,
+        };
+        let reserved = match reserved {
+            Ok(reserved) => reserved,
+            Err(Dialed::Refused(refusal)) => return Ok(Multiplexed::Answered(refusal)),
+            Err(_) => {
+                if let Some(record) = &record {
+                    let why = "relayed: the apiserver takes no SPDY port-forward";
+                    record.annotate("kubegate.io/port-forward", why);
+                }
+                self.metrics.port_forward(PortForwardEvent::Relayed);
+                return Ok(Multiplexed::Relay(Box::new((head, record, slot))));
+            }
+        };
+        let client_upgrade = handshake::take_client(&mut head)?;
         let answer = handshake::client_answer(handshake::over_http2(&head), accepted);
         if let Some(record) = &record {
             record.annotate("kubegate.io/port-forward", "multiplexed");
@@ -387,7 +450,7 @@ impl Multiplexer {
             };
             client::serve(socket, plan.framing, &plan.ports, reserved, moved, &metrics).await;
         });
-        Ok(answer)
+        Ok(Multiplexed::Answered(answer))
     }
 }
 

@@ -157,6 +157,11 @@ pub fn handle(
     }
     match upgrade.as_str() {
         "websocket" => websocket_handshake(request, kind, spec, (ports, pod), session),
+        "spdy/3.1" if kind == Kind::PortForward && session.state.refuse_spdy => status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "port-forward is served over WebSocket only here",
+        ),
         "spdy/3.1" => spdy_handshake(request, kind, spec, pod, session),
         _ => status(
             StatusCode::BAD_REQUEST,
