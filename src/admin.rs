@@ -109,7 +109,11 @@ pub fn serve(
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
-                    Err(_) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin port: accept failed; pausing");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 },
                 () = stop.cancelled() => return,
             };

@@ -22,7 +22,7 @@ use crate::access::AccessToken;
 use crate::audit::{Audit, Record};
 use crate::body::{Capture, ProxyBody};
 use crate::client::ClientOrigin;
-use crate::connection::{Activity, Limit, Served};
+use crate::connection::{Activity, Busy, Limit, Served};
 use crate::cors::{self, OriginPolicy};
 use crate::filters::Filters;
 use crate::forward::{self, Outbound};
@@ -302,9 +302,10 @@ impl ProxyService {
                 // The relay sends none, and the apiserver would wait for it.
                 return Err(ProxyError::UpgradeWithBody);
             }
-            let mut record = record.cloned();
+            let record = record.cloned();
+            head.extensions.insert(Busy::of(&self.activity));
             let limit = &self.shared.limit;
-            let mut slot = limit
+            let slot = limit
                 .try_take()
                 .ok_or(ProxyError::AtConnectionLimit(limit.max()))?;
             // A session is shared only when kubegate's identity is the one
@@ -316,10 +317,22 @@ impl ProxyService {
                 let relays = &self.shared.relays;
                 let serving =
                     multiplexer.serve(&cluster.upstream, relays, plan, head, record, slot);
-                match Box::pin(serving).await? {
-                    Multiplexed::Answered(answer) => return Ok(answer),
-                    Multiplexed::Relay(returned) => (head, record, slot) = *returned,
-                }
+                let (returned_head, returned_record, returned_slot) =
+                    match Box::pin(serving).await? {
+                        Multiplexed::Answered(answer) => return Ok(answer),
+                        Multiplexed::Relay(returned) => *returned,
+                    };
+                let relay = self.shared.relays.relay(
+                    &outbound,
+                    returned_head,
+                    path_and_query,
+                    returned_record,
+                    returned_slot,
+                );
+                let answer = Box::pin(relay).await?;
+                let server = cluster.upstream.authority().as_str();
+                multiplexer.relayed(&cluster.name, answer.status(), server);
+                return Ok(answer);
             }
             let relay = self
                 .shared

@@ -37,6 +37,10 @@ struct Client {
     _slot: OwnedSemaphorePermit,
 }
 
+/// How long a connection with nothing in flight may take to close after it
+/// is asked to.
+const CLOSE_IDLE: Duration = Duration::from_secs(1);
+
 /// How long to pause accepting after an accept error such as EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -125,11 +129,10 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let accepted = async {
-            // Wait for room without holding it while accept waits: a
-            // relayed session may take a slot meanwhile.
-            limit.make_room().await;
+            // Room is made for a client that has come, never ahead of
+            // one: the newest connection is the last to be shed. The one
+            // socket held meanwhile comes out of the descriptor reserve.
             let accepted = listener.accept().await;
-            // A relayed session may have taken the room meanwhile.
             let slot = loop {
                 match limit.try_take() {
                     Some(slot) => break slot,
@@ -314,9 +317,20 @@ impl Serving {
         };
         let ended = match ended {
             Some(ended) => ended,
+            // Nothing was asked (a silent socket, half a request head):
+            // there is nothing to finish, so it is dropped at once.
+            None if activity.never_asked() => Ok(()),
             None => {
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                // With nothing in flight, a half-sent request head or an
+                // HTTP/2 peer that never acknowledges the GOAWAY does not
+                // keep its slot: it is dropped after a moment.
+                match activity.is_idle() {
+                    true => tokio::time::timeout(CLOSE_IDLE, connection)
+                        .await
+                        .unwrap_or(Ok(())),
+                    false => connection.await,
+                }
             }
         };
         if let Err(error) = ended {

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::Record;
 use crate::body::{BoxError, ProxyBody};
+use crate::connection::Busy;
 use crate::forward::Outbound;
 use crate::handshake;
 use crate::request::query_pairs;
@@ -87,6 +88,7 @@ impl Relays {
         slot: OwnedSemaphorePermit,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_upgrade = handshake::take_client(&mut head)?;
+        let busy = head.extensions.remove::<Busy>();
         let query = path_and_query.query().unwrap_or_default().to_string();
         let kind = stream_kind(path_and_query.path());
         let upgrade = head.headers.get(header::UPGRADE).cloned();
@@ -119,7 +121,7 @@ impl Relays {
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
         let answer = handshake::client_answer(over_http2, std::mem::take(response.headers_mut()));
-        let session = ClientSession::new(slot, kind, record);
+        let session = ClientSession::new(slot, busy, kind, record);
         let (to_server, to_client) = session.counters();
         // The client's side of the upgrade only completes after this
         // response has been written, so the splice runs in its own task.
@@ -171,6 +173,9 @@ impl Relays {
 pub struct ClientSession {
     /// Its `--max-connections` slot, held until the session ends.
     _slot: OwnedSemaphorePermit,
+    /// Its client connection counted busy meanwhile (over HTTP/2 the
+    /// session stays on that connection).
+    _busy: Option<Busy>,
     kind: StreamKind,
     record: Option<Record>,
     began: std::time::Instant,
@@ -179,10 +184,17 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
-    /// A session that holds `slot` until it ends, recorded in `record`.
-    pub fn new(slot: OwnedSemaphorePermit, kind: StreamKind, record: Option<Record>) -> Self {
+    /// A session that holds `slot` and its connection `busy` until it
+    /// ends, recorded in `record`.
+    pub fn new(
+        slot: OwnedSemaphorePermit,
+        busy: Option<Busy>,
+        kind: StreamKind,
+        record: Option<Record>,
+    ) -> Self {
         ClientSession {
             _slot: slot,
+            _busy: busy,
             kind,
             record,
             began: std::time::Instant::now(),

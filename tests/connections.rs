@@ -147,15 +147,18 @@ async fn a_flood_of_idle_sockets_past_the_limit_shuts_out_no_real_client() {
     );
     let (mut exec, _) = tokio_tungstenite::connect_async(request).await.unwrap();
 
-    let mut flood = Vec::new();
-    for _ in 0..LIMIT * 10 {
-        flood.push(TcpStream::connect(kubegate.address).await.unwrap());
+    // Half the sockets send nothing; the other half trickle a request
+    // head, a byte a second, for as long as the test runs (slow loris).
+    let mut silent = Vec::new();
+    let mut slow = Vec::new();
+    for i in 0..LIMIT * 10 {
+        let socket = TcpStream::connect(kubegate.address).await.unwrap();
+        match i % 2 {
+            0 => silent.push(socket),
+            _ => slow.push(socket),
+        }
     }
-    // Every other socket trickles a request head, a byte a second, for as
-    // long as the test runs.
-    let slow: Vec<TcpStream> = flood.drain(..).step_by(2).collect();
     let trickle = tokio::spawn(async move {
-        let mut slow = slow;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         for &byte in b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\n" {
             tick.tick().await;
@@ -192,4 +195,5 @@ async fn a_flood_of_idle_sockets_past_the_limit_shuts_out_no_real_client() {
         .await;
     assert!(shed.parse::<f64>().unwrap_or(0.0) > 0.0, "shed: {shed:?}");
     trickle.abort();
+    drop(silent);
 }

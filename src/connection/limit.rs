@@ -24,6 +24,9 @@ use crate::telemetry::ConnectionCounters;
 /// is shed.
 const SHED_WAIT: Duration = Duration::from_millis(50);
 
+/// How often connections are looked at again while every one is busy.
+const BUSY_RECHECK: Duration = Duration::from_secs(1);
+
 /// The first-request deadline of a connection accepted while connections
 /// are being shed, when `--first-request-timeout` is longer.
 pub const PRESSED_FIRST_REQUEST: Duration = Duration::from_secs(5);
@@ -133,16 +136,20 @@ impl Limit {
     }
 
     /// Waits until a slot is free, shedding idle connections, oldest
-    /// first, while there are any; without any, waits for one to close.
+    /// first, while there are any; while every one is busy, waits for one
+    /// to close or to become idle.
     pub async fn make_room(&self) {
+        let mut said_busy = false;
         while self.is_full() {
             let Some(idle) = self.shed_oldest_idle() else {
-                tracing::warn!(
-                    max = self.max,
-                    "at --max-connections with every connection busy: new clients wait until one closes"
-                );
-                drop(self.slots.acquire().await);
-                return;
+                if !std::mem::replace(&mut said_busy, true) {
+                    tracing::warn!(
+                        max = self.max,
+                        "at --max-connections with every connection busy: new clients wait until one closes or is idle"
+                    );
+                }
+                let _ = tokio::time::timeout(BUSY_RECHECK, self.slots.acquire()).await;
+                continue;
             };
             self.open.counters.shed(idle);
             if !self.open.pressed.swap(true, Ordering::AcqRel) {

@@ -4,8 +4,9 @@
 //! an HTTP/2 preface or nothing more after a response cannot be held open
 //! forever. A request in flight (a watch, `logs -f`, a proxied stream) is
 //! never cut: a connection is idle only while every response it was sent
-//! has ended. An upgraded connection (exec, attach, port-forward) leaves
-//! hyper, and this accounting, when it switches protocols.
+//! has ended. An HTTP/1.1 upgrade (exec, attach, port-forward) leaves
+//! hyper, and this accounting, when it switches protocols; an HTTP/2 one
+//! stays, held busy by its session ([`Busy`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -115,6 +116,25 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.ended.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps a connection busy while an upgraded session it carries lives: an
+/// HTTP/2 WebSocket (RFC 8441) stays on its connection after the `200`
+/// has ended, and must not leave it looking idle. (An HTTP/1.1 upgrade
+/// leaves hyper, and its connection's accounting, as it switches.)
+#[derive(Debug, Clone)]
+pub struct Busy {
+    _in_flight: Arc<InFlight>,
+}
+
+impl Busy {
+    /// One more request in flight on the connection of `activity`, for as
+    /// long as any clone of this lives.
+    pub fn of(activity: &Arc<Activity>) -> Self {
+        Busy {
+            _in_flight: Arc::new(activity.begin()),
+        }
     }
 }
 

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::BEARER_SUBPROTOCOL_PREFIX;
 use crate::audit::Record;
 use crate::body::ProxyBody;
+use crate::connection::Busy;
 use crate::handshake;
 use crate::request::{RequestInfo, query_pairs};
 use crate::status::ProxyError;
@@ -200,8 +201,8 @@ pub struct Multiplexer {
     /// apiserver before 1.31) and took raw SPDY: raw from then on.
     raw_only: Mutex<HashSet<String>>,
     /// Clusters whose apiserver (or a gateway before it) refused both SPDY
-    /// forms: their port-forwards are relayed as the client's own
-    /// WebSocket, byte for byte, from then on.
+    /// forms and took a client's own WebSocket: their port-forwards are
+    /// relayed, byte for byte, from then on.
     relay_only: Mutex<HashSet<String>>,
     idle: Duration,
     closing: CancellationToken,
@@ -220,6 +221,20 @@ impl Multiplexer {
             closing: CancellationToken::new(),
             metrics,
         })
+    }
+
+    /// A port-forward handed back for the byte relay was answered
+    /// `status`: once one is accepted, the cluster's port-forwards go
+    /// straight to the relay (a refusal, say for a pod with no node yet,
+    /// proves nothing about SPDY).
+    pub fn relayed(&self, cluster: &str, status: StatusCode, server: &str) {
+        let accepted = matches!(status, StatusCode::SWITCHING_PROTOCOLS | StatusCode::OK);
+        if accepted
+            && let Ok(mut relay_only) = self.relay_only.lock()
+            && relay_only.insert(cluster.to_string())
+        {
+            tracing::warn!(%server, "the apiserver takes no SPDY port-forward, tunneled or raw, but the client's own WebSocket; relaying port-forwards from now on");
+        }
     }
 
     /// Closes every session (at shutdown).
@@ -366,11 +381,7 @@ impl Multiplexer {
         );
         let mut response = handshake::handshake(upstream, path.clone(), head).await?;
         if refuses_spdy(response.status()) {
-            if let Ok(mut relay_only) = self.relay_only.lock()
-                && relay_only.insert(cluster.to_string())
-            {
-                tracing::warn!(server = %upstream.authority(), status = %response.status(), "the apiserver refuses SPDY port-forward, tunneled and raw; relaying each port-forward's own WebSocket from now on");
-            }
+            tracing::debug!(server = %upstream.authority(), status = %response.status(), "the apiserver refused SPDY port-forward, tunneled and raw; relaying the client's own WebSocket");
             return Ok(Dialed::NoSpdy);
         }
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -436,7 +447,8 @@ impl Multiplexer {
             );
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
-        let relayed = ClientSession::new(slot, StreamKind::portforward, record);
+        let busy = head.extensions.remove::<Busy>();
+        let relayed = ClientSession::new(slot, busy, StreamKind::portforward, record);
         let (to_server, to_client) = relayed.counters();
         let metrics = self.metrics.clone();
         metrics.port_forward(PortForwardEvent::Client);
