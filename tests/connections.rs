@@ -77,25 +77,36 @@ async fn a_watch_is_never_cut_for_idleness() {
     assert!(event.contains("\"late\""), "{event}");
 }
 
+/// A WebSocket exec of `cat` in the pod `box` (v5 channels).
+async fn exec_cat(
+    kubegate: &Kubegate,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let path = "/api/v1/namespaces/default/pods/box/exec?command=cat&stdin=true&stdout=true";
+    let mut request = kubegate
+        .url(path)
+        .replace("http", "ws")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async(request).await
+}
+
 #[tokio::test]
 async fn a_relayed_session_holds_a_connection_slot() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let double = Double::start().await;
     double.store().create("default", pod("box")).unwrap();
     let kubegate = Kubegate::start(&double, &["--max-connections=2"]).await;
-    let exec = || async {
-        let path = "/api/v1/namespaces/default/pods/box/exec?command=cat&stdin=true&stdout=true";
-        let mut request = kubegate
-            .url(path)
-            .replace("http", "ws")
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "v5.channel.k8s.io".parse().unwrap(),
-        );
-        tokio_tungstenite::connect_async(request).await
-    };
+    let exec = || exec_cat(&kubegate);
     let first = exec().await.expect("the first session opens");
     // The first session's slot and this request's connection: none left
     // for a second session.
@@ -127,7 +138,6 @@ async fn a_relayed_session_holds_a_connection_slot() {
 async fn a_flood_of_idle_sockets_past_the_limit_shuts_out_no_real_client() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     const LIMIT: usize = 16;
     let double = Double::start().await;
     double.store().create("default", pod("box")).unwrap();
@@ -135,17 +145,7 @@ async fn a_flood_of_idle_sockets_past_the_limit_shuts_out_no_real_client() {
     let flags = [limit.as_str(), "--admin-address=127.0.0.1:0"];
     let kubegate = Kubegate::start(&double, &flags).await;
     let mut watch = watch_pods(&double, &kubegate).await;
-    let path = "/api/v1/namespaces/default/pods/box/exec?command=cat&stdin=true&stdout=true";
-    let mut request = kubegate
-        .url(path)
-        .replace("http", "ws")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "v5.channel.k8s.io".parse().unwrap(),
-    );
-    let (mut exec, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (mut exec, _) = exec_cat(&kubegate).await.unwrap();
 
     // Half the sockets send nothing; the other half trickle a request
     // head, a byte a second, for as long as the test runs (slow loris).
