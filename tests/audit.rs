@@ -801,3 +801,58 @@ async fn huge_events_are_bounded_and_none_holds_up_the_webhook() {
     assert_eq!(cut.len(), 1, "the 150 KiB body's event, without it");
     assert!(cut[0].get("requestObject").is_none());
 }
+
+#[tokio::test]
+async fn a_refusal_that_names_a_huge_path_still_reaches_the_webhook_within_its_limit() {
+    let double = Double::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = webhook_config(&double, listener.local_addr().unwrap().port());
+    let collector = Collector::start(&double.pki, listener, None).await;
+    let reject = "--reject-paths=^/api/v1/namespaces/default/secrets";
+    let kubegate = with_webhook(&double, &config, &[reject]).await;
+    // Every client-chosen field at its largest: a name that fills
+    // kubegate's 8 KiB path limit, named again by the refusal's message
+    // and reason, a 20 KiB query, a long method, client Audit-ID and
+    // User-Agent.
+    let name = "n".repeat(8000);
+    let query = "q".repeat(20 * 1024);
+    let path = format!("/api/v1/namespaces/default/secrets/{name}?{query}");
+    let long = "y".repeat(8 * 1024);
+    let method = Method::from_bytes("Z".repeat(8 * 1024).as_bytes()).unwrap();
+    let answer = call(
+        method,
+        &kubegate.url(&path),
+        &[("audit-id", long.as_str()), ("user-agent", long.as_str())],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    eventually("the refusal's events delivered", || collector.count() >= 2).await;
+    kubegate.shutdown().await;
+    let events = collector.events.lock().unwrap();
+    for event in events.iter() {
+        let size = serde_json::to_vec(event).unwrap().len();
+        assert!(
+            size <= 100 * 1024,
+            "an event of {size} bytes went to the webhook"
+        );
+    }
+    let refused = events
+        .iter()
+        .find(|e| e["stage"] == "ResponseComplete")
+        .unwrap();
+    assert_eq!(refused["responseStatus"]["code"], 403);
+    assert_eq!(refused["responseStatus"]["reason"], "Forbidden");
+    let truncated = refused["annotations"]["kubegate.io/truncated"]
+        .as_str()
+        .unwrap();
+    assert!(refused["verb"].as_str().unwrap().len() <= 1024);
+    for field in ["requestURI", "userAgent", "Audit-ID", "objectRef.name"] {
+        assert!(truncated.contains(field), "{field} not in {truncated}");
+    }
+}

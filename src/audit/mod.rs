@@ -20,6 +20,7 @@ pub mod webhook;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,15 +47,22 @@ const RESPONSE: &str = "kubegate.io/response";
 /// Annotation: fields cut to their bound, with their sizes.
 const TRUNCATED: &str = "kubegate.io/truncated";
 
-/// Longest client header value (`User-Agent`, a client's `Audit-ID`) an
-/// event records.
-const MAX_HEADER_VALUE: usize = 1024;
+/// Longest client header value (`User-Agent`, a client's `Audit-ID`), verb
+/// or `objectRef` field an event records: a Kubernetes name is at most 253
+/// bytes, a method a word.
+const MAX_CLIENT_VALUE: usize = 1024;
 /// Longest `requestURI` an event records.
 const MAX_REQUEST_URI: usize = 16 * 1024;
 /// Largest event the webhook sends whole: a larger one goes without its
 /// request and response bodies, marked as the apiserver's truncating
 /// backend marks it (its default `--audit-webhook-truncate-max-event-size`).
 const WEBHOOK_MAX_EVENT: usize = 100 * 1024;
+/// Longest annotation, message or `requestURI` in an event that is over
+/// [`WEBHOOK_MAX_EVENT`] even without its bodies.
+const WEBHOOK_MAX_FIELD: usize = 512;
+/// Longest annotation or refusal message an event records: a command line
+/// or a message that names a path is cut here.
+const MAX_ANNOTATION: usize = 16 * 1024;
 
 /// What to do when the log cannot be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,8 +208,11 @@ impl Audit {
         let mut truncated = Vec::new();
         annotations.insert("kubegate.io/client", Cow::Owned(peer.description.clone()));
         if let Some(client_id) = head.headers.get("audit-id").and_then(|v| v.to_str().ok()) {
-            let client_id = bounded(client_id, MAX_HEADER_VALUE, "Audit-ID", &mut truncated);
-            annotations.insert("kubegate.io/client-audit-id", Cow::Owned(client_id));
+            let client_id = bounded(client_id, MAX_CLIENT_VALUE, "Audit-ID", &mut truncated);
+            annotations.insert(
+                "kubegate.io/client-audit-id",
+                Cow::Owned(client_id.to_string()),
+            );
         }
         let request_uri = uri.path_and_query().map_or(path, |pq| pq.as_str());
         let request_uri = bounded(request_uri, MAX_REQUEST_URI, "requestURI", &mut truncated);
@@ -209,7 +220,11 @@ impl Audit {
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .map(|agent| bounded(agent, MAX_HEADER_VALUE, "userAgent", &mut truncated));
+            .map(|agent| bounded(agent, MAX_CLIENT_VALUE, "userAgent", &mut truncated).to_string());
+        let verb = bounded(&verb, MAX_CLIENT_VALUE, "verb", &mut truncated).to_string();
+        let object = resource
+            .map(|resource| bounded_object(ObjectRef::from(resource), &mut truncated))
+            .and_then(|object| serde_json::value::to_raw_value(&object).ok());
         if !truncated.is_empty() {
             annotations.insert(TRUNCATED, Cow::Owned(truncated.join(", ")));
         }
@@ -219,11 +234,9 @@ impl Audit {
             omit,
             long_running: info.is_some_and(RequestInfo::long_running),
             id: self.ids.next(),
-            request_uri,
-            verb: verb.into_owned(),
-            object: resource
-                .map(ObjectRef::from)
-                .and_then(|object| serde_json::value::to_raw_value(&object).ok()),
+            request_uri: request_uri.to_string(),
+            verb,
+            object,
             source_ips: peer.ip.iter().cloned().collect(),
             user_agent,
             received,
@@ -239,24 +252,18 @@ impl Audit {
     }
 
     /// The event's line, after handing the webhook its copy: the same
-    /// line, or for an event over [`WEBHOOK_MAX_EVENT`] one without bodies.
+    /// line, or for an event over [`WEBHOOK_MAX_EVENT`] a smaller one.
     fn render(&self, event: Event<'_>) -> Option<Vec<u8>> {
         let line = line_of(&event)?;
         if let Some(webhook) = &self.webhook {
-            if line.len() > WEBHOOK_MAX_EVENT {
-                let mut annotations = event.annotations.clone();
-                annotations.insert("audit.k8s.io/truncated", Cow::Borrowed("true"));
-                let smaller = Event {
-                    request_object: None,
-                    response_object: None,
-                    annotations: &annotations,
-                    ..event
-                };
-                if let Some(smaller) = line_of(&smaller) {
-                    webhook.send(&smaller);
-                }
-            } else {
-                webhook.send(&line);
+            match line.len() <= WEBHOOK_MAX_EVENT {
+                true => webhook.send(&line),
+                false => match within_webhook_limit(event) {
+                    Some(smaller) => webhook.send(&smaller),
+                    None => tracing::error!(
+                        "audit webhook: an event could not be cut to its size limit and was not sent"
+                    ),
+                },
             }
         }
         Some(line)
@@ -398,9 +405,30 @@ impl Record {
         self.0.state()
     }
 
-    /// Adds an annotation.
+    /// Adds an annotation, cut to [`MAX_ANNOTATION`].
     pub fn annotate(&self, key: &'static str, value: impl Into<Cow<'static, str>>) {
-        self.state().annotations.insert(key, value.into());
+        let value = self.bounded(key, value.into());
+        self.state().annotations.insert(key, value);
+    }
+
+    /// `value`, or its first [`MAX_ANNOTATION`] bytes with `field` and its
+    /// full size noted in the event.
+    fn bounded(&self, field: &str, value: Cow<'static, str>) -> Cow<'static, str> {
+        if value.len() <= MAX_ANNOTATION {
+            return value;
+        }
+        let note = format!("{field} ({} bytes)", value.len());
+        match self.state().annotations.entry(TRUNCATED) {
+            Entry::Occupied(mut notes) => {
+                let notes = notes.get_mut().to_mut();
+                notes.push_str(", ");
+                notes.push_str(&note);
+            }
+            Entry::Vacant(notes) => {
+                notes.insert(Cow::Owned(note));
+            }
+        }
+        Cow::Owned(prefix(&value, MAX_ANNOTATION).to_string())
     }
 
     /// Records the policy decision for a request that was let through.
@@ -427,7 +455,10 @@ impl Record {
         }
         let status = ResponseStatus {
             status: Some("Failure"),
-            message: Some(error.to_string()),
+            message: Some(
+                self.bounded("responseStatus.message", error.to_string().into())
+                    .into_owned(),
+            ),
             reason: Some(reason.to_string()),
             code: code.as_u16(),
             ..ResponseStatus::default()
@@ -602,18 +633,76 @@ fn line_of(event: &Event<'_>) -> Option<Vec<u8>> {
     Some(line)
 }
 
+/// An event over the webhook's limit made to fit it: first without its
+/// bodies, marked as the apiserver's truncating backend marks it; if that
+/// is still too large (client-chosen paths, commands and messages), with
+/// each of those cut to [`WEBHOOK_MAX_FIELD`] as well.
+fn within_webhook_limit(event: Event<'_>) -> Option<Vec<u8>> {
+    let mut annotations = event.annotations.clone();
+    annotations.insert("audit.k8s.io/truncated", Cow::Borrowed("true"));
+    let without_bodies = Event {
+        request_object: None,
+        response_object: None,
+        response_status: event.response_status.clone(),
+        annotations: &annotations,
+        ..event
+    };
+    let line = line_of(&without_bodies)?;
+    if line.len() <= WEBHOOK_MAX_EVENT {
+        return Some(line);
+    }
+    for value in annotations.values_mut() {
+        if value.len() > WEBHOOK_MAX_FIELD {
+            *value = Cow::Owned(prefix(value, WEBHOOK_MAX_FIELD).to_string());
+        }
+    }
+    let mut status = event.response_status;
+    if let Some(message) = status.as_mut().and_then(|s| s.message.as_mut()) {
+        message.truncate(prefix(message, WEBHOOK_MAX_FIELD).len());
+    }
+    let cut = Event {
+        request_uri: prefix(event.request_uri, WEBHOOK_MAX_FIELD),
+        request_object: None,
+        response_object: None,
+        response_status: status,
+        annotations: &annotations,
+        ..event
+    };
+    line_of(&cut).filter(|line| line.len() <= WEBHOOK_MAX_EVENT)
+}
+
 /// `value`, or its first `limit` bytes (at a character boundary) with the
 /// field and its full size noted in `truncated`.
-fn bounded(value: &str, limit: usize, field: &str, truncated: &mut Vec<String>) -> String {
-    if value.len() <= limit {
-        return value.to_string();
+fn bounded<'a>(value: &'a str, limit: usize, field: &str, truncated: &mut Vec<String>) -> &'a str {
+    if value.len() > limit {
+        truncated.push(format!("{field} ({} bytes)", value.len()));
     }
-    truncated.push(format!("{field} ({} bytes)", value.len()));
+    prefix(value, limit)
+}
+
+/// `object` with each field bounded to [`MAX_CLIENT_VALUE`].
+fn bounded_object<'a>(object: ObjectRef<'a>, truncated: &mut Vec<String>) -> ObjectRef<'a> {
+    let mut cut = |value: &'a str, field: &str| bounded(value, MAX_CLIENT_VALUE, field, truncated);
+    ObjectRef {
+        resource: cut(object.resource, "objectRef.resource"),
+        namespace: cut(object.namespace, "objectRef.namespace"),
+        name: cut(object.name, "objectRef.name"),
+        api_group: cut(object.api_group, "objectRef.apiGroup"),
+        api_version: cut(object.api_version, "objectRef.apiVersion"),
+        subresource: cut(object.subresource, "objectRef.subresource"),
+    }
+}
+
+/// The first `limit` bytes of `value`, at a character boundary.
+fn prefix(value: &str, limit: usize) -> &str {
+    if value.len() <= limit {
+        return value;
+    }
     let mut end = limit;
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    value[..end].to_string()
+    &value[..end]
 }
 
 fn code_status(code: StatusCode) -> ResponseStatus {
@@ -636,5 +725,53 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn an_event_too_large_without_its_bodies_has_its_client_fields_cut_to_fit() {
+        // Control characters take six bytes each once escaped in JSON.
+        let huge = "\u{1}".repeat(MAX_ANNOTATION);
+        let annotations: BTreeMap<&'static str, Cow<'static, str>> = [
+            ("kubegate.io/command", Cow::Owned(huge.clone())),
+            (REASON, Cow::Owned(huge.clone())),
+        ]
+        .into();
+        let user = serde_json::value::to_raw_value(&UserInfo::default()).unwrap();
+        let now = Micros(jiff::Timestamp::now());
+        let event = Event {
+            kind: "Event",
+            api_version: "audit.k8s.io/v1",
+            level: Level::Metadata,
+            audit_id: "id",
+            stage: Stage::ResponseComplete,
+            request_uri: &huge,
+            verb: "get",
+            user: &user,
+            source_ips: &[],
+            user_agent: None,
+            object_ref: None,
+            response_status: Some(ResponseStatus {
+                message: Some(huge.clone()),
+                code: 403,
+                ..ResponseStatus::default()
+            }),
+            request_object: None,
+            response_object: None,
+            request_received_timestamp: now,
+            stage_timestamp: now,
+            annotations: &annotations,
+        };
+        assert!(line_of(&event).unwrap().len() > 3 * WEBHOOK_MAX_EVENT);
+        let line = within_webhook_limit(event).unwrap();
+        assert!(line.len() <= WEBHOOK_MAX_EVENT);
+        let cut: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(cut["annotations"]["audit.k8s.io/truncated"], "true");
+        assert_eq!(cut["requestURI"].as_str().unwrap().len(), WEBHOOK_MAX_FIELD);
+        let message = cut["responseStatus"]["message"].as_str().unwrap();
+        assert_eq!(message.len(), WEBHOOK_MAX_FIELD);
+        assert_eq!(
+            cut["annotations"][REASON].as_str().unwrap().len(),
+            WEBHOOK_MAX_FIELD
+        );
     }
 }
