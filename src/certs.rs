@@ -9,34 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{SignatureScheme, client::ClientSessionMemoryCache};
 
 use crate::error::{StartupError, io_reason};
 use crate::lifecycle::Lifecycle;
 use crate::reload;
 
-/// After the pair changes, how long no session is resumed: a handshake
-/// made with the old certificate and still in flight (bounded by
-/// `--connect-timeout`) may store its ticket meanwhile.
-const OLD_HANDSHAKES: Duration = Duration::from_secs(60);
-
 /// A certificate and key from two files, kept current.
 #[derive(Debug)]
 pub struct FilePair {
     current: ArcSwap<CertifiedKey>,
-    /// Cleared when the pair changes, so no session resumes with the old
-    /// certificate (a resumed TLS session presents none, and keeps the
-    /// identity it was made with).
-    sessions: ArcSwap<ClientSessionMemoryCache>,
-    /// Until when no session is resumed, after a change; then the cache is
-    /// cleared once more, of tickets that old handshakes stored late.
-    resume_after: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl FilePair {
@@ -54,8 +40,6 @@ impl FilePair {
     ) -> Result<Arc<FilePair>, StartupError> {
         let pair = Arc::new(FilePair {
             current: ArcSwap::from_pointee(load(cert, key, provider)?),
-            sessions: ArcSwap::from_pointee(ClientSessionMemoryCache::new(256)),
-            resume_after: std::sync::Mutex::new(None),
         });
         let (provider, files) = (
             provider.clone(),
@@ -70,9 +54,6 @@ impl FilePair {
                 // Half-written files fail here: the old pair stays.
                 let fresh = load(&cert, &key, &provider)?;
                 pair.current.store(Arc::new(fresh));
-                pair.sessions
-                    .store(Arc::new(ClientSessionMemoryCache::new(256)));
-                *pair.resume_after() = Some(std::time::Instant::now() + OLD_HANDSHAKES);
                 tracing::info!(cert = %cert.display(), "certificate files changed; new connections use the new pair");
                 Ok::<_, StartupError>(())
             },
@@ -84,36 +65,6 @@ impl FilePair {
     /// The current pair.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current.load_full()
-    }
-
-    /// The session cache for connections using this pair.
-    pub fn sessions(&self) -> Arc<ClientSessionMemoryCache> {
-        self.sessions.load_full()
-    }
-
-    fn resume_after(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
-        self.resume_after
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Whether sessions may be resumed now: not for a while after the pair
-    /// changed, since a handshake made with the old certificate may store
-    /// its ticket after the change, and a session resumed from it would
-    /// keep the old identity (and its own tickets would keep it going).
-    /// Once the while is over, the cache is cleared of such tickets.
-    fn may_resume(&self) -> bool {
-        let mut after = self.resume_after();
-        match *after {
-            Some(at) if std::time::Instant::now() < at => false,
-            Some(_) => {
-                *after = None;
-                self.sessions
-                    .store(Arc::new(ClientSessionMemoryCache::new(256)));
-                true
-            }
-            None => true,
-        }
     }
 }
 
@@ -161,72 +112,8 @@ fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedK
     })
 }
 
-impl ResolvesClientCert for FilePair {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
 impl ResolvesServerCert for FilePair {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
-    }
-}
-
-/// TLS sessions to the apiserver, forgotten whenever the client
-/// certificate changes.
-impl rustls::client::ClientSessionStore for FilePair {
-    fn set_kx_hint(
-        &self,
-        server: rustls::pki_types::ServerName<'static>,
-        group: rustls::NamedGroup,
-    ) {
-        self.sessions().set_kx_hint(server, group);
-    }
-
-    fn kx_hint(&self, server: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
-        self.sessions().kx_hint(server)
-    }
-
-    fn set_tls12_session(
-        &self,
-        server: rustls::pki_types::ServerName<'static>,
-        value: rustls::client::Tls12ClientSessionValue,
-    ) {
-        self.sessions().set_tls12_session(server, value);
-    }
-
-    fn tls12_session(
-        &self,
-        server: &rustls::pki_types::ServerName<'_>,
-    ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.may_resume()
-            .then(|| self.sessions().tls12_session(server))
-            .flatten()
-    }
-
-    fn remove_tls12_session(&self, server: &rustls::pki_types::ServerName<'static>) {
-        self.sessions().remove_tls12_session(server);
-    }
-
-    fn insert_tls13_ticket(
-        &self,
-        server: rustls::pki_types::ServerName<'static>,
-        value: rustls::client::Tls13ClientSessionValue,
-    ) {
-        self.sessions().insert_tls13_ticket(server, value);
-    }
-
-    fn take_tls13_ticket(
-        &self,
-        server: &rustls::pki_types::ServerName<'static>,
-    ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        self.may_resume()
-            .then(|| self.sessions().take_tls13_ticket(server))
-            .flatten()
     }
 }

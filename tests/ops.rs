@@ -320,6 +320,93 @@ async fn rotated_client_certificate_files_are_presented_on_the_next_connection()
     );
 }
 
+/// An upgrade through kubegate, which always opens a new connection: the
+/// identity `/echo` saw, and when the request was sent and answered.
+async fn new_connection_identity(
+    kubegate: &Kubegate,
+) -> (std::time::Instant, String, std::time::Instant) {
+    let sent = std::time::Instant::now();
+    let echo = call(
+        Method::GET,
+        &kubegate.url("/echo"),
+        &[("connection", "upgrade"), ("upgrade", "websocket")],
+        Bytes::new(),
+    )
+    .await;
+    let user = echo.json()["user"]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (sent, user, std::time::Instant::now())
+}
+
+#[tokio::test]
+async fn under_load_no_session_resumed_after_a_certificate_rotation_keeps_the_old_identity() {
+    let double = Double::start().await;
+    // A connect timeout far past any grace a cache-clearing timer could
+    // give handshakes still in flight with the old certificate.
+    let flags = ["--token-reload-interval=20ms", "--connect-timeout=300s"];
+    let kubegate = std::sync::Arc::new(Kubegate::start(&double, &flags).await);
+    let stats = &double.server.state().stats;
+    let resumed = |stats: &kubegate_double::apiserver::Stats| {
+        stats.resumed.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Eight clients at once, each opening connection after connection
+    // (with TLS 1.3 tickets to resume), while the files are replaced.
+    let load = |count: usize| {
+        let kubegate = kubegate.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(count);
+            for _ in 0..count {
+                seen.push(new_connection_identity(&kubegate).await);
+            }
+            seen
+        })
+    };
+    let before: Vec<_> = (0..8).map(|_| load(40)).collect();
+    within("sessions resumed before the rotation", async {
+        while resumed(stats) == 0 {
+            new_connection_identity(&kubegate).await;
+        }
+    })
+    .await;
+    double
+        .pki
+        .client("bob", &["ops"])
+        .write(double.dir.path(), "alice")
+        .unwrap();
+    let after: Vec<_> = (0..8).map(|_| load(40)).collect();
+    let mut seen = Vec::new();
+    for task in before.into_iter().chain(after) {
+        seen.extend(within("the load", task).await.unwrap());
+    }
+    // Once one connection has presented the new certificate, every
+    // connection opened later does: none resumes a session of the old one.
+    let first_bob = seen
+        .iter()
+        .filter(|(_, user, _)| user == "bob")
+        .map(|(_, _, answered)| *answered)
+        .min()
+        .expect("the new certificate was presented");
+    for (sent, user, _) in &seen {
+        if *sent > first_bob {
+            assert_eq!(
+                user, "bob",
+                "a connection made after the rotation kept the old identity"
+            );
+        }
+    }
+    // And the new certificate's own sessions are resumed.
+    let resumed_after_load = resumed(stats);
+    within("the new certificate's sessions resumed", async {
+        while resumed(stats) < resumed_after_load + 8 {
+            let (_, user, _) = new_connection_identity(&kubegate).await;
+            assert_eq!(user, "bob");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn kubegate_serves_https_with_its_certificate_files() {
     let double = Double::start().await;

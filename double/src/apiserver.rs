@@ -84,6 +84,9 @@ impl Default for Options {
 pub struct Stats {
     /// TLS connections accepted.
     pub connections: AtomicUsize,
+    /// Of those, the ones that resumed an earlier TLS session (and so
+    /// presented no certificate: they keep the session's identity).
+    pub resumed: AtomicUsize,
     /// Requests served.
     pub requests: AtomicUsize,
     /// Watches now streaming.
@@ -324,6 +327,9 @@ async fn accept_loop(
                         return;
                     };
                     state.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        state.stats.resumed.fetch_add(1, Ordering::Relaxed);
+                    }
                     let certificate = certificate_identity(&verifiers, tls.get_ref().1.peer_certificates());
                     let service = service_fn(move |request: Request<Incoming>| {
                         let state = state.clone();

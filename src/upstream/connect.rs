@@ -4,9 +4,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::Uri;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -15,6 +17,7 @@ use rustls::pki_types::ServerName;
 use tower_service::Service;
 
 use super::forward_proxy::{HopConnector, HopIo, ProxyRule};
+use super::tls::ClientTls;
 use crate::status::ProxyError;
 use crate::telemetry::UpstreamCounters;
 
@@ -25,11 +28,50 @@ pub type UpstreamIo = MaybeHttpsStream<HopIo>;
 /// pool wants, and cheap to clone.
 #[derive(Clone)]
 pub struct Connector {
-    inner: HttpsConnector<HopConnector>,
+    tls: Arc<ClientTls>,
+    dial: Arc<Dial>,
+    /// The connector for the current TLS configuration, shared by every
+    /// clone, made again when the client certificate changes.
+    inner: Arc<ArcSwap<Inner>>,
     timeout: Duration,
     /// Connections opened (each a TLS handshake to a TLS apiserver),
     /// shared by every clone, for `/metrics`.
     opened: UpstreamCounters,
+}
+
+/// How connections are dialled, whatever the TLS configuration.
+struct Dial {
+    tcp: HttpConnector,
+    proxy: ProxyRule,
+    offer_h2: bool,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl Dial {
+    fn with(&self, tls: Arc<ClientConfig>) -> Inner {
+        // The apiserver's TLS settings go to an `https://` proxy too.
+        let http = HopConnector::new(self.tcp.clone(), &tls, self.proxy.clone());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http();
+        let builder = match &self.server_name {
+            Some(name) => {
+                builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone()))
+            }
+            None => builder,
+        };
+        let https = match self.offer_h2 {
+            true => builder.enable_all_versions().wrap_connector(http),
+            false => builder.enable_http1().wrap_connector(http),
+        };
+        Inner { tls, https }
+    }
+}
+
+/// A connector for one TLS configuration.
+struct Inner {
+    tls: Arc<ClientConfig>,
+    https: HttpsConnector<HopConnector>,
 }
 
 impl Connector {
@@ -37,7 +79,7 @@ impl Connector {
     /// through the proxy `proxy` picks, counting the connections it opens
     /// in `opened`.
     pub fn new(
-        tls: &ClientConfig,
+        tls: &Arc<ClientTls>,
         proxy: &ProxyRule,
         offer_h2: bool,
         server_name: Option<ServerName<'static>>,
@@ -45,28 +87,38 @@ impl Connector {
         timeout: Duration,
         opened: UpstreamCounters,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_keepalive(keepalive);
-        http.set_connect_timeout(Some(timeout));
-        let http = HopConnector::new(http, tls, proxy.clone());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_or_http();
-        let builder = match server_name {
-            Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
-            None => builder,
-        };
-        let inner = match offer_h2 {
-            true => builder.enable_all_versions().wrap_connector(http),
-            false => builder.enable_http1().wrap_connector(http),
-        };
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_keepalive(keepalive);
+        tcp.set_connect_timeout(Some(timeout));
+        let dial = Arc::new(Dial {
+            tcp,
+            proxy: proxy.clone(),
+            offer_h2,
+            server_name,
+        });
+        let inner = Arc::new(ArcSwap::from_pointee(dial.with(tls.current())));
         Connector {
+            tls: tls.clone(),
+            dial,
             inner,
             timeout,
             opened,
         }
+    }
+
+    /// The connector for the current TLS configuration.
+    fn current(&self) -> HttpsConnector<HopConnector> {
+        let tls = self.tls.current();
+        let inner = self.inner.load();
+        if Arc::ptr_eq(&inner.tls, &tls) {
+            return inner.https.clone();
+        }
+        let fresh = self.dial.with(tls);
+        let https = fresh.https.clone();
+        self.inner.store(Arc::new(fresh));
+        https
     }
 
     /// Opens one connection to `uri`'s host.
@@ -76,7 +128,7 @@ impl Connector {
     /// A [`ProxyError`] that says whether the apiserver could not be reached,
     /// was too slow, or failed TLS.
     pub async fn connect(&self, uri: &Uri) -> Result<UpstreamIo, ProxyError> {
-        let mut inner = self.inner.clone();
+        let mut inner = self.current();
         match tokio::time::timeout(self.timeout, inner.call(uri.clone())).await {
             Ok(Ok(io)) => {
                 self.opened.connection_opened();

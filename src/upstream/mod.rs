@@ -85,7 +85,7 @@ impl Upstream {
         )
         .await?;
         let identity = exec_identity.as_ref().or(settings.client_identity.as_ref());
-        let tls = tls::client_config(&settings, identity, lifecycle)?;
+        let tls = tls::ClientTls::new(&settings, identity, lifecycle)?;
         let server_name = match &settings.tls_server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
                 StartupError::Credential(format!(

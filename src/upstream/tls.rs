@@ -1,15 +1,24 @@
 //! The rustls client configuration for the apiserver: the CA bundle (or the
 //! system's roots), the client certificate, `insecure-skip-tls-verify`, and
-//! one TLS session cache shared by every connection so that reconnects
+//! a TLS session cache shared by every connection so that reconnects
 //! resume instead of doing a full handshake. ALPN is the connector's choice
 //! (h2 and http/1.1 for the pool, http/1.1 alone for upgrades).
+//!
+//! With client certificate files, which are read again when they change,
+//! there is one configuration per certificate generation, each with its
+//! own session cache. A resumed TLS session presents no certificate and
+//! keeps the identity it was made with, so a ticket from a handshake made
+//! with the old certificate (even one that finishes after the change) goes
+//! to the old generation's cache, which no new connection reads.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ClientSessionMemoryCache, Resumption};
+use rustls::client::{ClientSessionMemoryCache, ResolvesClientCert, Resumption};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::settings::{ClientIdentity, UpstreamSettings};
@@ -35,38 +44,111 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// The client configuration for the apiserver.
-///
-/// # Errors
-///
-/// A [`StartupError`] when the client key does not match its certificate or
-/// no trust roots can be found.
-pub fn client_config(
-    settings: &UpstreamSettings,
-    identity: Option<&ClientIdentity>,
-    lifecycle: &Lifecycle,
-) -> Result<Arc<ClientConfig>, StartupError> {
-    // Certificate files are watched, so that a rotated pair is presented
-    // on the next connection (with a fresh session cache, since a resumed
-    // session presents no certificate).
-    if let Some(identity) = identity
-        && let Some((cert, key)) = &identity.files
-    {
-        let pair = FilePair::watch(
-            cert,
-            key,
-            settings.network.token_reload_interval,
-            &provider(),
-            lifecycle,
-        )?;
-        let mut config = build(settings, None)?;
-        config.client_auth_cert_resolver = pair.clone();
-        config.resumption = Resumption::store(pair);
-        return Ok(Arc::new(config));
+/// Sessions remembered per generation, per apiserver name.
+const SESSIONS: usize = 256;
+
+/// The client TLS configuration for one apiserver, current for the
+/// client certificate files when there are any.
+#[derive(Debug)]
+pub struct ClientTls {
+    /// Trust, and the fixed identity if there is one.
+    base: ClientConfig,
+    /// Client certificate files, read again when they change.
+    files: Option<Arc<FilePair>>,
+    generation: ArcSwap<Generation>,
+}
+
+/// The configuration for one client certificate, with its session cache.
+#[derive(Debug)]
+struct Generation {
+    presented: Option<Arc<CertifiedKey>>,
+    config: Arc<ClientConfig>,
+}
+
+impl Generation {
+    fn new(base: &ClientConfig, presented: Option<Arc<CertifiedKey>>) -> Self {
+        let mut config = base.clone();
+        if let Some(key) = &presented {
+            config.client_auth_cert_resolver = Arc::new(Presents(key.clone()));
+        }
+        config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(SESSIONS)));
+        Generation {
+            presented,
+            config: Arc::new(config),
+        }
     }
-    let mut config = build(settings, identity)?;
-    config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(256)));
-    Ok(Arc::new(config))
+}
+
+impl ClientTls {
+    /// The configuration for the apiserver.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartupError`] when the client key does not match its
+    /// certificate or no trust roots can be found.
+    pub fn new(
+        settings: &UpstreamSettings,
+        identity: Option<&ClientIdentity>,
+        lifecycle: &Lifecycle,
+    ) -> Result<Arc<Self>, StartupError> {
+        let files = identity.and_then(|identity| identity.files.as_ref());
+        let files = match files {
+            Some((cert, key)) => Some(FilePair::watch(
+                cert,
+                key,
+                settings.network.token_reload_interval,
+                &provider(),
+                lifecycle,
+            )?),
+            None => None,
+        };
+        // The files' pair is presented by each generation, not the base.
+        let base = build(settings, identity.filter(|_| files.is_none()))?;
+        let presented = files.as_ref().map(|files| files.current());
+        let generation = ArcSwap::from_pointee(Generation::new(&base, presented));
+        Ok(Arc::new(ClientTls {
+            base,
+            files,
+            generation,
+        }))
+    }
+
+    /// The configuration a new connection uses: the current certificate
+    /// generation's.
+    pub fn current(&self) -> Arc<ClientConfig> {
+        let generation = self.generation.load();
+        let Some(files) = &self.files else {
+            return generation.config.clone();
+        };
+        let presented = files.current();
+        if generation
+            .presented
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &presented))
+        {
+            return generation.config.clone();
+        }
+        // Two connections racing here may each make one; the one not kept
+        // only loses its ticket.
+        let fresh = Generation::new(&self.base, Some(presented));
+        let config = fresh.config.clone();
+        self.generation.store(Arc::new(fresh));
+        config
+    }
+}
+
+/// Presents one certificate generation's pair.
+#[derive(Debug)]
+struct Presents(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for Presents {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 fn build(
