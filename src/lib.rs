@@ -294,9 +294,19 @@ impl Proxy {
     }
 }
 
+/// What `kubegate policy check` found.
+#[derive(Debug)]
+pub struct PolicyCheck {
+    /// What looks wrong in the file, one line each.
+    pub warnings: Vec<String>,
+    /// The decision and why, in one line.
+    pub line: String,
+    /// Whether the request is allowed.
+    pub allowed: bool,
+}
+
 /// `kubegate policy check`: what a policy file (and `--read-only`) decides
-/// for one request, without a cluster. `Ok` with the line to print and
-/// whether the request is allowed.
+/// for one request, without a cluster.
 ///
 /// # Errors
 ///
@@ -307,22 +317,30 @@ pub fn check_policy(
     method: &str,
     target: &str,
     upgrade: bool,
-) -> Result<(String, bool), StartupError> {
+) -> Result<PolicyCheck, StartupError> {
     let Some(policy) = policy::Policy::load(Some(file), read_only)? else {
-        return Ok((String::new(), true));
+        return Ok(PolicyCheck {
+            warnings: Vec::new(),
+            line: String::new(),
+            allowed: true,
+        });
     };
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
     let method = method.to_ascii_uppercase();
-    let request = match request::RequestInfo::read(&method, path, query, upgrade) {
-        Ok(request) => request,
-        Err(error) => return Ok((format!("refused: 400 {error}"), false)),
+    let (line, allowed) = match request::RequestInfo::read(&method, path, query, upgrade) {
+        Ok(request) => match policy.explain(&request) {
+            Ok(line) => (line, true),
+            Err(refusal) => (format!("refused: 403 {refusal}"), false),
+        },
+        Err(error) => (format!("refused: 400 {error}"), false),
     };
-    Ok(match policy.explain(&request) {
-        Ok(line) => (line, true),
-        Err(refusal) => (format!("refused: 403 {refusal}"), false),
+    Ok(PolicyCheck {
+        warnings: policy.warnings(),
+        line,
+        allowed,
     })
 }
 

@@ -27,9 +27,12 @@ fn main() -> ExitCode {
     })) = &args.command
     {
         return match kubegate::check_policy(file, args.policy.read_only, method, path, *upgrade) {
-            Ok((line, allowed)) => {
-                println!("{line}");
-                if allowed {
+            Ok(check) => {
+                for warning in &check.warnings {
+                    eprintln!("kubegate: warning: {warning}");
+                }
+                println!("{}", check.line);
+                if check.allowed {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::FAILURE

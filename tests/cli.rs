@@ -956,6 +956,44 @@ async fn policy_check_prints_the_decision_and_the_rule_without_a_cluster() {
 }
 
 #[tokio::test]
+async fn policy_check_warns_of_a_namespaced_deny_that_an_all_namespace_list_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    let rules = r#"
+rules:
+  - action: Deny
+    namespaces: [kube-system]
+    resources: [{group: "", resources: ["secrets"]}]
+  - action: Allow
+    verbs: [get, list, watch]
+    resources: [{group: "", resources: ["secrets", "pods"]}]
+"#;
+    std::fs::write(&file, rules).unwrap();
+    let check = |target: &str| {
+        std::process::Command::new(KUBEGATE)
+            .args(["policy", "check", file.to_str().unwrap(), "GET", target])
+            .output()
+            .unwrap()
+    };
+    // The namespace looks hidden, and is, one namespace at a time...
+    let one = check("/api/v1/namespaces/kube-system/secrets");
+    assert!(!one.status.success());
+    // ...but every namespace's secrets are listed at once, and the check
+    // says so whatever request it is asked about.
+    let all = check("/api/v1/secrets");
+    assert!(all.status.success());
+    let stdout = String::from_utf8_lossy(&all.stdout);
+    assert!(stdout.starts_with("allowed: list by rule 2"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&all.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kubegate: warning: rule 1 denies secrets in namespaces kube-system but not across all namespaces: list of secrets in every namespace is allowed by rule 2;"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&one.stderr), stderr);
+}
+
+#[tokio::test]
 async fn the_version_names_the_commit_and_completions_are_printed() {
     let run = |args: &[&str]| {
         let output = std::process::Command::new(KUBEGATE)

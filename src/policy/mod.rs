@@ -158,6 +158,15 @@ impl Policy {
 }
 
 impl Policy {
+    /// What looks wrong in the current rules, one line each (also logged
+    /// whenever the file is read).
+    pub fn warnings(&self) -> Vec<String> {
+        self.file
+            .as_ref()
+            .map(|file| undercut_denials(&file.rules.load()))
+            .unwrap_or_default()
+    }
+
     /// What the policy decides for a request and why, in one line: the
     /// refusal's message, or the rule (or `--read-only`) that allows it.
     ///
@@ -252,6 +261,7 @@ enum Action {
     Deny,
 }
 
+/// Reads the rules, and warns of each `Deny` a later rule undercuts.
 fn read_rules(path: &Path) -> Result<Vec<Rule>, StartupError> {
     let fail = |message: String| StartupError::File {
         what: "policy file",
@@ -260,7 +270,75 @@ fn read_rules(path: &Path) -> Result<Vec<Rule>, StartupError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail(format!("{}; give a readable --policy-file", io_reason(&e))))?;
-    parse(&text).map_err(fail)
+    let rules = parse(&text).map_err(fail)?;
+    for warning in undercut_denials(&rules) {
+        tracing::warn!(file = %path.display(), "{warning}");
+    }
+    Ok(rules)
+}
+
+/// The `Deny` rules with `namespaces` that do not hide what they seem to:
+/// as in RBAC, `namespaces` match namespaced requests only, so a list or
+/// watch across all namespaces (`GET /api/v1/pods`) passes the rule by and
+/// is allowed by a later one. One line each, naming both rules and the fix.
+pub(crate) fn undercut_denials(rules: &[Rule]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (index, deny) in rules.iter().enumerate() {
+        let selector = &deny.selector;
+        if deny.allow || selector.namespaces.is_empty() {
+            continue;
+        }
+        // The resources the rule names, as an all-namespace list sees them.
+        let mut named: Vec<(&str, &str)> = selector
+            .resources
+            .iter()
+            .flat_map(|group| {
+                let specs: Vec<&str> = match group.resources.is_empty() {
+                    true => vec!["*"],
+                    false => group.resources.iter().map(String::as_str).collect(),
+                };
+                specs
+                    .into_iter()
+                    .filter(|spec| !spec.contains('/'))
+                    .map(move |spec| (group.group.as_str(), spec))
+            })
+            .collect();
+        if selector.resources.is_empty() {
+            named.push(("*", "*"));
+        }
+        let denied = |verb: &str| {
+            selector.verbs.is_empty() || selector.verbs.iter().any(|v| v == verb || v == "*")
+        };
+        for &(group, resource) in &named {
+            let across = Resource {
+                group,
+                resource,
+                ..Resource::default()
+            };
+            for verb in ["list", "watch"].into_iter().filter(|verb| denied(verb)) {
+                let first = rules
+                    .iter()
+                    .position(|rule| rule.selector.matches(verb, Some(&across), ""));
+                if let Some(allowing) = first.filter(|&i| rules[i].allow) {
+                    let what = match (group, resource) {
+                        ("" | "*", "*") => "all resources".to_string(),
+                        (group, "*") => format!("all resources of {group}"),
+                        ("", resource) => resource.to_string(),
+                        (group, resource) => format!("{resource}.{group}"),
+                    };
+                    warnings.push(format!(
+                        "rule {} denies {what} in namespaces {} but not across all namespaces: {verb} of {what} in every namespace is allowed by rule {}; deny {what} in namespaces: [\"\"] too, before rule {}, or allow the namespaces you mean instead",
+                        index + 1,
+                        selector.namespaces.join(", "),
+                        allowing + 1,
+                        allowing + 1,
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    warnings
 }
 
 /// Parses a policy file; the error names the rule (from 1) and the fix.

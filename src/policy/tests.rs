@@ -369,3 +369,37 @@ proptest! {
         prop_assert_eq!(decision.is_ok(), allowed, "{} {} {:?}", method, spelled_path, decision);
     }
 }
+
+#[test]
+fn a_namespaced_deny_undercut_by_a_later_cluster_wide_allow_is_named() {
+    let warnings = |text: &str| undercut_denials(&parse(text).unwrap());
+    // Hidden in team-b, listed everywhere by the catch-all.
+    let undercut = warnings(
+        r#"
+rules:
+  - {action: Deny, namespaces: [team-b], resources: [{resources: ["secrets", "pods/log"]}]}
+  - {action: Allow, verbs: ["*"]}
+"#,
+    );
+    assert_eq!(undercut.len(), 1, "{undercut:?}");
+    assert!(
+        undercut[0].starts_with("rule 1 denies secrets in namespaces team-b"),
+        "{undercut:?}"
+    );
+    // A cluster-wide Deny first, an Allow limited to namespaces, a Deny of
+    // writes only, or nothing allowed after: nothing to say.
+    for quiet in [
+        "rules:\n  - {action: Deny, resources: [{resources: [secrets]}]}\n  - {action: Deny, namespaces: [b], resources: [{resources: [secrets]}]}\n  - {action: Allow}\n",
+        "rules:\n  - {action: Deny, namespaces: [b], resources: [{resources: [secrets]}]}\n  - {action: Allow, namespaces: [a]}\n",
+        "rules:\n  - {action: Deny, verbs: [delete], namespaces: [b]}\n  - {action: Allow}\n",
+        "rules:\n  - {action: Deny, namespaces: [b]}\n  - {action: Allow, verbs: [get]}\n",
+        ISSUE_EXAMPLE,
+    ] {
+        assert_eq!(warnings(quiet), Vec::<String>::new(), "{quiet}");
+    }
+    // A Deny of every resource in a namespace, undercut by an Allow of all.
+    let everything = warnings(
+        "rules:\n  - {action: Deny, namespaces: [b]}\n  - {action: Allow, verbs: [list]}\n",
+    );
+    assert_eq!(everything.len(), 1, "{everything:?}");
+}

@@ -89,7 +89,7 @@ impl Verb {
 
 /// What a resource request is about; empty strings for what the path does
 /// not name (the core group is `""`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Resource<'r> {
     /// The API group.
     pub group: &'r str,
