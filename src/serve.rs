@@ -141,7 +141,7 @@ pub async fn serve(
             };
             limit.relieve();
             let activity = Arc::new(Activity::default());
-            let registered = limit.register(activity.clone());
+            let registered = limit.register(activity.clone(), &tasks.draining);
             let client = Client {
                 activity,
                 registered,
@@ -261,8 +261,8 @@ impl Serving {
                     Ok(Err(error)) => return tracing::debug!(%error, "client TLS handshake failed"),
                     Err(_) => return tracing::debug!("client TLS handshake timed out"),
                 },
-                () = client.registered.shed().cancelled() => {
-                    return tracing::debug!("closing a client mid-handshake to make room");
+                () = client.registered.closing().cancelled() => {
+                    return tracing::debug!("closing a client mid-handshake");
                 }
             };
             serving.serve(tls, shared, origin, client).await;
@@ -309,11 +309,12 @@ impl Serving {
                 tracing::debug!("closing an idle client connection");
                 None
             }
-            () = client.registered.shed().cancelled() => {
-                tracing::debug!("closing a client connection with nothing in flight to make room");
+            () = client.registered.closing().cancelled() => {
+                if !self.tasks.draining.is_cancelled() {
+                    tracing::debug!("closing a client connection with nothing in flight to make room");
+                }
                 None
             }
-            () = self.tasks.draining.cancelled() => None,
         };
         let ended = match ended {
             Some(ended) => ended,

@@ -65,8 +65,10 @@ pub struct Registered {
 }
 
 impl Registered {
-    /// Cancelled when the connection is asked to close to make room.
-    pub fn shed(&self) -> &CancellationToken {
+    /// Cancelled when the connection is asked to close: to make room, or
+    /// by its parent token (shutdown). One token for both, so a
+    /// connection's task polls one future for them on every wake.
+    pub fn closing(&self) -> &CancellationToken {
         &self.shed
     }
 }
@@ -117,10 +119,11 @@ impl Limit {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// Registers a connection being served, with its activity.
-    pub fn register(&self, activity: Arc<Activity>) -> Registered {
+    /// Registers a connection being served, with its activity; it is
+    /// asked to close when `parent` is cancelled too.
+    pub fn register(&self, activity: Arc<Activity>, parent: &CancellationToken) -> Registered {
         let id = self.open.next.fetch_add(1, Ordering::Relaxed);
-        let shed = CancellationToken::new();
+        let shed = parent.child_token();
         if let Ok(mut connections) = self.open.connections.lock() {
             let entry = Entry {
                 activity,
@@ -193,25 +196,26 @@ mod tests {
         let slots: Vec<_> = (0..3).map(|_| limit.try_take().unwrap()).collect();
         let busy = Arc::new(Activity::default());
         let _in_flight = busy.begin();
-        let busy = limit.register(busy);
-        let oldest_idle = limit.register(Arc::new(Activity::default()));
-        let newest_idle = limit.register(Arc::new(Activity::default()));
+        let shutdown = CancellationToken::new();
+        let busy = limit.register(busy, &shutdown);
+        let oldest_idle = limit.register(Arc::new(Activity::default()), &shutdown);
+        let newest_idle = limit.register(Arc::new(Activity::default()), &shutdown);
         assert!(limit.is_full());
 
         assert_eq!(limit.shed_oldest_idle(), Some(true));
-        assert!(oldest_idle.shed().is_cancelled());
-        assert!(!busy.shed().is_cancelled() && !newest_idle.shed().is_cancelled());
+        assert!(oldest_idle.closing().is_cancelled());
+        assert!(!busy.closing().is_cancelled() && !newest_idle.closing().is_cancelled());
 
         // Its slot comes back when it closes: room is made without another.
         let mut slots = slots.into_iter();
         drop((oldest_idle, slots.next()));
         limit.make_room().await;
-        assert!(!newest_idle.shed().is_cancelled());
+        assert!(!newest_idle.closing().is_cancelled());
         let _again = limit.try_take().unwrap();
 
         assert_eq!(limit.shed_oldest_idle(), Some(true));
-        assert!(newest_idle.shed().is_cancelled());
+        assert!(newest_idle.closing().is_cancelled());
         assert_eq!(limit.shed_oldest_idle(), None, "the busy one stays");
-        assert!(!busy.shed().is_cancelled());
+        assert!(!busy.closing().is_cancelled());
     }
 }
