@@ -1,7 +1,9 @@
 //! `--max-connections`, and room made at it the way nginx makes it: when
 //! every slot is taken and another client connects, the oldest connection
-//! with no request in flight (one that has not sent a whole request yet,
-//! or an idle keep-alive one) is asked to close. A connection with a
+//! with no request in flight is asked to close: one that has not sent a
+//! whole request yet first (what a flood of silent sockets is made of),
+//! then an idle keep-alive one (a client that has spoken HTTP, and whose
+//! next request could race the close). A connection with a
 //! request or an upgraded session in flight is never closed for room, so a
 //! flood of silent or slow sockets costs real clients nothing but the
 //! sockets ahead of them in the backlog.
@@ -173,14 +175,16 @@ impl Limit {
         }
     }
 
-    /// Asks the oldest connection with no request in flight to close;
-    /// `Some(true)` if it had never sent a request, `Some(false)` if it was
-    /// idle after one, `None` if every connection is busy.
+    /// Asks the oldest connection that has never sent a request to close,
+    /// or failing one, the oldest with no request in flight; `Some(true)`
+    /// if it had never sent a request, `Some(false)` if it was idle after
+    /// one, `None` if every connection is busy.
     fn shed_oldest_idle(&self) -> Option<bool> {
         let connections = self.open.connections.lock().ok()?;
-        let (_, entry) = connections
-            .iter()
-            .find(|(_, e)| !e.shed.is_cancelled() && e.activity.is_idle())?;
+        let open = || connections.values().filter(|e| !e.shed.is_cancelled());
+        let entry = open()
+            .find(|e| e.activity.never_asked())
+            .or_else(|| open().find(|e| e.activity.is_idle()))?;
         entry.shed.cancel();
         Some(entry.activity.never_asked())
     }
@@ -217,5 +221,19 @@ mod tests {
         assert!(newest_idle.closing().is_cancelled());
         assert_eq!(limit.shed_oldest_idle(), None, "the busy one stays");
         assert!(!busy.closing().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_never_asked_goes_before_an_older_idle_keep_alive_one() {
+        let limit = Limit::new(2, ConnectionCounters::default());
+        let shutdown = CancellationToken::new();
+        let served = Arc::new(Activity::default());
+        drop(served.begin());
+        let keep_alive = limit.register(served, &shutdown);
+        let silent = limit.register(Arc::new(Activity::default()), &shutdown);
+        assert_eq!(limit.shed_oldest_idle(), Some(true));
+        assert!(silent.closing().is_cancelled() && !keep_alive.closing().is_cancelled());
+        assert_eq!(limit.shed_oldest_idle(), Some(false));
+        assert!(keep_alive.closing().is_cancelled());
     }
 }
