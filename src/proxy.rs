@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -36,6 +36,9 @@ use crate::upgrade::Relays;
 use crate::upstream::clusters::{Cluster, Clusters, Route};
 use crate::www;
 
+/// How long an exec, attach or port-forward session waits for a
+/// `--max-connections` slot while every connection is busy.
+const SESSION_SLOT_WAIT: Duration = Duration::from_secs(5);
 /// How request paths are split between the API and static files.
 #[derive(Debug, Clone)]
 pub struct Routes {
@@ -305,9 +308,11 @@ impl ProxyService {
             let record = record.cloned();
             head.extensions.insert(Busy::of(&self.activity));
             let limit = &self.shared.limit;
-            let slot = limit
-                .try_take()
-                .ok_or(ProxyError::AtConnectionLimit(limit.max()))?;
+            // At the limit, room is made for the session as for a new
+            // connection; only if every connection stays busy is it refused.
+            let slot = tokio::time::timeout(SESSION_SLOT_WAIT, limit.take())
+                .await
+                .map_err(|_| ProxyError::AtConnectionLimit(limit.max()))?;
             // A session is shared only when kubegate's identity is the one
             // that goes upstream.
             if let Some(multiplexer) = &self.shared.port_forward

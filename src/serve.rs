@@ -133,12 +133,7 @@ pub async fn serve(
             // one: the newest connection is the last to be shed. The one
             // socket held meanwhile comes out of the descriptor reserve.
             let accepted = listener.accept().await;
-            let slot = loop {
-                match limit.try_take() {
-                    Some(slot) => break slot,
-                    None => limit.make_room().await,
-                }
-            };
+            let slot = limit.take().await;
             limit.relieve();
             let activity = Arc::new(Activity::default());
             let registered = limit.register(activity.clone(), &tasks.draining);

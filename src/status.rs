@@ -110,9 +110,10 @@ pub enum ProxyError {
         "the audit log cannot be written, so kubegate refuses requests (--audit-failure=refuse); free disk space or fix --audit-log-path"
     )]
     AuditUnavailable,
-    /// Every connection slot is taken, and an upgraded session holds one.
+    /// Every connection slot stayed taken by a busy connection or session,
+    /// and an upgraded session holds one.
     #[error(
-        "kubegate has {0} connections open, its --max-connections: close an exec, attach or port-forward session, or raise the limit"
+        "kubegate has {0} connections open, its --max-connections, and every one is busy: close an exec, attach or port-forward session, or raise the limit"
     )]
     AtConnectionLimit(usize),
 }

@@ -129,6 +129,21 @@ async fn a_relayed_session_holds_a_connection_slot() {
         .expect("a session opens once the first has gone");
 }
 
+#[tokio::test]
+async fn a_session_at_the_limit_makes_room_by_closing_a_silent_socket() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let kubegate = Kubegate::start(&double, &["--max-connections=2"]).await;
+    let mut silent = TcpStream::connect(kubegate.address).await.unwrap();
+    // The silent socket and the exec's connection take both slots; the
+    // session's own slot comes from closing the socket that never asked.
+    let session = exec_cat(&kubegate).await.expect("the session opens");
+    let mut byte = [0u8; 1];
+    let closed = within("the silent socket closed", silent.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    drop(session);
+}
+
 /// At `--max-connections`, a flood of ten times the limit in sockets that
 /// send nothing or a request head a byte a second (slow loris): kubegate
 /// makes room by closing connections with no request in flight, oldest

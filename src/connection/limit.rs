@@ -3,7 +3,9 @@
 //! with no request in flight is asked to close: one that has not sent a
 //! whole request yet first (what a flood of silent sockets is made of),
 //! then an idle keep-alive one (a client that has spoken HTTP, and whose
-//! next request could race the close). A connection with a
+//! next request could race the close). Either must have been quiet for
+//! [`QUIET`]: a client that has just connected, or just had an answer, is
+//! given the moment it needs to send its request. A connection with a
 //! request or an upgraded session in flight is never closed for room, so a
 //! flood of silent or slow sockets costs real clients nothing but the
 //! sockets ahead of them in the backlog.
@@ -17,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Activity;
@@ -28,6 +31,14 @@ const SHED_WAIT: Duration = Duration::from_millis(50);
 
 /// How often connections are looked at again while every one is busy.
 const BUSY_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a connection must have had no request start or end before it
+/// may be closed for room.
+const QUIET: Duration = Duration::from_secs(1);
+
+/// How often connections are looked at again while those with nothing in
+/// flight are all too recently active to close.
+const QUIET_RECHECK: Duration = Duration::from_millis(100);
 
 /// The first-request deadline of a connection accepted while connections
 /// are being shed, when `--first-request-timeout` is longer.
@@ -56,6 +67,20 @@ struct Open {
 struct Entry {
     activity: Arc<Activity>,
     shed: CancellationToken,
+    /// The connection's requests started and ended when last looked at,
+    /// and since when they have been that.
+    seen: (u64, Instant),
+}
+
+/// What one look for a connection to close found.
+#[derive(Debug, PartialEq, Eq)]
+enum Shed {
+    /// One was asked to close: `true` if it had never sent a request.
+    Closed(bool),
+    /// Those with nothing in flight have all been active within [`QUIET`].
+    TooRecent,
+    /// Every connection has a request or session in flight.
+    AllBusy,
 }
 
 /// A connection's place in the registry, for as long as it is served.
@@ -121,6 +146,17 @@ impl Limit {
         self.slots.clone().try_acquire_owned().ok()
     }
 
+    /// A slot, room made for it if every one is taken (see
+    /// [`Limit::make_room`]).
+    pub async fn take(&self) -> OwnedSemaphorePermit {
+        loop {
+            match self.try_take() {
+                Some(slot) => return slot,
+                None => self.make_room().await,
+            }
+        }
+    }
+
     /// Registers a connection being served, with its activity; it is
     /// asked to close when `parent` is cancelled too.
     pub fn register(&self, activity: Arc<Activity>, parent: &CancellationToken) -> Registered {
@@ -128,6 +164,7 @@ impl Limit {
         let shed = parent.child_token();
         if let Ok(mut connections) = self.open.connections.lock() {
             let entry = Entry {
+                seen: (activity.requests_seen(), Instant::now()),
                 activity,
                 shed: shed.clone(),
             };
@@ -146,24 +183,29 @@ impl Limit {
     pub async fn make_room(&self) {
         let mut said_busy = false;
         while self.is_full() {
-            let Some(idle) = self.shed_oldest_idle() else {
-                if !std::mem::replace(&mut said_busy, true) {
-                    tracing::warn!(
-                        max = self.max,
-                        "at --max-connections with every connection busy: new clients wait until one closes or is idle"
-                    );
+            let wait = match self.shed_oldest_idle(Instant::now()) {
+                Shed::Closed(never_asked) => {
+                    self.open.counters.shed(never_asked);
+                    if !self.open.pressed.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(
+                            max = self.max,
+                            "at --max-connections: closing connections with no request in flight, oldest first, to make room"
+                        );
+                    }
+                    SHED_WAIT
                 }
-                let _ = tokio::time::timeout(BUSY_RECHECK, self.slots.acquire()).await;
-                continue;
+                Shed::TooRecent => QUIET_RECHECK,
+                Shed::AllBusy => {
+                    if !std::mem::replace(&mut said_busy, true) {
+                        tracing::warn!(
+                            max = self.max,
+                            "at --max-connections with every connection busy: new clients wait until one closes or is idle"
+                        );
+                    }
+                    BUSY_RECHECK
+                }
             };
-            self.open.counters.shed(idle);
-            if !self.open.pressed.swap(true, Ordering::AcqRel) {
-                tracing::warn!(
-                    max = self.max,
-                    "at --max-connections: closing connections with no request in flight, oldest first, to make room"
-                );
-            }
-            let _ = tokio::time::timeout(SHED_WAIT, self.slots.acquire()).await;
+            let _ = tokio::time::timeout(wait, self.slots.acquire()).await;
         }
     }
 
@@ -176,17 +218,40 @@ impl Limit {
     }
 
     /// Asks the oldest connection that has never sent a request to close,
-    /// or failing one, the oldest with no request in flight; `Some(true)`
-    /// if it had never sent a request, `Some(false)` if it was idle after
-    /// one, `None` if every connection is busy.
-    fn shed_oldest_idle(&self) -> Option<bool> {
-        let connections = self.open.connections.lock().ok()?;
-        let open = || connections.values().filter(|e| !e.shed.is_cancelled());
-        let entry = open()
-            .find(|e| e.activity.never_asked())
-            .or_else(|| open().find(|e| e.activity.is_idle()))?;
-        entry.shed.cancel();
-        Some(entry.activity.never_asked())
+    /// or failing one, the oldest with no request in flight; either only
+    /// once it has been quiet for [`QUIET`] as of `now`.
+    fn shed_oldest_idle(&self, now: Instant) -> Shed {
+        let Ok(mut connections) = self.open.connections.lock() else {
+            return Shed::AllBusy;
+        };
+        let mut idle = 0;
+        let mut oldest_quiet_idle = None;
+        for (&id, entry) in connections.iter_mut() {
+            if entry.shed.is_cancelled() || !entry.activity.is_idle() {
+                continue;
+            }
+            idle += 1;
+            let requests = entry.activity.requests_seen();
+            if requests != entry.seen.0 {
+                entry.seen = (requests, now);
+            }
+            if now.duration_since(entry.seen.1) < QUIET {
+                continue;
+            }
+            if entry.activity.never_asked() {
+                entry.shed.cancel();
+                return Shed::Closed(true);
+            }
+            oldest_quiet_idle.get_or_insert(id);
+        }
+        match oldest_quiet_idle.and_then(|id| connections.get(&id)) {
+            Some(entry) => {
+                entry.shed.cancel();
+                Shed::Closed(false)
+            }
+            None if idle > 0 => Shed::TooRecent,
+            None => Shed::AllBusy,
+        }
     }
 }
 
@@ -194,19 +259,26 @@ impl Limit {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_oldest_idle_connection_is_shed_and_a_busy_one_never() {
+    fn shed(limit: &Limit) -> Shed {
+        limit.shed_oldest_idle(Instant::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_quiet_idle_connection_is_shed_and_a_busy_one_never() {
         let limit = Limit::new(3, ConnectionCounters::default());
+        let shutdown = CancellationToken::new();
         let slots: Vec<_> = (0..3).map(|_| limit.try_take().unwrap()).collect();
         let busy = Arc::new(Activity::default());
         let _in_flight = busy.begin();
-        let shutdown = CancellationToken::new();
         let busy = limit.register(busy, &shutdown);
         let oldest_idle = limit.register(Arc::new(Activity::default()), &shutdown);
         let newest_idle = limit.register(Arc::new(Activity::default()), &shutdown);
         assert!(limit.is_full());
 
-        assert_eq!(limit.shed_oldest_idle(), Some(true));
+        // Just connected: given the moment they need to send a request.
+        assert_eq!(shed(&limit), Shed::TooRecent);
+        tokio::time::advance(QUIET).await;
+        assert_eq!(shed(&limit), Shed::Closed(true));
         assert!(oldest_idle.closing().is_cancelled());
         assert!(!busy.closing().is_cancelled() && !newest_idle.closing().is_cancelled());
 
@@ -217,23 +289,28 @@ mod tests {
         assert!(!newest_idle.closing().is_cancelled());
         let _again = limit.try_take().unwrap();
 
-        assert_eq!(limit.shed_oldest_idle(), Some(true));
+        assert_eq!(shed(&limit), Shed::Closed(true));
         assert!(newest_idle.closing().is_cancelled());
-        assert_eq!(limit.shed_oldest_idle(), None, "the busy one stays");
+        assert_eq!(shed(&limit), Shed::AllBusy, "the busy one stays");
         assert!(!busy.closing().is_cancelled());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_socket_that_never_asked_goes_before_an_older_idle_keep_alive_one() {
         let limit = Limit::new(2, ConnectionCounters::default());
         let shutdown = CancellationToken::new();
         let served = Arc::new(Activity::default());
-        drop(served.begin());
-        let keep_alive = limit.register(served, &shutdown);
+        let keep_alive = limit.register(served.clone(), &shutdown);
         let silent = limit.register(Arc::new(Activity::default()), &shutdown);
-        assert_eq!(limit.shed_oldest_idle(), Some(true));
+        tokio::time::advance(QUIET).await;
+        // A request starts and ends on the keep-alive connection: it is
+        // recently active, then quiet again.
+        drop(served.begin());
+        assert_eq!(shed(&limit), Shed::Closed(true));
         assert!(silent.closing().is_cancelled() && !keep_alive.closing().is_cancelled());
-        assert_eq!(limit.shed_oldest_idle(), Some(false));
+        assert_eq!(shed(&limit), Shed::TooRecent);
+        tokio::time::advance(QUIET).await;
+        assert_eq!(shed(&limit), Shed::Closed(false));
         assert!(keep_alive.closing().is_cancelled());
     }
 }

@@ -73,6 +73,12 @@ impl Activity {
         ended == self.started.load(Ordering::Acquire)
     }
 
+    /// Requests started and ended so far: it changes whenever the
+    /// connection does something.
+    pub fn requests_seen(&self) -> u64 {
+        self.started.load(Ordering::Acquire) + self.ended.load(Ordering::Acquire)
+    }
+
     /// Whether the connection has not sent a whole request yet.
     pub fn never_asked(&self) -> bool {
         self.started.load(Ordering::Acquire) == 0
