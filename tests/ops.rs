@@ -205,17 +205,99 @@ async fn the_deploy_manifests_validate_against_the_kubernetes_schemas() {
 }
 
 /// How deploy/Dockerfile and scripts/test build the binary that ships.
-const PRODUCTION_BUILD: &str =
-    "cargo build --release --locked --no-default-features --bin kubegate";
+const PRODUCTION_BUILD: &str = "scripts/build-production";
+
+/// The binary that ships, built by [`PRODUCTION_BUILD`].
+fn production_binary() -> std::path::PathBuf {
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/x86_64-unknown-linux-gnu/release/kubegate");
+    assert!(
+        binary.exists(),
+        "{} is missing; run {PRODUCTION_BUILD} (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
+#[tokio::test]
+async fn the_production_binary_is_static_and_serves_from_an_empty_chroot_by_name() {
+    let binary = production_binary();
+    let file = std::process::Command::new("file")
+        .arg(&binary)
+        .output()
+        .expect("file(1) runs (apt install file; scripts/test does)");
+    let described = String::from_utf8_lossy(&file.stdout);
+    // Static and position-independent: no loader, no libraries, and ASLR
+    // kept.
+    assert!(described.contains("static-pie linked"), "{described}");
+    let ldd = std::process::Command::new("ldd")
+        .arg(&binary)
+        .output()
+        .unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout);
+    assert!(ldd.contains("statically linked"), "{ldd}");
+    // A root holding the binary, /etc/hosts, a CA bundle and the
+    // kubeconfig with its files: no libc, no NSS modules, no resolv.conf.
+    let double = Double::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc");
+    std::fs::create_dir_all(etc.join("ssl/certs")).unwrap();
+    std::fs::write(etc.join("hosts"), "127.0.0.1 apiserver.test\n").unwrap();
+    std::fs::copy(
+        double.path("ca.crt"),
+        etc.join("ssl/certs/ca-certificates.crt"),
+    )
+    .unwrap();
+    std::fs::copy(&binary, root.path().join("kubegate")).unwrap();
+    for name in ["ca.crt", "alice.crt", "alice.key"] {
+        std::fs::copy(double.path(name), root.path().join(name)).unwrap();
+    }
+    let port = double.server.url().rsplit(':').next().unwrap().to_string();
+    let by_name = format!("https://apiserver.test:{port}");
+    let edited =
+        double.kubeconfig_edited("by-name", Some(&by_name), &["tls-server-name: localhost"]);
+    let inside = std::fs::read_to_string(edited)
+        .unwrap()
+        .replace(&format!("{}/", double.dir.path().display()), "/");
+    std::fs::write(root.path().join("kubeconfig"), inside).unwrap();
+    let mut command = tokio::process::Command::new("/usr/sbin/chroot");
+    command
+        .arg(root.path())
+        .args(["/kubegate", "--kubeconfig=/kubeconfig", "-p", "0"])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("chroot (coreutils) runs");
+    let address = served_on(&mut child, "kubegate did not start in the chroot").await;
+    let pods = get(&format!("http://{address}/api/v1/namespaces/default/pods")).await;
+    assert_eq!(pods.status, 200, "{}", String::from_utf8_lossy(&pods.body));
+    assert_eq!(pods.json()["kind"], "PodList");
+}
+
+/// The address from a spawned kubegate's start-up line.
+async fn served_on(child: &mut tokio::process::Child, failed: &str) -> String {
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    within("start-up line", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(address) = line.strip_prefix("Starting to serve on ") {
+                return address.to_string();
+            }
+        }
+        let mut said = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut said).await;
+        }
+        panic!("{failed}: {said}");
+    })
+    .await
+}
 
 #[tokio::test]
 async fn the_production_binary_runs_as_a_non_root_user_without_the_double() {
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/kubegate");
-    assert!(
-        binary.exists(),
-        "{} is missing; cargo build --release --locked --no-default-features --bin kubegate (scripts/test does)",
-        binary.display()
-    );
+    let binary = production_binary();
     let dockerfile =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile"))
             .unwrap();
@@ -252,17 +334,7 @@ async fn the_production_binary_runs_as_a_non_root_user_without_the_double() {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
     let mut child = command.spawn().expect("setpriv (util-linux) runs");
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-    let address = within("start-up line", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(address) = line.strip_prefix("Starting to serve on ") {
-                return address.to_string();
-            }
-        }
-        panic!("kubegate did not start as user 65532");
-    })
-    .await;
+    let address = served_on(&mut child, "kubegate did not start as user 65532").await;
     let uid = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
     assert!(
         uid.lines()

@@ -4,7 +4,7 @@
 //! table of medians and writes `BENCHMARKS.md` and `bench/results.json`.
 //!
 //! ```sh
-//! cargo build --release --no-default-features --bin kubegate
+//! scripts/build-production
 //! cargo run --release -p kubegate-bench
 //! ```
 
@@ -34,7 +34,8 @@ struct Args {
     /// A short run that checks the harness works (what CI runs).
     #[arg(long)]
     smoke: bool,
-    /// The kubegate binary (default: target/release/kubegate).
+    /// The kubegate binary (default: the production build's,
+    /// target/x86_64-unknown-linux-gnu/release/kubegate).
     #[arg(long)]
     kubegate: Option<PathBuf>,
     /// Where BENCHMARKS.md and results.json go (default: the repository).
@@ -89,7 +90,7 @@ fn twenty_rules() -> String {
 }
 
 /// The build that ships (deploy/Dockerfile), which is the one measured.
-const PRODUCTION_BUILD: &str = "cargo build --release --no-default-features --bin kubegate";
+const PRODUCTION_BUILD: &str = "scripts/build-production";
 
 #[tokio::main]
 async fn main() {

@@ -225,6 +225,8 @@ impl PeakRss {
 
 /// Where the release build of kubegate is.
 pub fn kubegate_binary(explicit: Option<PathBuf>) -> PathBuf {
-    explicit
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/kubegate"))
+    explicit.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/x86_64-unknown-linux-gnu/release/kubegate")
+    })
 }
