@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use kubegate::cli::{Args, Command, LogFormat, PolicyCommand};
 use kubegate::config::{Config, Env};
 use kubegate::error::StartupError;
@@ -12,10 +12,24 @@ use kubegate::{Proxy, shutdown};
 #[cfg(feature = "demo")]
 mod demo;
 
+/// The name kubegate answers to: `kubectl gate` when kubectl runs it as
+/// its plugin `kubectl-gate`, in help and in every message.
+fn program() -> &'static str {
+    static NAME: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let called = std::env::args_os().next().unwrap_or_default();
+        match std::path::Path::new(&called).file_name() {
+            Some(name) if name == "kubectl-gate" => "kubectl gate",
+            _ => "kubegate",
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut command = Args::command().bin_name(program());
+    let args = Args::from_arg_matches(&command.get_matches_mut())
+        .unwrap_or_else(|error| error.format(&mut command).exit());
     if let Some(Command::Completion { shell }) = args.command {
-        let mut command = <Args as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "kubegate", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
@@ -29,7 +43,7 @@ fn main() -> ExitCode {
         return match kubegate::check_policy(file, args.policy.read_only, method, path, *upgrade) {
             Ok(check) => {
                 for warning in &check.warnings {
-                    eprintln!("kubegate: warning: {warning}");
+                    eprintln!("{}: warning: {warning}", program());
                 }
                 println!("{}", check.line);
                 if check.allowed {
@@ -39,7 +53,7 @@ fn main() -> ExitCode {
                 }
             }
             Err(error) => {
-                eprintln!("kubegate: {error}");
+                eprintln!("{}: {error}", program());
                 ExitCode::FAILURE
             }
         };
@@ -70,7 +84,7 @@ fn main() -> ExitCode {
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("kubegate: cannot start the runtime: {error}");
+            eprintln!("{}: cannot start the runtime: {error}", program());
             return ExitCode::FAILURE;
         }
     };
@@ -86,7 +100,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             for line in error.each() {
-                eprintln!("kubegate: {line}");
+                eprintln!("{}: {line}", program());
             }
             ExitCode::FAILURE
         }

@@ -994,6 +994,54 @@ rules:
 }
 
 #[tokio::test]
+async fn named_kubectl_gate_it_is_a_kubectl_plugin_and_says_kubectl_gate() {
+    let double = Double::start().await;
+    let bin = tempfile::tempdir().unwrap();
+    let plugin = bin.path().join("kubectl-gate");
+    std::os::unix::fs::symlink(KUBEGATE, &plugin).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let kubectl = |args: &[&str]| {
+        let mut command = prepared(Command::new("kubectl"), double.dir.path(), args);
+        command.env("PATH", &path);
+        command
+    };
+    let output = |args: &[&str]| {
+        let mut command = kubectl(args);
+        async move {
+            within("kubectl", command.output())
+                .await
+                .expect("kubectl runs (it must be on PATH)")
+        }
+    };
+    let list = output(&["plugin", "list"]).await;
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(listed.contains(plugin.to_str().unwrap()), "{listed}");
+    let help = output(&["gate", "--help"]).await;
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Usage: kubectl gate [OPTIONS]"), "{help}");
+    let missing = output(&["gate", "--kubeconfig", "/nonexistent/config"]).await;
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(said.starts_with("kubectl gate: "), "{said}");
+    // Flags go after the plugin's name, as kubectl requires.
+    let kubeconfig = double.kubeconfig.to_str().unwrap();
+    let running = run(kubectl(&[
+        "gate",
+        "--kubeconfig",
+        kubeconfig,
+        "--port",
+        "0",
+    ]))
+    .await;
+    let pods = get(&running.url("/api/v1/namespaces/default/pods")).await;
+    assert_eq!(pods.status, 200);
+}
+
+#[tokio::test]
 async fn the_version_names_the_commit_and_completions_are_printed() {
     let run = |args: &[&str]| {
         let output = std::process::Command::new(KUBEGATE)
