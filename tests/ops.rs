@@ -276,6 +276,32 @@ async fn the_production_binary_is_static_and_serves_from_an_empty_chroot_by_name
     assert_eq!(pods.json()["kind"], "PodList");
 }
 
+#[test]
+fn the_production_binary_is_hardened() {
+    let binary = production_binary();
+    let readelf = |flag: &str| {
+        let output = std::process::Command::new("readelf")
+            .args([flag, "-W"])
+            .arg(&binary)
+            .output()
+            .expect("readelf (binutils) runs; scripts/test installs it");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // Position-independent, so the kernel places it at a random address.
+    assert!(readelf("-h").contains("DYN (Position-Independent Executable"));
+    // Full RELRO: relocations made read-only, all of them at start.
+    let segments = readelf("-l");
+    assert!(segments.contains("GNU_RELRO"), "{segments}");
+    let dynamic = readelf("-d");
+    assert!(dynamic.contains("BIND_NOW"), "{dynamic}");
+    // A stack that cannot be executed.
+    let stack = segments
+        .lines()
+        .find(|line| line.trim_start().starts_with("GNU_STACK"))
+        .expect("a GNU_STACK header");
+    assert!(stack.contains(" RW ") && !stack.contains("RWE"), "{stack}");
+}
+
 /// The address from a spawned kubegate's start-up line.
 async fn served_on(child: &mut tokio::process::Child, failed: &str) -> String {
     let mut lines =
