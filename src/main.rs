@@ -29,9 +29,22 @@ fn main() -> ExitCode {
     let mut command = Args::command().bin_name(program());
     let args = Args::from_arg_matches(&command.get_matches_mut())
         .unwrap_or_else(|error| error.format(&mut command).exit());
-    if let Some(Command::Completion { shell }) = args.command {
-        clap_complete::generate(shell, &mut command, "kubegate", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
+    match args.command {
+        Some(Command::Completion { shell }) => {
+            clap_complete::generate(shell, &mut command, "kubegate", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            let page = clap_mangen::Man::new(command.bin_name("kubegate"));
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("{}: cannot write the manual page: {error}", program());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     if let Some(Command::Policy(PolicyCommand::Check {
         file,
@@ -92,7 +105,7 @@ fn main() -> ExitCode {
         match args.command {
             Some(Command::Demo) => run_demo(&args).await,
             // Answered above, without a runtime.
-            Some(Command::Policy(_) | Command::Completion { .. }) => Ok(()),
+            Some(Command::Policy(_) | Command::Completion { .. } | Command::Man) => Ok(()),
             None => run(&args, &Env::process(), |_| None).await,
         }
     });

@@ -302,6 +302,88 @@ fn the_production_binary_is_hardened() {
     assert!(stack.contains(" RW ") && !stack.contains("RWE"), "{stack}");
 }
 
+#[test]
+fn the_release_archive_is_the_same_bytes_twice_and_holds_what_a_user_needs() {
+    production_binary();
+    let release = |out: &Path| {
+        let output = std::process::Command::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/release"),
+        )
+        .arg("--no-build")
+        .arg(out)
+        .output()
+        .expect("scripts/release runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read_to_string(out.join("SHA256SUMS")).unwrap()
+    };
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sums = release(first.path());
+    assert_eq!(
+        sums,
+        release(second.path()),
+        "two runs, one commit, the same archive"
+    );
+    // cargo-binstall's default name, and a checksum `sha256sum -c` accepts.
+    let archive = sums.split_whitespace().nth(1).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        archive,
+        format!("kubegate-{version}-x86_64-unknown-linux-gnu.tar.gz")
+    );
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(first.path())
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let listing = std::process::Command::new("tar")
+        .args(["-tvzf", archive])
+        .current_dir(first.path())
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let stem = archive.trim_end_matches(".tar.gz");
+    for file in [
+        "kubegate",
+        "LICENSE",
+        "README.md",
+        "completions/kubegate.bash",
+        "completions/kubegate.zsh",
+        "completions/kubegate.fish",
+        "man/kubegate.1",
+    ] {
+        assert!(
+            listing.contains(&format!("{stem}/{file}")),
+            "{file} missing: {listing}"
+        );
+    }
+    assert!(
+        listing.lines().all(|line| line.contains("0/0")),
+        "{listing}"
+    );
+    // The binary in it is the production binary, byte for byte.
+    let unpacked = tempfile::tempdir().unwrap();
+    let untar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(first.path().join(archive))
+        .arg("-C")
+        .arg(unpacked.path())
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let shipped = std::fs::read(unpacked.path().join(stem).join("kubegate")).unwrap();
+    assert!(shipped == std::fs::read(production_binary()).unwrap());
+    let man = std::fs::read_to_string(unpacked.path().join(stem).join("man/kubegate.1")).unwrap();
+    assert!(
+        man.contains(".TH kubegate 1") && man.contains("\\-\\-reject\\-paths"),
+        "{man:.300}"
+    );
+}
+
 /// The address from a spawned kubegate's start-up line.
 async fn served_on(child: &mut tokio::process::Child, failed: &str) -> String {
     let mut lines =

@@ -148,6 +148,8 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff): `kubegate man | man -l -`.
+    Man,
 }
 
 /// `kubegate policy …`.
