@@ -384,6 +384,118 @@ fn the_release_archive_is_the_same_bytes_twice_and_holds_what_a_user_needs() {
     );
 }
 
+/// Runs `scripts/NAME --no-build OUT` and returns the path it printed.
+fn script(name: &str, out: &Path) -> std::path::PathBuf {
+    let output = std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(name),
+    )
+    .arg("--no-build")
+    .arg(out)
+    .output()
+    .unwrap_or_else(|e| panic!("scripts/{name} runs: {e}"));
+    assert!(
+        output.status.success(),
+        "scripts/{name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// A blob of an unpacked OCI layout, as JSON.
+fn blob(layout: &Path, digest: &str) -> serde_json::Value {
+    let path = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_image_is_built_from_nothing_with_four_files_for_user_65532() {
+    let binary = production_binary();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let archive = script("image", first.path());
+    let layout = first.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let unpack = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(unpack.success());
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest = blob(&layout, &digest);
+    let config = blob(&layout, manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["config"]["User"], "65532:65532");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/kubegate"])
+    );
+    assert!(
+        config["config"]["ExposedPorts"]["8002/tcp"].is_object(),
+        "{config}"
+    );
+    // One layer, from nothing: the binary, a CA bundle, passwd and group.
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{manifest}");
+    let size: u64 = layers.iter().map(|l| l["size"].as_u64().unwrap()).sum();
+    assert!(size < 20 << 20, "the image is {size} bytes");
+    let layer = layout.join("blobs/sha256").join(
+        layers[0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&layer)
+        .output()
+        .unwrap();
+    let mut files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|name| !name.ends_with('/'))
+        .map(|name| name.trim_start_matches("./").to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "etc/group",
+            "etc/passwd",
+            "etc/ssl/certs/ca-certificates.crt",
+            "usr/local/bin/kubegate"
+        ]
+    );
+    let shipped = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(&layer)
+        .arg("usr/local/bin/kubegate")
+        .output()
+        .unwrap();
+    assert!(
+        shipped.stdout == std::fs::read(&binary).unwrap(),
+        "the production binary, byte for byte"
+    );
+    // Built again from the same commit: the same image digest.
+    let again = script("image", second.path());
+    let listing = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(&again)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(again["manifests"][0]["digest"], digest.as_str());
+}
+
 /// The address from a spawned kubegate's start-up line.
 async fn served_on(child: &mut tokio::process::Child, failed: &str) -> String {
     let mut lines =
