@@ -92,6 +92,9 @@ fn twenty_rules() -> String {
 /// The build that ships (deploy/Dockerfile), which is the one measured.
 const PRODUCTION_BUILD: &str = "scripts/build-production";
 
+/// The same binary linked dynamically, for the static build's cost.
+const DYNAMIC_BUILD: &str = "cargo build --release --locked --no-default-features --bin kubegate";
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -233,26 +236,46 @@ async fn main() {
     }
     kinds.push(Kind::Kubegate {
         label: "kubegate",
+        binary: None,
         flags: vec![],
     });
     kinds.push(Kind::Kubegate {
         label: "kubegate + audit",
+        binary: None,
         flags: vec![format!("--audit-log-path={}", audit_log.display())],
     });
     let policy_file = scratch.path().join("policy.yaml");
     std::fs::write(&policy_file, twenty_rules()).expect("policy file");
     kinds.push(Kind::Kubegate {
         label: "kubegate + policy",
+        binary: None,
         flags: vec![format!("--policy-file={}", policy_file.display())],
     });
     kinds.push(Kind::Kubegate {
         label: "kubegate, port-forward relayed",
+        binary: None,
         flags: vec!["--port-forward-multiplex=false".into()],
     });
     kinds.push(Kind::Kubegate {
         label: "kubegate + token",
+        binary: None,
         flags: vec!["--generate-access-token".into()],
     });
+    if !args.smoke {
+        // What the static build costs or saves: the same code, linked
+        // against glibc dynamically.
+        let dynamic = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/kubegate");
+        assert!(
+            dynamic.exists(),
+            "{} is missing: run `{DYNAMIC_BUILD}` first (the dynamic column)",
+            dynamic.display()
+        );
+        kinds.push(Kind::Kubegate {
+            label: "kubegate (dynamic glibc)",
+            binary: Some(dynamic),
+            flags: vec![],
+        });
+    }
 
     if let Some(only) = &args.only {
         let only: Vec<&str> = only.split(',').map(str::trim).collect();
@@ -676,7 +699,7 @@ fn report(
         );
     }
     out.push_str(&format!(
-        "kubegate side by side with `kubectl proxy` and no proxy, one fast upstream (the apiserver double in fast mode: mutual TLS, HTTP/2, exec and port-forward echo in process), {rounds} round(s) in rotated order, medians.\n\n- date: {}\n- machine: {} × {}, {} memory, Linux {}\n- kubectl: {}\n- reproduce: `{PRODUCTION_BUILD} && cargo run --release -p kubegate-bench` (a few minutes; `--rounds N`)\n\n",
+        "kubegate side by side with `kubectl proxy` and no proxy, one fast upstream (the apiserver double in fast mode: mutual TLS, HTTP/2, exec and port-forward echo in process), {rounds} round(s) in rotated order, medians.\n\n- date: {}\n- machine: {} × {}, {} memory, Linux {}\n- kubectl: {}\n- reproduce: `{PRODUCTION_BUILD} && {DYNAMIC_BUILD} && cargo run --release -p kubegate-bench` (a few minutes; `--rounds N`)\n- `kubegate` is the production build, statically linked; `kubegate (dynamic glibc)` is the same code linked dynamically, for what the static build costs or saves\n\n",
         jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         machine["cores"], machine["cpu"].as_str().unwrap_or_default(), machine["memory"].as_str().unwrap_or_default(), machine["kernel"].as_str().unwrap_or_default(),
         kubectl.unwrap_or("not installed: no kubectl proxy column"),

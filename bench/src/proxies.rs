@@ -23,6 +23,8 @@ pub enum Kind {
     Kubegate {
         /// The label in the table.
         label: &'static str,
+        /// Another build than the one measured (`--kubegate`).
+        binary: Option<std::path::PathBuf>,
         /// Flags beyond the kubeconfig and port.
         flags: Vec<String>,
     },
@@ -79,8 +81,8 @@ impl Proxy {
                     .env("HOME", scratch);
                 command
             }
-            Kind::Kubegate { flags, .. } => {
-                let mut command = Command::new(kubegate);
+            Kind::Kubegate { flags, binary, .. } => {
+                let mut command = Command::new(binary.as_deref().unwrap_or(kubegate));
                 command
                     .arg(format!("--kubeconfig={}", kubeconfig.display()))
                     .arg("--port=0")

@@ -63,6 +63,7 @@ pub async fn run(
     let admin = free_port();
     let kind = Kind::Kubegate {
         label: "kubegate soak",
+        binary: None,
         flags: vec![
             format!("--audit-log-path={}", log.display()),
             "--audit-log-maxsize=1".into(),
