@@ -131,11 +131,6 @@ impl Limit {
         self.max - self.slots.available_permits()
     }
 
-    /// Whether every slot is taken.
-    pub fn is_full(&self) -> bool {
-        self.slots.available_permits() == 0
-    }
-
     /// Whether connections are being shed to make room.
     pub fn is_pressed(&self) -> bool {
         self.open.pressed.load(Ordering::Acquire)
@@ -146,13 +141,21 @@ impl Limit {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// A slot, room made for it if every one is taken (see
-    /// [`Limit::make_room`]).
+    /// A slot; when every one is taken, room is made: idle connections
+    /// are shed, oldest first, while there are any, and while every one is
+    /// busy it waits for one to close or to become idle. A slot freed
+    /// meanwhile is kept, so that several waiting callers (the accept loop
+    /// and sessions) never hand one back and forth.
     pub async fn take(&self) -> OwnedSemaphorePermit {
+        let mut said_busy = false;
         loop {
-            match self.try_take() {
-                Some(slot) => return slot,
-                None => self.make_room().await,
+            if let Some(slot) = self.try_take() {
+                return slot;
+            }
+            let wait = self.make_room(&mut said_busy);
+            let freed = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await;
+            if let Ok(Ok(slot)) = freed {
+                return slot;
             }
         }
     }
@@ -177,35 +180,30 @@ impl Limit {
         }
     }
 
-    /// Waits until a slot is free, shedding idle connections, oldest
-    /// first, while there are any; while every one is busy, waits for one
-    /// to close or to become idle.
-    pub async fn make_room(&self) {
-        let mut said_busy = false;
-        while self.is_full() {
-            let wait = match self.shed_oldest_idle(Instant::now()) {
-                Shed::Closed(never_asked) => {
-                    self.open.counters.shed(never_asked);
-                    if !self.open.pressed.swap(true, Ordering::AcqRel) {
-                        tracing::warn!(
-                            max = self.max,
-                            "at --max-connections: closing connections with no request in flight, oldest first, to make room"
-                        );
-                    }
-                    SHED_WAIT
+    /// Sheds one connection if one may be, and says how long to wait for
+    /// a slot before looking again.
+    fn make_room(&self, said_busy: &mut bool) -> Duration {
+        match self.shed_oldest_idle(Instant::now()) {
+            Shed::Closed(never_asked) => {
+                self.open.counters.shed(never_asked);
+                if !self.open.pressed.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        max = self.max,
+                        "at --max-connections: closing connections with no request in flight, oldest first, to make room"
+                    );
                 }
-                Shed::TooRecent => QUIET_RECHECK,
-                Shed::AllBusy => {
-                    if !std::mem::replace(&mut said_busy, true) {
-                        tracing::warn!(
-                            max = self.max,
-                            "at --max-connections with every connection busy: new clients wait until one closes or is idle"
-                        );
-                    }
-                    BUSY_RECHECK
+                SHED_WAIT
+            }
+            Shed::TooRecent => QUIET_RECHECK,
+            Shed::AllBusy => {
+                if !std::mem::replace(said_busy, true) {
+                    tracing::warn!(
+                        max = self.max,
+                        "at --max-connections with every connection busy: new clients wait until one closes or is idle"
+                    );
                 }
-            };
-            let _ = tokio::time::timeout(wait, self.slots.acquire()).await;
+                BUSY_RECHECK
+            }
         }
     }
 
@@ -273,7 +271,7 @@ mod tests {
         let busy = limit.register(busy, &shutdown);
         let oldest_idle = limit.register(Arc::new(Activity::default()), &shutdown);
         let newest_idle = limit.register(Arc::new(Activity::default()), &shutdown);
-        assert!(limit.is_full());
+        assert_eq!(limit.taken(), 3);
 
         // Just connected: given the moment they need to send a request.
         assert_eq!(shed(&limit), Shed::TooRecent);
@@ -285,9 +283,8 @@ mod tests {
         // Its slot comes back when it closes: room is made without another.
         let mut slots = slots.into_iter();
         drop((oldest_idle, slots.next()));
-        limit.make_room().await;
+        let _again = limit.take().await;
         assert!(!newest_idle.closing().is_cancelled());
-        let _again = limit.try_take().unwrap();
 
         assert_eq!(shed(&limit), Shed::Closed(true));
         assert!(newest_idle.closing().is_cancelled());
@@ -312,5 +309,26 @@ mod tests {
         tokio::time::advance(QUIET).await;
         assert_eq!(shed(&limit), Shed::Closed(false));
         assert!(keep_alive.closing().is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_while_two_wait_goes_to_one_and_nothing_is_shed() {
+        let limit = Limit::new(2, ConnectionCounters::default());
+        let shutdown = CancellationToken::new();
+        let (first, _second) = (limit.try_take().unwrap(), limit.try_take().unwrap());
+        let busy = Arc::new(Activity::default());
+        let _in_flight = busy.begin();
+        let busy = limit.register(busy, &shutdown);
+        let waiting = || {
+            let limit = limit.clone();
+            tokio::spawn(async move { limit.take().await })
+        };
+        let (a, b) = (waiting(), waiting());
+        tokio::time::sleep(BUSY_RECHECK / 2).await;
+        drop(first);
+        tokio::time::sleep(BUSY_RECHECK * 3).await;
+        assert!(a.is_finished() != b.is_finished(), "one slot, one taker");
+        assert!(!busy.closing().is_cancelled());
+        assert_eq!(limit.taken(), 2);
     }
 }
