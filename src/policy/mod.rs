@@ -8,6 +8,7 @@
 
 pub mod selector;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -285,57 +286,65 @@ pub(crate) fn undercut_denials(rules: &[Rule]) -> Vec<String> {
     let mut warnings = Vec::new();
     for (index, deny) in rules.iter().enumerate() {
         let selector = &deny.selector;
-        if deny.allow || selector.namespaces.is_empty() {
+        let Some(namespace) = selector.namespaces.first().filter(|_| !deny.allow) else {
             continue;
-        }
-        // The resources the rule names, as an all-namespace list sees them.
-        let mut named: Vec<(&str, &str)> = selector
-            .resources
-            .iter()
-            .flat_map(|group| {
-                let specs: Vec<&str> = match group.resources.is_empty() {
-                    true => vec!["*"],
-                    false => group.resources.iter().map(String::as_str).collect(),
-                };
-                specs
-                    .into_iter()
-                    .filter(|spec| !spec.contains('/'))
-                    .map(move |spec| (group.group.as_str(), spec))
-            })
-            .collect();
-        if selector.resources.is_empty() {
-            named.push(("*", "*"));
-        }
-        let denied = |verb: &str| {
-            selector.verbs.is_empty() || selector.verbs.iter().any(|v| v == verb || v == "*")
         };
-        for &(group, resource) in &named {
-            let across = Resource {
+        // Resources to try: those any rule from this one on names (a rule
+        // of "every resource" is undercut by an Allow of some), and any.
+        let mut candidates: Vec<(&str, &str)> = rules[index..]
+            .iter()
+            .flat_map(|rule| &rule.selector.resources)
+            .flat_map(|group| {
+                group
+                    .resources
+                    .iter()
+                    .filter(|spec| !spec.contains('/'))
+                    .map(move |spec| (group.group.as_str(), spec.as_str()))
+            })
+            .chain([("*", "*")])
+            .collect();
+        candidates.dedup();
+        // For each rule that lets a list across namespaces through, what
+        // this rule denies in its namespaces and it allows everywhere.
+        let mut undercut: BTreeMap<usize, (&str, Vec<String>)> = BTreeMap::new();
+        for (group, resource) in candidates {
+            let of = |namespace| Resource {
                 group,
                 resource,
+                namespace,
                 ..Resource::default()
             };
-            for verb in ["list", "watch"].into_iter().filter(|verb| denied(verb)) {
+            let across = ["list", "watch"].into_iter().find_map(|verb| {
+                if !selector.matches(verb, Some(&of(namespace)), "") {
+                    return None;
+                }
                 let first = rules
                     .iter()
-                    .position(|rule| rule.selector.matches(verb, Some(&across), ""));
-                if let Some(allowing) = first.filter(|&i| rules[i].allow) {
-                    let what = match (group, resource) {
-                        ("" | "*", "*") => "all resources".to_string(),
-                        (group, "*") => format!("all resources of {group}"),
-                        ("", resource) => resource.to_string(),
-                        (group, resource) => format!("{resource}.{group}"),
-                    };
-                    warnings.push(format!(
-                        "rule {} denies {what} in namespaces {} but not across all namespaces: {verb} of {what} in every namespace is allowed by rule {}; deny {what} in namespaces: [\"\"] too, before rule {}, or allow the namespaces you mean instead",
-                        index + 1,
-                        selector.namespaces.join(", "),
-                        allowing + 1,
-                        allowing + 1,
-                    ));
-                    break;
+                    .position(|rule| rule.selector.matches(verb, Some(&of("")), ""))?;
+                rules[first].allow.then_some((first, verb))
+            });
+            if let Some((allowing, verb)) = across {
+                let what = match (group, resource) {
+                    ("" | "*", "*") => "all resources".to_string(),
+                    (group, "*") => format!("all resources of {group}"),
+                    ("" | "*", resource) => resource.to_string(),
+                    (group, resource) => format!("{resource}.{group}"),
+                };
+                let entry = undercut.entry(allowing).or_insert((verb, Vec::new()));
+                if !entry.1.contains(&what) {
+                    entry.1.push(what);
                 }
             }
+        }
+        for (allowing, (verb, what)) in undercut {
+            let what = what.join(", ");
+            warnings.push(format!(
+                "rule {} denies {what} in namespaces {} but not across all namespaces: {verb} of {what} in every namespace is allowed by rule {}; deny {what} in namespaces: [\"\"] too, before rule {}, or allow the namespaces you mean instead",
+                index + 1,
+                selector.namespaces.join(", "),
+                allowing + 1,
+                allowing + 1,
+            ));
         }
     }
     warnings
