@@ -39,6 +39,7 @@ use crate::www;
 /// How long an exec, attach or port-forward session waits for a
 /// `--max-connections` slot while every connection is busy.
 const SESSION_SLOT_WAIT: Duration = Duration::from_secs(5);
+
 /// How request paths are split between the API and static files.
 #[derive(Debug, Clone)]
 pub struct Routes {

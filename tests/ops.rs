@@ -263,14 +263,9 @@ async fn the_production_binary_is_static_and_serves_from_an_empty_chroot_by_name
     let mut command = tokio::process::Command::new("/usr/sbin/chroot");
     command
         .arg(root.path())
-        .args(["/kubegate", "--kubeconfig=/kubeconfig", "-p", "0"])
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("chroot (coreutils) runs");
-    let address = served_on(&mut child, "kubegate did not start in the chroot").await;
+        .args(["/kubegate", "--kubeconfig=/kubeconfig", "-p", "0"]);
+    let (_child, address) =
+        spawn_serving(command, "kubegate did not start in the chroot (coreutils)").await;
     let pods = get(&format!("http://{address}/api/v1/namespaces/default/pods")).await;
     assert_eq!(pods.status, 200, "{}", String::from_utf8_lossy(&pods.body));
     assert_eq!(pods.json()["kind"], "PodList");
@@ -306,18 +301,7 @@ fn the_production_binary_is_hardened() {
 fn the_release_archive_is_the_same_bytes_twice_and_holds_what_a_user_needs() {
     production_binary();
     let release = |out: &Path| {
-        let output = std::process::Command::new(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/release"),
-        )
-        .arg("--no-build")
-        .arg(out)
-        .output()
-        .expect("scripts/release runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        script("release", out);
         std::fs::read_to_string(out.join("SHA256SUMS")).unwrap()
     };
     let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -504,11 +488,26 @@ fn the_image_is_built_from_nothing_with_four_files_for_user_65532() {
     assert!(std::fs::read(&again).unwrap() == std::fs::read(&archive).unwrap());
 }
 
-/// The address from a spawned kubegate's start-up line.
-async fn served_on(child: &mut tokio::process::Child, failed: &str) -> String {
+/// Runs `command` (kubegate, or a wrapper around it) with an empty
+/// environment and waits for its start-up line: the child and the address
+/// it serves on. `failed` (and what it wrote on stderr) is the panic if it
+/// exits first.
+async fn spawn_serving(
+    mut command: tokio::process::Command,
+    failed: &str,
+) -> (tokio::process::Child, String) {
+    command
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{failed}: cannot run it: {e}"));
     let mut lines =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-    within("start-up line", async {
+    let address = within("start-up line", async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(address) = line.strip_prefix("Starting to serve on ") {
                 return address.to_string();
@@ -520,7 +519,8 @@ async fn served_on(child: &mut tokio::process::Child, failed: &str) -> String {
         }
         panic!("{failed}: {said}");
     })
-    .await
+    .await;
+    (child, address)
 }
 
 #[tokio::test]
@@ -555,14 +555,12 @@ async fn the_production_binary_runs_as_a_non_root_user_without_the_double() {
         .args(["--reuid=65532", "--regid=65532", "--clear-groups"])
         .arg(&binary)
         .arg(format!("--kubeconfig={}", double.kubeconfig.display()))
-        .args(["-p", "0"])
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("setpriv (util-linux) runs");
-    let address = served_on(&mut child, "kubegate did not start as user 65532").await;
+        .args(["-p", "0"]);
+    let (child, address) = spawn_serving(
+        command,
+        "kubegate did not start as user 65532 (setpriv, util-linux)",
+    )
+    .await;
     let uid = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
     assert!(
         uid.lines()
@@ -588,21 +586,9 @@ async fn rotated_client_certificate_files_are_presented_on_the_next_connection()
         .client("bob", &["ops"])
         .write(double.dir.path(), "alice")
         .unwrap();
-    // An upgrade always opens a new connection; /echo answers it with 200
-    // and the identity it saw.
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
     within("the new certificate presented", async {
-        loop {
-            let echo = call(
-                Method::GET,
-                &kubegate.url("/echo"),
-                &[("connection", "upgrade"), ("upgrade", "websocket")],
-                Bytes::new(),
-            )
-            .await;
-            if echo.json()["user"]["username"] == "bob" {
-                break;
-            }
+        while new_connection_identity(&kubegate).await.1 != "bob" {
             tick.tick().await;
         }
     })
