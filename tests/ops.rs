@@ -1,8 +1,8 @@
 //! Operations: the admin port (health, readiness, metrics parsed by the
 //! Prometheus client's own parser), refusing an unprotected network
 //! listener, credentials that rotate under a live watch, the deploy
-//! manifests against the Kubernetes schemas, and the release binary as a
-//! non-root user.
+//! manifests against the Kubernetes schemas, and the production binary as
+//! a non-root user, in an empty chroot and in its image under podman.
 
 mod support;
 
@@ -204,21 +204,6 @@ async fn the_deploy_manifests_validate_against_the_kubernetes_schemas() {
     );
 }
 
-/// How deploy/Dockerfile and scripts/test build the binary that ships.
-const PRODUCTION_BUILD: &str = "scripts/build-production";
-
-/// The binary that ships, built by [`PRODUCTION_BUILD`].
-fn production_binary() -> std::path::PathBuf {
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/x86_64-unknown-linux-gnu/release/kubegate");
-    assert!(
-        binary.exists(),
-        "{} is missing; run {PRODUCTION_BUILD} (scripts/test does)",
-        binary.display()
-    );
-    binary
-}
-
 #[tokio::test]
 async fn the_production_binary_is_static_and_serves_from_an_empty_chroot_by_name() {
     let binary = production_binary();
@@ -271,223 +256,6 @@ async fn the_production_binary_is_static_and_serves_from_an_empty_chroot_by_name
     assert_eq!(pods.json()["kind"], "PodList");
 }
 
-#[test]
-fn the_production_binary_is_hardened() {
-    let binary = production_binary();
-    let readelf = |flag: &str| {
-        let output = std::process::Command::new("readelf")
-            .args([flag, "-W"])
-            .arg(&binary)
-            .output()
-            .expect("readelf (binutils) runs; scripts/test installs it");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    // Position-independent, so the kernel places it at a random address.
-    assert!(readelf("-h").contains("DYN (Position-Independent Executable"));
-    // Full RELRO: relocations made read-only, all of them at start.
-    let segments = readelf("-l");
-    assert!(segments.contains("GNU_RELRO"), "{segments}");
-    let dynamic = readelf("-d");
-    assert!(dynamic.contains("BIND_NOW"), "{dynamic}");
-    // A stack that cannot be executed.
-    let stack = segments
-        .lines()
-        .find(|line| line.trim_start().starts_with("GNU_STACK"))
-        .expect("a GNU_STACK header");
-    assert!(stack.contains(" RW ") && !stack.contains("RWE"), "{stack}");
-}
-
-#[test]
-fn the_release_archive_is_the_same_bytes_twice_and_holds_what_a_user_needs() {
-    production_binary();
-    let release = |out: &Path| {
-        script("release", out);
-        std::fs::read_to_string(out.join("SHA256SUMS")).unwrap()
-    };
-    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let sums = release(first.path());
-    assert_eq!(
-        sums,
-        release(second.path()),
-        "two runs, one commit, the same archive"
-    );
-    // cargo-binstall's default name, and a checksum `sha256sum -c` accepts.
-    let archive = sums.split_whitespace().nth(1).unwrap();
-    let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(
-        archive,
-        format!("kubegate-{version}-x86_64-unknown-linux-gnu.tar.gz")
-    );
-    let check = std::process::Command::new("sha256sum")
-        .args(["-c", "SHA256SUMS"])
-        .current_dir(first.path())
-        .output()
-        .unwrap();
-    assert!(check.status.success());
-    let listing = std::process::Command::new("tar")
-        .args(["-tvzf", archive])
-        .current_dir(first.path())
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
-    let stem = archive.trim_end_matches(".tar.gz");
-    for file in [
-        "kubegate",
-        "LICENSE",
-        "README.md",
-        "completions/kubegate.bash",
-        "completions/kubegate.zsh",
-        "completions/kubegate.fish",
-        "man/kubegate.1",
-    ] {
-        assert!(
-            listing.contains(&format!("{stem}/{file}")),
-            "{file} missing: {listing}"
-        );
-    }
-    assert!(
-        listing.lines().all(|line| line.contains("0/0")),
-        "{listing}"
-    );
-    // The binary in it is the production binary, byte for byte.
-    let unpacked = tempfile::tempdir().unwrap();
-    let untar = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(first.path().join(archive))
-        .arg("-C")
-        .arg(unpacked.path())
-        .status()
-        .unwrap();
-    assert!(untar.success());
-    let shipped = std::fs::read(unpacked.path().join(stem).join("kubegate")).unwrap();
-    assert!(shipped == std::fs::read(production_binary()).unwrap());
-    let man = std::fs::read_to_string(unpacked.path().join(stem).join("man/kubegate.1")).unwrap();
-    assert!(
-        man.contains(".TH kubegate 1") && man.contains("\\-\\-reject\\-paths"),
-        "{man:.300}"
-    );
-}
-
-/// Runs `scripts/NAME --no-build OUT` and returns the path it printed.
-fn script(name: &str, out: &Path) -> std::path::PathBuf {
-    let output = std::process::Command::new(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("scripts")
-            .join(name),
-    )
-    .arg("--no-build")
-    .arg(out)
-    .output()
-    .unwrap_or_else(|e| panic!("scripts/{name} runs: {e}"));
-    assert!(
-        output.status.success(),
-        "scripts/{name}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
-}
-
-/// A blob of an unpacked OCI layout, as JSON.
-fn blob(layout: &Path, digest: &str) -> serde_json::Value {
-    let path = layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-#[test]
-fn the_image_is_built_from_nothing_with_four_files_for_user_65532() {
-    let binary = production_binary();
-    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let archive = script("image", first.path());
-    let layout = first.path().join("layout");
-    std::fs::create_dir(&layout).unwrap();
-    let unpack = std::process::Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .unwrap();
-    assert!(unpack.success());
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let digest = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let manifest = blob(&layout, &digest);
-    let config = blob(&layout, manifest["config"]["digest"].as_str().unwrap());
-    assert_eq!(config["config"]["User"], "65532:65532");
-    assert_eq!(
-        config["config"]["Entrypoint"],
-        serde_json::json!(["/usr/local/bin/kubegate"])
-    );
-    assert!(
-        config["config"]["ExposedPorts"]["8002/tcp"].is_object(),
-        "{config}"
-    );
-    // One layer, from nothing: the binary, a CA bundle, passwd and group.
-    let layers = manifest["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 1, "{manifest}");
-    let size: u64 = layers.iter().map(|l| l["size"].as_u64().unwrap()).sum();
-    assert!(size < 20 << 20, "the image is {size} bytes");
-    let layer = layout.join("blobs/sha256").join(
-        layers[0]["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
-    let listing = std::process::Command::new("tar")
-        .arg("-tf")
-        .arg(&layer)
-        .output()
-        .unwrap();
-    let mut files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .filter(|name| !name.ends_with('/'))
-        .map(|name| name.trim_start_matches("./").to_string())
-        .collect();
-    files.sort();
-    assert_eq!(
-        files,
-        [
-            "etc/group",
-            "etc/passwd",
-            "etc/ssl/certs/ca-certificates.crt",
-            "usr/local/bin/kubegate"
-        ]
-    );
-    // Owned by root, readable by all, the binary runnable by user 65532.
-    let long = std::process::Command::new("tar")
-        .arg("-tvf")
-        .arg(&layer)
-        .output()
-        .unwrap();
-    for line in String::from_utf8_lossy(&long.stdout).lines() {
-        let mode = line.split_whitespace().next().unwrap();
-        let wanted = match mode.starts_with('d') || line.ends_with("/kubegate") {
-            true => "rwxr-xr-x",
-            false => "rw-r--r--",
-        };
-        assert_eq!(&mode[1..], wanted, "{line}");
-        assert!(line.contains(" 0/0 "), "{line}");
-    }
-    let shipped = std::process::Command::new("tar")
-        .arg("-xOf")
-        .arg(&layer)
-        .arg("usr/local/bin/kubegate")
-        .output()
-        .unwrap();
-    assert!(
-        shipped.stdout == std::fs::read(&binary).unwrap(),
-        "the production binary, byte for byte"
-    );
-    // Built again from the same commit: the same bytes.
-    let again = script("image", second.path());
-    assert!(std::fs::read(&again).unwrap() == std::fs::read(&archive).unwrap());
-}
-
 /// Runs `command` (kubegate, or a wrapper around it) with an empty
 /// environment and waits for its start-up line: the child and the address
 /// it serves on. `failed` (and what it wrote on stderr) is the panic if it
@@ -523,6 +291,17 @@ async fn spawn_serving(
     (child, address)
 }
 
+/// The double, with its kubeconfig, certificates and keys made readable
+/// by every user (as a mounted secret would be for user 65532).
+fn readable_by_all(double: Double) -> Double {
+    for entry in std::fs::read_dir(double.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(double.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    double
+}
+
 #[tokio::test]
 async fn the_production_binary_runs_as_a_non_root_user_without_the_double() {
     let binary = production_binary();
@@ -544,12 +323,7 @@ async fn the_production_binary_runs_as_a_non_root_user_without_the_double() {
         "{demo:?}"
     );
     // As the distroless image's user 65532, with a kubeconfig it can read.
-    let double = Double::start().await;
-    for entry in std::fs::read_dir(double.dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o644)).unwrap();
-    }
-    std::fs::set_permissions(double.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let double = readable_by_all(Double::start().await);
     let mut command = tokio::process::Command::new("setpriv");
     command
         .args(["--reuid=65532", "--regid=65532", "--clear-groups"])
@@ -758,5 +532,110 @@ async fn a_network_address_needs_the_access_token_not_only_tls() {
     assert!(
         error.to_string().contains("cannot listen on 192.0.2.10"),
         "{error}"
+    );
+}
+
+/// podman with its own throwaway storage, and the settings this machine
+/// needs: its cgroups are v1 with a v2 hierarchy beside them ("hybrid"),
+/// which crun refuses and runc takes, and its sandbox refuses raising a
+/// limit past the hard one, which podman's default limits do.
+fn podman(storage: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new("podman");
+    command
+        .arg("--root")
+        .arg(storage.join("root"))
+        .arg("--runroot")
+        .arg(storage.join("run"))
+        .arg("--tmpdir")
+        .arg(storage.join("tmp"))
+        .args([
+            "--storage-driver=vfs",
+            "--runtime=runc",
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=file",
+        ]);
+    command
+}
+
+/// Removes the container when the test ends, however it ends.
+struct Container<'a> {
+    storage: &'a Path,
+    name: String,
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = podman(self.storage).args(["rm", "-f", &self.name]).output();
+    }
+}
+
+#[tokio::test]
+async fn the_image_runs_under_podman_as_user_65532_and_proxies() {
+    production_binary();
+    let storage = tempfile::tempdir().unwrap();
+    let image =
+        std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image"))
+            .arg("--no-build")
+            .arg(storage.path())
+            .output()
+            .expect("scripts/image runs");
+    assert!(
+        image.status.success(),
+        "{}",
+        String::from_utf8_lossy(&image.stderr)
+    );
+    let archive = String::from_utf8_lossy(&image.stdout).trim().to_string();
+    let load = podman(storage.path())
+        .args(["load", "-i", &archive])
+        .output()
+        .expect("podman runs; scripts/test installs it (with runc)");
+    let loaded = String::from_utf8_lossy(&load.stdout).into_owned();
+    assert!(
+        load.status.success(),
+        "podman load: {loaded}{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let reference = loaded
+        .lines()
+        .find_map(|line| line.strip_prefix("Loaded image: "))
+        .unwrap_or_else(|| panic!("podman load named no image: {loaded}"))
+        .to_string();
+
+    let double = readable_by_all(Double::start().await);
+    let dir = double.dir.path().display().to_string();
+    let container = Container {
+        storage: storage.path(),
+        name: format!("kubegate-test-{}", std::process::id()),
+    };
+    let run = podman(storage.path());
+    let mut command = tokio::process::Command::new("env");
+    command
+        .arg("PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+        .arg(run.get_program())
+        .args(run.get_args())
+        .args(["run", "--rm", "--name", &container.name, "--network=host"])
+        .args(["--ulimit=nofile=1024:1024", "--ulimit=nproc=1024:1024"])
+        .args(["-v", &format!("{dir}:{dir}:ro"), &reference])
+        .arg(format!("--kubeconfig={}", double.kubeconfig.display()))
+        .args(["-p", "0"]);
+    let (_child, address) = spawn_serving(
+        command,
+        "the image did not start under podman (runc, cgroupfs, vfs; this machine allows it)",
+    )
+    .await;
+    let pods = get(&format!("http://{address}/api/v1/namespaces/default/pods")).await;
+    assert_eq!(pods.json()["kind"], "PodList");
+    // The process in the container runs as the image's user.
+    let inspect = podman(storage.path())
+        .args(["inspect", "--format", "{{.State.Pid}}", &container.name])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65532")),
+        "{status}"
     );
 }

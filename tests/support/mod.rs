@@ -696,3 +696,18 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// How deploy/Dockerfile and scripts/test build the binary that ships.
+pub const PRODUCTION_BUILD: &str = "scripts/build-production";
+
+/// The binary that ships, built by [`PRODUCTION_BUILD`].
+pub fn production_binary() -> std::path::PathBuf {
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/x86_64-unknown-linux-gnu/release/kubegate");
+    assert!(
+        binary.exists(),
+        "{} is missing; run {PRODUCTION_BUILD} (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
