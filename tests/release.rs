@@ -36,6 +36,28 @@ fn the_production_binary_is_hardened() {
 }
 
 #[test]
+fn the_production_binary_holds_no_path_of_the_machine_that_built_it() {
+    // What makes two checkouts build the same bytes: the source tree and
+    // CARGO_HOME remapped (scripts/build-production), no time stamped in.
+    let binary = std::fs::read(production_binary()).unwrap();
+    let home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
+    for path in [env!("CARGO_MANIFEST_DIR"), home.as_str()] {
+        assert!(
+            !binary.windows(path.len()).any(|w| w == path.as_bytes()),
+            "{path} is in the binary"
+        );
+    }
+    // Dependencies' panic locations name CARGO_HOME as remapped.
+    assert!(
+        binary
+            .windows(b"/cargo/registry/".len())
+            .any(|w| w == b"/cargo/registry/"),
+        "no remapped dependency path in the binary"
+    );
+}
+
+#[test]
 fn the_release_archive_is_the_same_bytes_twice_and_holds_what_a_user_needs() {
     production_binary();
     let release = |out: &Path| {
