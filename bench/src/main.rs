@@ -1,10 +1,11 @@
-//! `kubegate-bench`: the same load through no proxy, `kubectl proxy` and
-//! kubegate, to one fast upstream (the apiserver double in fast mode, with
+//! `kubegate-bench`: the same load through no proxy, `kubectl proxy`, the
+//! floor proxy and kubegate, to one fast upstream (the apiserver double in fast mode, with
 //! mutual TLS and HTTP/2), in rotated order over several rounds. Prints a
 //! table of medians and writes `BENCHMARKS.md` and `bench/results.json`.
 //!
 //! ```sh
 //! scripts/build-production
+//! cargo build --release -p kubegate-bench --bins   # with the floor proxy
 //! cargo run --release -p kubegate-bench
 //! ```
 
@@ -22,7 +23,7 @@ use std::time::Duration;
 use clap::Parser;
 use kubegate_double::{ApiServer, KubeconfigUser, Options, Pki, User, write_kubeconfig};
 use load::{Endpoint, Figures, Transport};
-use proxies::{Kind, PeakRss, Proxy, cpu_seconds, rss_mib};
+use proxies::{Cpu, Kind, PeakRss, Proxy, rss_mib};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -234,6 +235,15 @@ async fn main() {
     if kubectl_version.is_some() {
         kinds.push(Kind::Kubectl);
     }
+    kinds.push(Kind::Floor(
+        [
+            upstream.url(),
+            ca.display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        ]
+        .to_vec(),
+    ));
     kinds.push(Kind::Kubegate {
         label: "kubegate",
         binary: None,
@@ -309,7 +319,7 @@ async fn main() {
                 .flamegraph
                 .as_deref()
                 .map(|svg| (svg, args.flamegraph_phase.as_str()));
-            let speaks_h2c = matches!(kind, Kind::Kubegate { .. });
+            let speaks_h2c = matches!(kind, Kind::Kubegate { .. } | Kind::Floor(_));
             let figures = run_phases(&proxy, &sizes, speaks_h2c, &upstream, flamegraph).await;
             let entry = results.entry(kind.name().to_string()).or_default();
             for (name, value) in figures {
@@ -393,8 +403,8 @@ async fn run_phases(
     // these come before the load phases, whose freed memory the allocator
     // keeps and would hand to the watches. The HTTP/2 watches go first:
     // fewer bytes, so what they leave behind cannot hide the others'.
-    // kubectl proxy serves no HTTP/2 without TLS, so only kubegate is
-    // measured with watches sharing one HTTP/2 connection.
+    // kubectl proxy serves no HTTP/2 without TLS, so only kubegate and the
+    // floor are measured with watches sharing one HTTP/2 connection.
     let count = sizes.watches;
     let mut transports = vec![("idle", Transport::Http1)];
     if speaks_h2c {
@@ -504,7 +514,7 @@ impl Probe<'_> {
             _ => None,
         };
         let own = Some(std::process::id());
-        let (cpu_before, own_before) = (cpu_seconds(self.pid), cpu_seconds(own));
+        let (cpu_before, own_before) = (Cpu::of(self.pid), Cpu::of(own));
         let began = std::time::Instant::now();
         let peak = PeakRss::start(self.pid);
         let figures = work.await;
@@ -513,9 +523,9 @@ impl Probe<'_> {
         let measured = Measured {
             phase: phase.to_string(),
             figures,
-            cpu: cpu_seconds(self.pid) - cpu_before,
+            cpu: Cpu::of(self.pid).seconds_since(&cpu_before),
             peak: peak.stop(),
-            driver_share: (cpu_seconds(own) - own_before) * 100.0 / (wall * cores),
+            driver_share: Cpu::of(own).seconds_since(&own_before) * 100.0 / (wall * cores),
         };
         if let Some(recording) = recording {
             recording.finish().await;
@@ -616,19 +626,64 @@ fn machine() -> serde_json::Value {
     json!({ "cpu": cpu, "cores": cores, "memory": memory, "kernel": kernel })
 }
 
-/// The target each figure has against kubectl proxy: (figure, higher is
-/// better, ratio needed).
-const TARGETS: &[(&str, bool, f64)] = &[
-    ("small GET c=64: CPU µs/request", false, 0.15),
-    ("small GET c=1: CPU µs/request", false, 0.2),
-    ("small GET c=64: p99 ms", false, 0.25),
-    ("stream: CPU s/GiB", false, 0.3),
-    ("exec echo: CPU s/GiB", false, 0.35),
-    ("exec open+echo+close c=8: CPU ms/conn", false, 0.2),
-    ("port-forward c=8: conn/s", true, 5.0),
-    ("port-forward c=8: CPU ms/conn", false, 0.1),
-    ("port-forward c=64: conn/s", true, 5.0),
-    ("port-forward c=64: CPU ms/conn", false, 0.1),
+/// A target for kubegate's figure as a ratio to another column's.
+struct Relative {
+    /// The figure, or its ending (figures named after a phase's size,
+    /// "1000 watches idle", match by their ending).
+    figure: &'static str,
+    /// The column kubegate is compared with.
+    against: &'static str,
+    /// Whether a higher figure is better (throughput).
+    higher: bool,
+    needed: f64,
+}
+
+const fn relative(
+    figure: &'static str,
+    against: &'static str,
+    higher: bool,
+    needed: f64,
+) -> Relative {
+    Relative {
+        figure,
+        against,
+        higher,
+        needed,
+    }
+}
+
+const KUBECTL: &str = "kubectl proxy";
+const FLOOR: &str = "floor proxy";
+const RELAYED: &str = "kubegate, port-forward relayed";
+
+const RELATIVE_TARGETS: &[Relative] = &[
+    relative("small GET c=64: CPU µs/request", KUBECTL, false, 0.15),
+    relative("small GET c=1: CPU µs/request", KUBECTL, false, 0.2),
+    relative("small GET c=64: p99 ms", KUBECTL, false, 0.25),
+    relative("stream: CPU s/GiB", KUBECTL, false, 0.3),
+    relative("exec echo: CPU s/GiB", KUBECTL, false, 0.35),
+    relative("exec open+echo+close c=8: CPU ms/conn", KUBECTL, false, 0.2),
+    relative("port-forward c=8: conn/s", KUBECTL, true, 5.0),
+    relative("port-forward c=8: CPU ms/conn", KUBECTL, false, 0.1),
+    relative("port-forward c=64: conn/s", KUBECTL, true, 5.0),
+    relative("port-forward c=64: CPU ms/conn", KUBECTL, false, 0.1),
+    relative(
+        "watches, an event a second each: CPU µs/event",
+        KUBECTL,
+        false,
+        0.5,
+    ),
+    relative("exec 1-byte: p50 µs", KUBECTL, false, 1.0),
+    relative("exec 1-byte: p99 µs", KUBECTL, false, 1.0),
+    relative("port-forward bulk: MiB/s", KUBECTL, true, 1.0),
+    relative("port-forward bulk: CPU s/GiB", KUBECTL, false, 1.0),
+    relative("port-forward bulk: MiB/s", RELAYED, true, 1.0),
+    relative("port-forward bulk: CPU s/GiB", RELAYED, false, 1.0),
+    relative("small GET c=1: CPU µs/request", FLOOR, false, 1.3),
+    relative("small GET c=16: CPU µs/request", FLOOR, false, 1.3),
+    relative("small GET c=64: CPU µs/request", FLOOR, false, 1.3),
+    relative("stream: CPU s/GiB", FLOOR, false, 1.2),
+    relative("watches idle: RSS KiB/watch", FLOOR, false, 1.5),
 ];
 
 /// A target in kubegate's own terms, not against kubectl proxy.
@@ -699,7 +754,7 @@ fn report(
         );
     }
     out.push_str(&format!(
-        "kubegate side by side with `kubectl proxy` and no proxy, one fast upstream (the apiserver double in fast mode: mutual TLS, HTTP/2, exec and port-forward echo in process), {rounds} round(s) in rotated order, medians.\n\n- date: {}\n- machine: {} × {}, {} memory, Linux {}\n- kubectl: {}\n- reproduce: `{PRODUCTION_BUILD} && {DYNAMIC_BUILD} && cargo run --release -p kubegate-bench` (a few minutes; `--rounds N`)\n- `kubegate` is the production build, statically linked; `kubegate (dynamic glibc)` is the same code linked dynamically, for what the static build costs or saves\n\n",
+        "kubegate side by side with `kubectl proxy`, the floor proxy and no proxy, one fast upstream (the apiserver double in fast mode: mutual TLS, HTTP/2, exec and port-forward echo in process), {rounds} round(s) in rotated order, medians.\n\n- date: {}\n- machine: {} × {}, {} memory, Linux {}\n- kubectl: {}\n- reproduce: `{PRODUCTION_BUILD} && {DYNAMIC_BUILD} && cargo build --release -p kubegate-bench --bins && cargo run --release -p kubegate-bench` (about half an hour; `--rounds N`)\n- `kubegate` is the production build, statically linked; `kubegate (dynamic glibc)` is the same code linked dynamically, for what the static build costs or saves\n\n",
         jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         machine["cores"], machine["cpu"].as_str().unwrap_or_default(), machine["memory"].as_str().unwrap_or_default(), machine["kernel"].as_str().unwrap_or_default(),
         kubectl.unwrap_or("not installed: no kubectl proxy column"),
@@ -719,35 +774,48 @@ fn report(
         let cells: Vec<String> = names
             .iter()
             .map(|name| {
-                medians
+                results
                     .get(*name)
                     .and_then(|f| f.get(figure))
-                    .map_or("–".into(), |v| format_value(*v))
+                    .map_or("–".into(), |runs| with_spread(runs))
             })
             .collect();
         let ratio = ratio(&medians, figure).map_or("–".into(), |r| format!("{r:.2}×"));
         out.push_str(&format!("| {figure} | {} | {ratio} |\n", cells.join(" | ")));
     }
     out.push_str("\n## Targets\n\n| target | needed | measured | |\n|---|---|---|---|\n");
-    for (figure, higher, needed) in TARGETS {
-        let measured = ratio(&medians, figure);
+    for target in RELATIVE_TARGETS {
+        let Relative {
+            figure,
+            against,
+            higher,
+            needed,
+        } = target;
+        let measured = ratio_to(&medians, figure, against);
         let met = measured.map(|r| if *higher { r >= *needed } else { r <= *needed });
         let sign = if *higher { "≥" } else { "≤" };
         let mut shown = measured.map_or("–".into(), |r| format!("{r:.2}×"));
-        if *figure == "stream: CPU s/GiB" {
+        if *figure == "stream: CPU s/GiB" && *against == KUBECTL {
             shown.push_str(&format!(
                 " (floor on this machine, one AES-128-GCM decryption and two copies, no kernel: {floor:.2} s/GiB, {:.2}× kubectl proxy)",
-                medians
-                    .get("kubectl proxy")
-                    .and_then(|f| f.get(*figure))
-                    .map_or(0.0, |theirs| floor / theirs)
+                value_of(&medians, KUBECTL, figure).map_or(0.0, |theirs| floor / theirs)
             ));
         }
         out.push_str(&format!(
-            "| {figure} vs kubectl proxy | {sign} {needed:.2}× | {shown} | {} |\n",
-            met.map_or("no kubectl", |m| if m { "met" } else { "missed" })
+            "| {figure} vs {against} | {sign} {needed:.2}× | {shown} | {} |\n",
+            met.map_or("not measured", |m| if m { "met" } else { "missed" })
         ));
     }
+    let behind = rows_behind_kubectl(&medians);
+    out.push_str(&format!(
+        "| rows behind kubectl proxy (cost > 1.0×, throughput < 1.0×) | 0 | {} | {} |\n",
+        if behind.is_empty() {
+            "none".to_string()
+        } else {
+            behind.join("; ")
+        },
+        if behind.is_empty() { "met" } else { "missed" }
+    ));
     for target in OWN_TARGETS {
         let value = |column: &str| {
             medians.get(column).and_then(|f| {
@@ -773,7 +841,7 @@ fn report(
         "| errors, every phase | 0 | {errors} | {} |\n",
         if errors == 0.0 { "met" } else { "missed" }
     ));
-    out.push_str("\nCPU is the proxy process's user + system time from `/proc/PID/stat` during the phase; RSS is `VmRSS` from `/proc/PID/status` (peak sampled every 20 ms). On 2 cores the load driver and the upstream share the machine with the proxy, so throughput alone mostly measures who got the CPU: compare CPU per unit of work. `driver+upstream % of machine` is the bench process's CPU (the load driver and the upstream run in it) over the phase's wall time and every core: near 100% the proxy is no longer the bottleneck, the machine is.\n");
+    out.push_str("\nEach cell is the median over the rounds and, after ±, half the range of the rounds as a share of the median: what one round to the next can move by. CPU is the proxy's run time in nanoseconds, summed over its threads (`/proc/PID/task/*/schedstat`); when a thread exited during a phase, the process's user + system ticks (`/proc/PID/stat`, 10 ms each, which keep exited threads' time) are used instead. RSS is `VmRSS` from `/proc/PID/status` (peak sampled every 20 ms). The floor proxy (bench/src/bin/floor-proxy.rs) is the least proxy kubegate's stack can build: hyper, hyper-util and rustls, the same upstream TLS and HTTP/2, no filters, audit, policy or metrics; kubegate's distance to it is the cost of what kubegate adds. On 2 cores the load driver and the upstream share the machine with the proxy, so throughput alone mostly measures who got the CPU: compare CPU per unit of work. `driver+upstream % of machine` is the bench process's CPU (the load driver and the upstream run in it) over the phase's wall time and every core: near 100% the proxy is no longer the bottleneck, the machine is.\n");
     out
 }
 
@@ -790,10 +858,66 @@ fn total_errors(medians: &BTreeMap<String, BTreeMap<String, f64>>) -> f64 {
         .sum()
 }
 
-fn ratio(medians: &BTreeMap<String, BTreeMap<String, f64>>, figure: &str) -> Option<f64> {
-    let ours = medians.get("kubegate")?.get(figure)?;
-    let theirs = medians.get("kubectl proxy")?.get(figure)?;
-    (*theirs != 0.0).then(|| ours / theirs)
+type Medians = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// A column's median for a figure, or for the figure ending so.
+fn value_of(medians: &Medians, column: &str, figure: &str) -> Option<f64> {
+    let figures = medians.get(column)?;
+    figures.get(figure).copied().or_else(|| {
+        figures
+            .iter()
+            .find(|(name, _)| name.ends_with(figure))
+            .map(|(_, v)| *v)
+    })
+}
+
+/// kubegate's figure over another column's.
+fn ratio_to(medians: &Medians, figure: &str, against: &str) -> Option<f64> {
+    let ours = value_of(medians, "kubegate", figure)?;
+    let theirs = value_of(medians, against, figure)?;
+    (theirs != 0.0).then(|| ours / theirs)
+}
+
+fn ratio(medians: &Medians, figure: &str) -> Option<f64> {
+    ratio_to(medians, figure, KUBECTL)
+}
+
+/// The rows where kubegate is behind kubectl proxy, with the ratio: a
+/// cost (CPU, memory, latency) above 1.0×, a throughput (per second)
+/// below. Error counts, the driver's share and handshake counts are not
+/// costs of the proxy's own.
+fn rows_behind_kubectl(medians: &Medians) -> Vec<String> {
+    let Some(figures) = medians.get("kubegate") else {
+        return Vec::new();
+    };
+    figures
+        .keys()
+        .filter(|name| {
+            !["errors", "% of machine", "per 1,000"]
+                .iter()
+                .any(|n| name.ends_with(n))
+        })
+        .filter_map(|name| {
+            let r = ratio(medians, name)?;
+            let throughput = name.ends_with("/s");
+            let behind = if throughput { r < 1.0 } else { r > 1.0 };
+            behind.then(|| format!("{name} {r:.2}×"))
+        })
+        .collect()
+}
+
+/// The median of the rounds, and when there were several, half their
+/// range as a share of it: "97.3 ±4%".
+fn with_spread(runs: &[f64]) -> String {
+    let middle = median(runs);
+    let (low, high) = runs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+    if runs.len() < 2 || middle == 0.0 {
+        return format_value(middle);
+    }
+    let spread = (high - low) / 2.0 / middle.abs() * 100.0;
+    format!("{} ±{spread:.0}%", format_value(middle))
 }
 
 fn format_value(value: f64) -> String {

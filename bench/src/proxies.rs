@@ -1,6 +1,6 @@
 //! The things measured: no proxy (straight to the upstream's plain port),
-//! `kubectl proxy`, and kubegate (release build) with and without its
-//! features. Each runs as its own process, started fresh for every round,
+//! `kubectl proxy`, the floor proxy (src/bin/floor-proxy.rs), and kubegate
+//! (release build) with and without its features. Each runs as its own process, started fresh for every round,
 //! and is read from `/proc` for CPU and memory.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +19,9 @@ pub enum Kind {
     NoProxy,
     /// `kubectl proxy --reject-paths='^-$'`.
     Kubectl,
+    /// The least proxy this stack can build (src/bin/floor-proxy.rs),
+    /// with its arguments: the upstream's URL, CA, certificate and key.
+    Floor(Vec<String>),
     /// kubegate with extra flags.
     Kubegate {
         /// The label in the table.
@@ -36,6 +39,7 @@ impl Kind {
         match self {
             Kind::NoProxy => "no proxy",
             Kind::Kubectl => "kubectl proxy",
+            Kind::Floor(_) => "floor proxy",
             Kind::Kubegate { label, .. } => label,
         }
     }
@@ -81,6 +85,12 @@ impl Proxy {
                     .env("HOME", scratch);
                 command
             }
+            Kind::Floor(args) => {
+                let mut command = Command::new(floor_binary());
+                // It prints nothing there but why it stopped.
+                command.args(args).stderr(Stdio::inherit());
+                command
+            }
             Kind::Kubegate { flags, binary, .. } => {
                 let mut command = Command::new(binary.as_deref().unwrap_or(kubegate));
                 command
@@ -90,10 +100,12 @@ impl Proxy {
                 command
             }
         };
+        if !matches!(kind, Kind::Floor(_)) {
+            command.stderr(Stdio::null());
+        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .kill_on_drop(true);
         let mut child = command
             .spawn()
@@ -152,9 +164,51 @@ impl Proxy {
     }
 }
 
-/// CPU seconds (user + system) a process has used.
-pub fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
+/// A process's CPU time so far, read two ways: the kernel's nanosecond
+/// run time of each live thread (`/proc/PID/task/*/schedstat`), and user +
+/// system time of the whole process in clock ticks (`/proc/PID/stat`,
+/// 10 ms each, but counting threads that have exited).
+#[derive(Clone, Copy, Default)]
+pub struct Cpu {
+    threads_ns: u64,
+    ticks: f64,
+}
+
+impl Cpu {
+    /// Now, for `pid` (zero for no process).
+    pub fn of(pid: Option<u32>) -> Cpu {
+        let Some(pid) = pid else {
+            return Cpu::default();
+        };
+        let threads_ns = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Cpu {
+            threads_ns,
+            ticks: cpu_ticks(pid),
+        }
+    }
+
+    /// Seconds used since `before`: the nanosecond figure, unless threads
+    /// that ran in between have exited (the tick count then exceeds it by
+    /// more than a tick's rounding), when only the ticks hold their time.
+    pub fn seconds_since(&self, before: &Cpu) -> f64 {
+        let fine = self.threads_ns.saturating_sub(before.threads_ns) as f64 / 1e9;
+        let coarse = (self.ticks - before.ticks) / clock_ticks();
+        if coarse > fine + 2.0 / clock_ticks() {
+            coarse
+        } else {
+            fine
+        }
+    }
+}
+
+/// User + system clock ticks a process has used.
+fn cpu_ticks(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -168,7 +222,7 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / clock_ticks()
+    ticks(11) + ticks(12)
 }
 
 fn clock_ticks() -> f64 {
@@ -231,4 +285,19 @@ pub fn kubegate_binary(explicit: Option<PathBuf>) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/x86_64-unknown-linux-gnu/release/kubegate")
     })
+}
+
+/// The floor proxy, built beside this binary (`cargo build --release -p
+/// kubegate-bench --bins`).
+fn floor_binary() -> PathBuf {
+    let floor = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("floor-proxy")))
+        .unwrap_or_default();
+    assert!(
+        floor.exists(),
+        "{} is missing: build it with `cargo build --release -p kubegate-bench --bins`",
+        floor.display()
+    );
+    floor
 }
