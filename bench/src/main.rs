@@ -55,6 +55,11 @@ struct Args {
     /// "kubegate,kubegate + audit"): a quick comparison, not a report.
     #[arg(long, value_name = "COLUMNS")]
     only: Option<String>,
+    /// Instead of the comparison: as --flamegraph, with `strace -c -f`
+    /// counting the system calls of the same column and phase, written
+    /// to this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "flamegraph")]
+    strace: Option<PathBuf>,
     /// Which column `--flamegraph` samples (e.g. "kubegate + audit").
     #[arg(long, value_name = "COLUMN", default_value = "kubegate")]
     flamegraph_of: String,
@@ -292,11 +297,16 @@ async fn main() {
         kinds.retain(|kind| only.contains(&kind.name()));
         assert!(!kinds.is_empty(), "--only names no column");
     }
-    if args.flamegraph.is_some() {
+    let profile = match (&args.flamegraph, &args.strace) {
+        (Some(svg), _) => Some((profile::Tool::Perf, svg.as_path())),
+        (None, Some(file)) => Some((profile::Tool::Strace, file.as_path())),
+        (None, None) => None,
+    };
+    if profile.is_some() {
         kinds.retain(|kind| kind.name() == args.flamegraph_of);
         assert!(!kinds.is_empty(), "--flamegraph-of names no column");
     }
-    let rounds = if args.flamegraph.is_some() { 1 } else { rounds };
+    let rounds = if profile.is_some() { 1 } else { rounds };
     let mut results: Results = BTreeMap::new();
     for round in 0..rounds {
         let mut order = kinds.clone();
@@ -315,12 +325,9 @@ async fn main() {
                 Ok(proxy) => proxy,
                 Err(error) => panic!("cannot start {}: {error}", kind.name()),
             };
-            let flamegraph = args
-                .flamegraph
-                .as_deref()
-                .map(|svg| (svg, args.flamegraph_phase.as_str()));
+            let profile = profile.map(|(tool, out)| (tool, out, args.flamegraph_phase.as_str()));
             let speaks_h2c = matches!(kind, Kind::Kubegate { .. } | Kind::Floor(_));
-            let figures = run_phases(&proxy, &sizes, speaks_h2c, &upstream, flamegraph).await;
+            let figures = run_phases(&proxy, &sizes, speaks_h2c, &upstream, profile).await;
             let entry = results.entry(kind.name().to_string()).or_default();
             for (name, value) in figures {
                 entry.entry(name).or_default().push(value);
@@ -329,7 +336,7 @@ async fn main() {
             let _ = std::fs::remove_file(&audit_log);
         }
     }
-    if args.flamegraph.is_some() {
+    if profile.is_some() {
         // A profile, not a measurement: BENCHMARKS.md stays as it is.
         return;
     }
@@ -384,20 +391,23 @@ async fn run_phases(
     sizes: &Sizes,
     speaks_h2c: bool,
     upstream: &ApiServer,
-    flamegraph: Option<(&Path, &str)>,
+    profile: Option<(profile::Tool, &Path, &str)>,
 ) -> BTreeMap<String, f64> {
     let endpoint = Endpoint {
         address: proxy.base.trim_start_matches("http://").to_string(),
         headers: proxy.headers.clone(),
     };
     let pid = proxy.pid();
-    let probe = Probe { pid, flamegraph };
+    let probe = Probe { pid, profile };
     let mut out = BTreeMap::new();
     // Warm up (connections to the upstream, TLS sessions), then idle RSS.
     load::small_gets(&endpoint, 4, Duration::from_millis(200)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let idle = rss_mib(pid);
     out.insert("RSS idle: MiB".into(), idle);
+    let (anonymous, file) = proxies::rss_parts_mib(pid);
+    out.insert("RSS idle: anonymous MiB".into(), anonymous);
+    out.insert("RSS idle: file-backed MiB".into(), file);
 
     // A watch's cost is what RSS grows by when it opens, from idle: so
     // these come before the load phases, whose freed memory the allocator
@@ -483,11 +493,12 @@ async fn run_phases(
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// Measures phases of one proxy, and samples the one `--flamegraph` names.
+/// Measures phases of one proxy, and profiles the one `--flamegraph-phase`
+/// names.
 struct Probe<'a> {
     pid: Option<u32>,
     /// Where the flame graph goes, and of which phase.
-    flamegraph: Option<(&'a Path, &'a str)>,
+    profile: Option<(profile::Tool, &'a Path, &'a str)>,
 }
 
 /// What a phase measured of the proxy, and of the bench process (the load
@@ -507,9 +518,9 @@ impl Probe<'_> {
     /// Runs a phase, measuring the proxy's CPU seconds and peak RSS, and
     /// the share of the machine the bench process used.
     async fn measure(&self, phase: &str, work: impl Future<Output = Figures>) -> Measured {
-        let recording = match (self.flamegraph, self.pid) {
-            (Some((svg, wanted)), Some(pid)) if wanted == phase => {
-                Some(profile::start(pid, svg, &format!("kubegate, {phase}")).await)
+        let recording = match (self.profile, self.pid) {
+            (Some((tool, out, wanted)), Some(pid)) if wanted == phase => {
+                Some(profile::start(tool, pid, out, &format!("kubegate, {phase}")).await)
             }
             _ => None,
         };
@@ -519,6 +530,7 @@ impl Probe<'_> {
         let peak = PeakRss::start(self.pid);
         let figures = work.await;
         let wall = began.elapsed().as_secs_f64().max(1e-3);
+        eprintln!("  {phase}: {wall:.1} s");
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let measured = Measured {
             phase: phase.to_string(),

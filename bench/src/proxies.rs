@@ -251,6 +251,24 @@ pub fn rss_mib(pid: Option<u32>) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// A process's resident memory now, split into anonymous memory (heap,
+/// stacks, relocated data) and file-backed pages (the binary's own text
+/// and read-only data), in MiB, from `/proc/PID/smaps_rollup`.
+pub fn rss_parts_mib(pid: Option<u32>) -> (f64, f64) {
+    let Some(pid) = pid else { return (0.0, 0.0) };
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let (rss, anonymous) = (field("Rss:"), field("Anonymous:"));
+    (anonymous, rss - anonymous)
+}
+
 /// Samples a process's RSS while a phase runs, keeping the peak.
 pub struct PeakRss {
     peak_kib: Arc<AtomicU64>,

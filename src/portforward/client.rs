@@ -252,7 +252,10 @@ impl Pods<'_> {
                         session.pod_answered();
                     }
                     to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if !send(&mut sink, framing.encode(channel, &data)).await {
+                    // With more already waiting, this message goes out in
+                    // the same write as the next.
+                    let message = framing.encode(channel, &data);
+                    if !send_or_queue(&mut sink, message, !events.is_empty()).await {
                         return false;
                     }
                     continue;
@@ -353,12 +356,20 @@ impl Pods<'_> {
 
 /// Sends one message; `false` if the client is gone or stopped reading
 /// for [`WRITE_LIMIT`].
-async fn send(
-    sink: &mut futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>,
-    message: Message,
-) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_LIMIT, sink.send(message)).await,
-        Ok(Ok(()))
-    )
+async fn send(sink: &mut Sink, message: Message) -> bool {
+    send_or_queue(sink, message, false).await
+}
+
+/// Sends one message, or with `more` to follow, queues it for the next
+/// send's write (the WebSocket writes out a queue past its buffer size by
+/// itself); `false` as [`send`].
+async fn send_or_queue(sink: &mut Sink, message: Message, more: bool) -> bool {
+    let sent = async {
+        if more {
+            sink.feed(message).await
+        } else {
+            sink.send(message).await
+        }
+    };
+    matches!(tokio::time::timeout(WRITE_LIMIT, sent).await, Ok(Ok(())))
 }

@@ -413,7 +413,7 @@ impl SpdySession {
 
     async fn read(&self, mut reader: WireReader) -> std::io::Result<()> {
         let mut inflater = Inflater::default();
-        let mut buffer = BytesMut::with_capacity(64 * 1024);
+        let mut buffer = BytesMut::with_capacity(READ_ROOM);
         loop {
             let frame = tokio::select! {
                 frame = next_frame(&mut reader, &mut buffer) => frame?,
@@ -648,6 +648,11 @@ impl SpdySession {
     }
 }
 
+/// Room a read into the session's buffer always has: frames split off
+/// the buffer take its space with them, and a read into what is left
+/// would bring in a few bytes at a time.
+const READ_ROOM: usize = 64 * 1024;
+
 async fn next_frame(
     reader: &mut WireReader,
     buffer: &mut BytesMut,
@@ -655,6 +660,9 @@ async fn next_frame(
     loop {
         if let Some(frame) = kubegate_spdy::parse(buffer)? {
             return Ok(Some(frame));
+        }
+        if buffer.capacity() - buffer.len() < READ_ROOM / 4 {
+            buffer.reserve(READ_ROOM);
         }
         if !reader.fill(buffer).await? {
             return Ok(None);

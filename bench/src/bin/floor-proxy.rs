@@ -10,6 +10,7 @@
 //!     floor-proxy https://127.0.0.1:PORT CA.crt CLIENT.crt CLIENT.key
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Request, Response, Uri, header};
 use http_body_util::{BodyExt, Empty, combinators::BoxBody};
@@ -22,9 +23,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// Upstream HTTP/2 connections requests are spread over: hyper-util's
+/// pool keeps one per host, and the upstream takes 100 streams on each
+/// (as kube-apiserver does), too few for the benchmark's 1,000 watches.
+const CONNECTIONS: usize = 16;
+
 struct Upstream {
     authority: http::uri::Authority,
-    pooled: Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>,
+    /// One client (so one connection) each, taken in turn.
+    pooled: Vec<Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>>,
+    next: AtomicUsize,
     /// For upgrades: ALPN http/1.1 only.
     tls: tokio_rustls::TlsConnector,
     name: ServerName<'static>,
@@ -60,17 +68,23 @@ async fn main() {
     };
     let url: Uri = url.parse().expect("the upstream URL");
     let authority = url.authority().expect("a host and port").clone();
-    let pooled = hyper_rustls::HttpsConnectorBuilder::new()
-        // ALPN h2 and http/1.1, set by the builder.
-        .with_tls_config(tls_config(ca, cert, key, &[]))
-        .https_only()
-        .enable_all_versions()
-        .build();
+    let pooled = (0..CONNECTIONS)
+        .map(|_| {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                // ALPN h2 and http/1.1, set by the builder.
+                .with_tls_config(tls_config(ca, cert, key, &[]))
+                .https_only()
+                .enable_all_versions()
+                .build();
+            Client::builder(TokioExecutor::new()).build(connector)
+        })
+        .collect();
     let upgrades = tls_config(ca, cert, key, &[b"http/1.1"]);
     let upstream = Arc::new(Upstream {
         name: ServerName::try_from(authority.host().to_string()).expect("a server name"),
         authority,
-        pooled: Client::builder(TokioExecutor::new()).build(pooled),
+        pooled,
+        next: AtomicUsize::new(0),
         tls: tokio_rustls::TlsConnector::from(Arc::new(upgrades)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -91,7 +105,10 @@ async fn main() {
                 let upstream = upstream.clone();
                 async move { upstream.forward(request).await }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // As kubegate: 1,000 watches on one client connection.
+            builder.http2().max_concurrent_streams(1000);
+            let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
@@ -118,8 +135,8 @@ impl Upstream {
             .map_err(|e| e.to_string())?;
         *request.version_mut() = http::Version::HTTP_11;
         request.headers_mut().remove(header::HOST);
-        let response = self
-            .pooled
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % CONNECTIONS;
+        let response = self.pooled[turn]
             .request(request)
             .await
             .map_err(|e| e.to_string())?;
