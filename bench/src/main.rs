@@ -293,8 +293,11 @@ async fn main() {
     }
 
     if let Some(only) = &args.only {
-        let only: Vec<&str> = only.split(',').map(str::trim).collect();
-        kinds.retain(|kind| only.contains(&kind.name()));
+        // Names hold commas ("kubegate, port-forward relayed"): a column is
+        // named when its whole name stands between commas in the list.
+        let commas = |text: &str| text.split(',').map(str::trim).collect::<Vec<_>>().join(",");
+        let only = format!(",{},", commas(only));
+        kinds.retain(|kind| only.contains(&format!(",{},", commas(kind.name()))));
         assert!(!kinds.is_empty(), "--only names no column");
     }
     let profile = match (&args.flamegraph, &args.strace) {
