@@ -291,6 +291,17 @@ async fn spawn_serving(
     (child, address)
 }
 
+/// Checks that process `pid` runs as user 65532 (the image's user).
+fn assert_runs_as_65532(pid: &str) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65532")),
+        "{status}"
+    );
+}
+
 /// The double, with its kubeconfig, certificates and keys made readable
 /// by every user (as a mounted secret would be for user 65532).
 fn readable_by_all(double: Double) -> Double {
@@ -335,12 +346,7 @@ async fn the_production_binary_runs_as_a_non_root_user_without_the_double() {
         "kubegate did not start as user 65532 (setpriv, util-linux)",
     )
     .await;
-    let uid = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
-    assert!(
-        uid.lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65532")),
-        "{uid}"
-    );
+    assert_runs_as_65532(&child.id().unwrap().to_string());
     let pods = get(&format!("http://{address}/api/v1/namespaces/default/pods")).await;
     assert_eq!(pods.json()["kind"], "PodList");
 }
@@ -630,12 +636,5 @@ async fn the_image_runs_under_podman_as_user_65532_and_proxies() {
         .args(["inspect", "--format", "{{.State.Pid}}", &container.name])
         .output()
         .unwrap();
-    let pid = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65532")),
-        "{status}"
-    );
+    assert_runs_as_65532(String::from_utf8_lossy(&inspect.stdout).trim());
 }
