@@ -29,9 +29,6 @@ use crate::telemetry::{PortForwardEvent, Telemetry};
 /// How long one message to the client may take to go out before the
 /// client counts as gone (kubectl's own write deadline).
 const WRITE_LIMIT: Duration = Duration::from_secs(60);
-/// How long a stream whose client has gone may wait for the kubelet to
-/// close it before it is reset.
-const LINGER: Duration = Duration::from_secs(10);
 
 /// How a port-forward subprotocol frames channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,11 +183,7 @@ pub async fn serve(
             }
             session.closed_pair();
             metrics.port_forward(PortForwardEvent::StreamClosed);
-            let session = session.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(LINGER).await;
-                session.abandon(pair);
-            });
+            session.abandon(pair);
         }
     }
 }

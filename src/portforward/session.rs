@@ -14,7 +14,7 @@
 //! stops waiting, resets that stream and tells its client why, so a client
 //! that stops reading costs the others at most one pause.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +47,9 @@ const PING_DEAD: Duration = Duration::from_secs(30);
 const FAILURES_TO_RETIRE: usize = 3;
 /// Frames gathered into one write.
 const BATCH: usize = 256 * 1024;
+/// How long a connection whose client has gone may wait for the kubelet
+/// to close it before it is reset.
+const LINGER: Duration = Duration::from_secs(10);
 
 /// The connection a session runs on: raw `SPDY/3.1`, or SPDY tunneled in
 /// binary WebSocket messages (`SPDY/3.1+portforward.k8s.io`).
@@ -202,6 +205,11 @@ pub struct SpdySession {
     /// Stream data and half-closes, in the order they must go out.
     data: mpsc::Sender<(u32, Bytes, bool)>,
     routes: Mutex<HashMap<u32, Route>>,
+    /// Connections whose client has gone, oldest first, each with the
+    /// time (in `millis`) after which it is reset. A list swept by the
+    /// keep-alive tick, not a timer each: a busy port-forward closes
+    /// thousands of connections a minute.
+    lingering: Mutex<VecDeque<(u64, Pair)>>,
     /// Forwarded connections open on it.
     pairs: AtomicUsize,
     /// The kubelet said GOAWAY, or the pod looks gone: no new pairs.
@@ -239,6 +247,7 @@ impl SpdySession {
             control,
             data,
             routes: Mutex::new(HashMap::new()),
+            lingering: Mutex::new(VecDeque::new()),
             pairs: AtomicUsize::new(0),
             going_away: AtomicBool::new(false),
             failures: AtomicUsize::new(0),
@@ -365,12 +374,29 @@ impl SpdySession {
         let _ = self.control.send(Control::Reset(stream));
     }
 
-    /// Resets what is left of a connection whose client has gone, if the
-    /// kubelet has not closed it by now.
+    /// A connection whose client has gone: what the kubelet has not
+    /// closed of it within [`LINGER`] is reset.
     pub fn abandon(&self, pair: Pair) {
-        for stream in [pair.error, pair.data] {
-            if self.route(stream).is_some() {
-                self.reset(stream);
+        let deadline = self.millis() + LINGER.as_millis() as u64;
+        if let Ok(mut lingering) = self.lingering.lock() {
+            lingering.push_back((deadline, pair));
+        }
+    }
+
+    /// Resets the streams of abandoned connections whose time is up and
+    /// that the kubelet has not closed.
+    fn reset_abandoned(&self, now: u64) {
+        let Ok(mut lingering) = self.lingering.lock() else {
+            return;
+        };
+        while let Some(&(deadline, pair)) = lingering.front()
+            && deadline <= now
+        {
+            lingering.pop_front();
+            for stream in [pair.error, pair.data] {
+                if self.route(stream).is_some() {
+                    self.reset(stream);
+                }
             }
         }
     }
@@ -621,6 +647,7 @@ impl SpdySession {
                 () = self.ended.cancelled() => return,
             }
             let now = self.millis();
+            self.reset_abandoned(now);
             if self.pairs.load(Ordering::Acquire) == 0
                 && now.saturating_sub(self.idle_at.load(Ordering::Acquire))
                     >= idle.as_millis() as u64
