@@ -112,6 +112,7 @@ pub(crate) mod pattern;
 pub(crate) mod policy;
 pub(crate) mod portforward;
 pub(crate) mod proxy;
+pub(crate) mod recording;
 pub(crate) mod reload;
 pub(crate) mod request;
 pub(crate) mod serve;
@@ -198,6 +199,14 @@ impl Proxy {
         if let Some(policy) = &config.policy {
             policy.watch(reload_interval, &lifecycle);
         }
+        let recorder = match config.recording {
+            Some(settings) => Some(recording::Recorder::start(
+                settings,
+                telemetry.clone(),
+                &lifecycle,
+            )?),
+            None => None,
+        };
         Ok(Proxy {
             tls,
             shared: Arc::new(Shared {
@@ -217,6 +226,7 @@ impl Proxy {
                     telemetry.connections.clone(),
                 ),
                 audit,
+                recorder,
                 metrics: telemetry,
                 readiness: Arc::new(admin::Readiness::default()),
             }),
@@ -303,6 +313,35 @@ pub struct PolicyCheck {
     pub line: String,
     /// Whether the request is allowed.
     pub allowed: bool,
+}
+
+/// `kubegate recordings list DIR`: the recordings under `dir`, as a
+/// table on stdout.
+///
+/// # Errors
+///
+/// When `dir` cannot be read.
+pub fn list_recordings(dir: &std::path::Path) -> std::io::Result<()> {
+    let found = recording::replay::list(dir)
+        .map_err(|error| std::io::Error::other(format!("{}: {error}", dir.display())))?;
+    recording::replay::print_list(&found, dir, &mut std::io::stdout().lock())
+}
+
+/// `kubegate recordings play FILE`: the recording's output on stdout, in
+/// its own time.
+///
+/// # Errors
+///
+/// When the file cannot be read or is not asciicast v2.
+pub fn play_recording(file: &std::path::Path, speed: f64, idle_limit: f64) -> std::io::Result<()> {
+    let sane = speed > 0.0 && speed.is_finite() && idle_limit >= 0.0 && idle_limit.is_finite();
+    if !sane {
+        return Err(std::io::Error::other(
+            "--speed must be above 0 and --idle-limit at least 0",
+        ));
+    }
+    let idle_limit = std::time::Duration::from_secs_f64(idle_limit);
+    recording::replay::play(file, speed, idle_limit, &mut std::io::stdout().lock())
 }
 
 /// `kubegate policy check`: what a policy file (and `--read-only`) decides

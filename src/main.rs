@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use kubegate::cli::{Args, Command, LogFormat, PolicyCommand};
+use kubegate::cli::{Args, Command, LogFormat, PolicyCommand, RecordingsCommand};
 use kubegate::config::{Config, Env};
 use kubegate::error::StartupError;
 use kubegate::listen::Listener;
@@ -40,6 +40,23 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("{}: cannot write the manual page: {error}", program());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Recordings(recordings)) => {
+            let done = match recordings {
+                RecordingsCommand::List { dir } => kubegate::list_recordings(&dir),
+                RecordingsCommand::Play {
+                    file,
+                    speed,
+                    idle_limit,
+                } => kubegate::play_recording(&file, speed, idle_limit),
+            };
+            return match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("{}: {error}", program());
                     ExitCode::FAILURE
                 }
             };
@@ -105,7 +122,12 @@ fn main() -> ExitCode {
         match args.command {
             Some(Command::Demo) => run_demo(&args).await,
             // Answered above, without a runtime.
-            Some(Command::Policy(_) | Command::Completion { .. } | Command::Man) => Ok(()),
+            Some(
+                Command::Policy(_)
+                | Command::Recordings(_)
+                | Command::Completion { .. }
+                | Command::Man,
+            ) => Ok(()),
             None => run(&args, &Env::process(), |_| None).await,
         }
     });

@@ -77,6 +77,8 @@ pub struct Shared {
     pub limit: Limit,
     /// The audit trail, when on.
     pub audit: Option<Arc<Audit>>,
+    /// `--record-sessions-dir`, when set.
+    pub recorder: Option<Arc<crate::recording::Recorder>>,
     /// What `/metrics` reports: counted here and in every subsystem.
     pub metrics: Arc<Telemetry>,
     /// Whether `/readyz` says kubegate is shutting down.
@@ -332,7 +334,7 @@ impl ProxyService {
                     &outbound,
                     returned_head,
                     path_and_query,
-                    returned_record,
+                    (returned_record, None),
                     returned_slot,
                 );
                 let answer = Box::pin(relay).await?;
@@ -340,10 +342,21 @@ impl ProxyService {
                 multiplexer.relayed(&cluster.name, answer.status(), server);
                 return Ok(answer);
             }
-            let relay = self
-                .shared
-                .relays
-                .relay(&outbound, head, path_and_query, record, slot);
+            let recording = match (&self.shared.recorder, info.resource()) {
+                (Some(recorder), Some(resource)) => recorder.plan(
+                    &resource,
+                    path_and_query.query().unwrap_or_default(),
+                    record.as_ref().map(Record::id),
+                )?,
+                _ => None,
+            };
+            let relay = self.shared.relays.relay(
+                &outbound,
+                head,
+                path_and_query,
+                (record, recording),
+                slot,
+            );
             return Box::pin(relay).await;
         }
         forward(&outbound, head, body, path_and_query, record).await

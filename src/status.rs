@@ -116,6 +116,12 @@ pub enum ProxyError {
         "kubegate has {0} connections open, its --max-connections, and every one is busy: close an exec, attach or port-forward session, or raise the limit"
     )]
     AtConnectionLimit(usize),
+    /// Sessions must be recorded, and cannot be now
+    /// (`--record-failure=refuse`).
+    #[error(
+        "kubegate records exec and attach sessions and cannot now ({0}), so it refuses them (--record-failure=refuse); free space in --record-sessions-dir or raise its limits"
+    )]
+    RecordingUnavailable(String),
 }
 
 /// The `metav1.Status` body, written by kubegate.
@@ -169,7 +175,7 @@ impl ProxyError {
             E::Proxy { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Tls { .. } => (S::BAD_GATEWAY, "InternalError"),
             E::Upstream { .. } => (S::BAD_GATEWAY, "InternalError"),
-            E::AuditUnavailable | E::AtConnectionLimit(_) => {
+            E::AuditUnavailable | E::AtConnectionLimit(_) | E::RecordingUnavailable(_) => {
                 (S::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
         }

@@ -97,6 +97,11 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabels {
     rule: String,
 }
@@ -181,6 +186,8 @@ pub struct Telemetry {
     pub upstream: UpstreamCounters,
     /// The client connections'.
     pub connections: ConnectionCounters,
+    recordings: Family<StatusLabels, Counter>,
+    recording_bytes: Counter,
 }
 
 impl Default for Telemetry {
@@ -198,6 +205,8 @@ impl Default for Telemetry {
             audit: AuditCounters::default(),
             upstream: UpstreamCounters::default(),
             connections: ConnectionCounters::default(),
+            recordings: Family::default(),
+            recording_bytes: Counter::default(),
         };
         telemetry.register();
         telemetry
@@ -237,6 +246,10 @@ impl Telemetry {
             refreshes,
             upstream.refreshes.clone(),
         );
+        let recordings = "Exec and attach sessions by recording status (complete, truncated, incomplete, off); off counts sessions --record-sessions-dir did not record";
+        r.register("recordings", recordings, self.recordings.clone());
+        let bytes = "Bytes written to session recordings";
+        r.register("recording_bytes", bytes, self.recording_bytes.clone());
         let shed = "Client connections closed to make room at --max-connections, by reason (no-request, idle)";
         r.register("connections_shed", shed, self.connections.shed.clone());
         let audit = &self.audit;
@@ -365,6 +378,14 @@ impl Telemetry {
                 m.relayed.inc();
             }
         }
+    }
+
+    /// A session's recording ended (or the session was not recorded).
+    pub fn recording(&self, status: &'static str, bytes: u64) {
+        self.recordings
+            .get_or_create(&StatusLabels { status })
+            .inc();
+        self.recording_bytes.inc_by(bytes);
     }
 
     /// Bytes a finished session moved.

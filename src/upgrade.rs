@@ -29,6 +29,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::connection::Busy;
 use crate::forward::Outbound;
 use crate::handshake;
+use crate::recording::{Direction, Plan, Recording, Tap};
 use crate::request::query_pairs;
 use crate::status::ProxyError;
 use crate::telemetry::{StreamKind, Telemetry};
@@ -72,7 +73,8 @@ impl Relays {
         self.closing.cancel();
     }
 
-    /// Relays an upgrade request to the apiserver at `path_and_query`.
+    /// Relays an upgrade request to the apiserver at `path_and_query`,
+    /// audited in `record` and recorded as `plan` says.
     ///
     /// # Errors
     ///
@@ -84,7 +86,7 @@ impl Relays {
         outbound: &Outbound<'_>,
         mut head: Parts,
         path_and_query: PathAndQuery,
-        record: Option<Record>,
+        (record, plan): (Option<Record>, Option<Plan>),
         slot: OwnedSemaphorePermit,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_upgrade = handshake::take_client(&mut head)?;
@@ -120,8 +122,15 @@ impl Relays {
             annotate_session(record, response.headers(), &query);
             record.started(StatusCode::SWITCHING_PROTOCOLS).await;
         }
+        let recording = plan.map(|plan| {
+            let user = record.as_ref().and_then(Record::username);
+            plan.begin(response.headers(), user)
+        });
         let answer = handshake::client_answer(over_http2, std::mem::take(response.headers_mut()));
-        let session = ClientSession::new(slot, busy, kind, record);
+        let taps = recording.as_ref().and_then(Recording::tap);
+        let cut = recording.as_ref().map(Recording::cut);
+        let mut session = ClientSession::new(slot, busy, kind, record);
+        session.recording = recording;
         let (to_server, to_client) = session.counters();
         // The client's side of the upgrade only completes after this
         // response has been written, so the splice runs in its own task.
@@ -131,6 +140,10 @@ impl Relays {
                 let failed = Arc::new(AtomicBool::new(false));
                 let mut client = Counted::new(TokioIo::new(client), to_server, failed.clone());
                 let mut server = Counted::new(TokioIo::new(server), to_client, failed);
+                if let Some(tap) = taps {
+                    client.tap = Some((tap.clone(), Direction::ToServer));
+                    server.tap = Some((tap, Direction::ToClient));
+                }
                 tokio::io::copy_bidirectional_with_sizes(
                     &mut client,
                     &mut server,
@@ -140,8 +153,18 @@ impl Relays {
                 .await?;
                 Ok::<_, BoxError>(())
             };
-            if let Err(error) = splice.await {
-                tracing::debug!(%error, "relay ended with an error");
+            // A recording that must not go on without its session ends it.
+            let cut = async {
+                match cut {
+                    Some(cut) => cut.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ended = splice => if let Err(error) = ended {
+                    tracing::debug!(%error, "relay ended with an error");
+                },
+                () = cut => tracing::debug!("session cut: its recording failed"),
             }
         });
         Ok(answer)
@@ -178,6 +201,8 @@ pub struct ClientSession {
     _busy: Option<Busy>,
     kind: StreamKind,
     record: Option<Record>,
+    /// Its recording, when `--record-sessions-dir` applies to it.
+    recording: Option<Recording>,
     began: std::time::Instant,
     to_server: Arc<AtomicU64>,
     to_client: Arc<AtomicU64>,
@@ -197,6 +222,7 @@ impl ClientSession {
             _busy: busy,
             kind,
             record,
+            recording: None,
             began: std::time::Instant::now(),
             to_server: Arc::default(),
             to_client: Arc::default(),
@@ -214,7 +240,14 @@ impl ClientSession {
         let to_client = self.to_client.load(Ordering::Relaxed);
         metrics.stream(self.kind, -1);
         metrics.relayed(to_server, to_client);
+        let recorded = match self.recording {
+            Some(recording) => Some(recording.finish(metrics).await),
+            None => None,
+        };
         if let Some(record) = self.record {
+            if let Some(summary) = &recorded {
+                Recording::annotate(summary, &record);
+            }
             let duration = format!("{:.3}s", self.began.elapsed().as_secs_f64());
             record.annotate("kubegate.io/duration", duration);
             record.annotate("kubegate.io/bytes-to-server", to_server.to_string());
@@ -245,6 +278,8 @@ fn stream_kind(path: &str) -> StreamKind {
 struct Counted<T> {
     io: T,
     read: Arc<AtomicU64>,
+    /// Where a recorded session's bytes are copied.
+    tap: Option<(Tap, Direction)>,
     /// This side failed.
     broken: bool,
     /// The session is over: shared by both sides of the splice.
@@ -256,6 +291,7 @@ impl<T> Counted<T> {
         Counted {
             io,
             read,
+            tap: None,
             broken: false,
             ended,
         }
@@ -300,8 +336,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        self.read
-            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        let read = &buf.filled()[before..];
+        self.read.fetch_add(read.len() as u64, Ordering::Relaxed);
+        if let Some((tap, direction)) = &self.tap {
+            tap.copy(*direction, read);
+        }
         self.settle(cx, polled, ())
     }
 }

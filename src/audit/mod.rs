@@ -377,6 +377,12 @@ impl Record {
         self.0.id.as_str()
     }
 
+    /// The user the audit log names.
+    pub fn username(&self) -> Option<String> {
+        let name = &self.0.audit.user.username;
+        (!name.is_empty()).then(|| name.clone())
+    }
+
     /// The ID as a header value. Marked never to be indexed by HPACK: a
     /// value sent once would only evict from the upstream connection's
     /// table the headers that repeat on every request.

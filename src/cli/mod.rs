@@ -14,6 +14,7 @@ pub mod logging;
 pub mod network;
 pub mod policy;
 pub mod port_forward;
+pub mod recording;
 pub mod value;
 
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ pub use logging::{LogFormat, LoggingFlags};
 pub use network::NetworkFlags;
 pub use policy::PolicyFlags;
 pub use port_forward::PortForwardFlags;
+pub use recording::RecordingFlags;
 
 /// Default of `--accept-hosts`: loopback names only (kubectl's).
 pub const DEFAULT_ACCEPT_HOSTS: &str = r"^localhost$,^127\.0\.0\.1$,^\[::1\]$";
@@ -125,6 +127,10 @@ pub struct Args {
     #[command(flatten)]
     pub audit: AuditFlags,
 
+    /// Session recordings.
+    #[command(flatten)]
+    pub recording: RecordingFlags,
+
     /// The admin port.
     #[command(flatten)]
     pub admin: AdminFlags,
@@ -143,6 +149,9 @@ pub enum Command {
     /// Work with a --policy-file without a cluster.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Work with session recordings (--record-sessions-dir).
+    #[command(subcommand)]
+    Recordings(RecordingsCommand),
     /// Print shell completions: `source <(kubegate completion bash)`.
     Completion {
         /// The shell.
@@ -150,6 +159,28 @@ pub enum Command {
     },
     /// Print the manual page (roff): `kubegate man | man -l -`.
     Man,
+}
+
+/// `kubegate policy …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RecordingsCommand {
+    /// Print the recordings under DIR, oldest first: time, user, pod,
+    /// command, status and size, from each file's header.
+    List {
+        /// The --record-sessions-dir.
+        dir: PathBuf,
+    },
+    /// Replay a recording's output in this terminal.
+    Play {
+        /// The .cast file.
+        file: PathBuf,
+        /// Play this many times faster.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Pauses longer than this many seconds are cut to it.
+        #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+        idle_limit: f64,
+    },
 }
 
 /// `kubegate policy …`.

@@ -15,6 +15,7 @@ mod listening;
 mod network;
 mod policy;
 mod port_forward;
+mod recording;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ pub struct Config {
     pub(crate) port_forward_idle: Option<Duration>,
     /// The audit settings, when any audit backend is on.
     pub(crate) audit: Option<crate::audit::Settings>,
+    /// The recording settings, when sessions are recorded.
+    pub(crate) recording: Option<crate::recording::Settings>,
     /// `--admin-address`.
     pub(crate) admin: Option<SocketAddr>,
 }
@@ -115,6 +118,7 @@ impl Config {
             Some(network) => audit::settings(&args.audit, network, &mut problems).await,
             None => None,
         };
+        let recording = recording::settings(&args.recording, &mut problems);
         let admin = admin::settings(&args.admin, &mut problems);
         let (
             Some(listening),
@@ -126,6 +130,7 @@ impl Config {
             Some(policy),
             Some((access, generated_access_token)),
             Some(audit),
+            Some(recording),
             Some(admin),
         ) = (
             listening,
@@ -137,6 +142,7 @@ impl Config {
             policy,
             access,
             audit,
+            recording,
             admin,
         )
         else {
@@ -160,6 +166,7 @@ impl Config {
             connections,
             port_forward_idle,
             audit,
+            recording,
             admin,
         })
     }

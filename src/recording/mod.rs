@@ -1,0 +1,687 @@
+//! Session recordings (`--record-sessions-dir`): exec and attach sessions
+//! written as asciicast v2 files that `asciinema play` and
+//! asciinema-player replay, linked from the session's audit event.
+//!
+//! The relay hands a copy of each chunk it moves to the session's
+//! [`Tap`], which queues it without waiting; a thread per recorded
+//! session reads the channels out of the chunks ([`channels`]), writes the
+//! events ([`cast`]) and hashes what it writes. The queue is bounded in
+//! bytes: a writer that falls behind, like a size cap, a quota or a full
+//! disk ([`store`]), ends the recording (`--record-failure=continue`) or
+//! the session (`refuse`), never slows the relay. A session that is not
+//! recorded has no tap and pays nothing.
+
+pub mod cast;
+mod channels;
+pub mod replay;
+mod store;
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header;
+use ring::digest::{Context, SHA256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use channels::Direction;
+use channels::{Channel, Demux, Framing, Sizes};
+use store::Store;
+
+use crate::audit::{FailureMode, Record};
+use crate::error::StartupError;
+use crate::lifecycle::Lifecycle;
+use crate::request::{Resource, query_pairs};
+use crate::status::ProxyError;
+use crate::telemetry::Telemetry;
+
+/// Bytes queued for a session's writer at most; past this the writer has
+/// fallen behind.
+const QUEUE_LIMIT: usize = 8 * 1024 * 1024;
+/// How long the end of a session waits for its recording to be closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Bytes of the error channel kept, for the exit status.
+const MAX_STATUS: usize = 64 * 1024;
+/// Written bytes between checks of the quota and the free space.
+const CHECK_EVERY: u64 = 1024 * 1024;
+/// How often recordings past `--record-maxage` are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// What to record and the limits, from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--record-sessions-dir`.
+    pub dir: PathBuf,
+    /// `--record-non-interactive`: sessions without a terminal too.
+    pub non_interactive: bool,
+    /// `--record-stdin`: what the client typed.
+    pub stdin: bool,
+    /// `--record-maxsize`, bytes per recording.
+    pub max_bytes: u64,
+    /// `--record-quota`, bytes for the directory (0: none).
+    pub quota: u64,
+    /// `--record-min-free`, bytes the file system keeps free.
+    pub min_free: u64,
+    /// `--record-maxage` (zero: kept for ever).
+    pub max_age: Duration,
+    /// `--record-failure`.
+    pub failure: FailureMode,
+}
+
+/// Records the exec and attach sessions the settings say to.
+pub struct Recorder {
+    settings: Settings,
+    store: Store,
+    metrics: Arc<Telemetry>,
+}
+
+/// How a recording ended, for the audit event and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every byte of the session is in it.
+    Complete,
+    /// It stopped at `--record-maxsize`.
+    Truncated,
+    /// It stopped early, and why.
+    Incomplete(String),
+    /// The session was not recorded, and why.
+    Off(String),
+}
+
+impl Outcome {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::Truncated => "truncated",
+            Outcome::Incomplete(_) => "incomplete",
+            Outcome::Off(_) => "off",
+        }
+    }
+
+    /// The `kubegate.io/recording-status` annotation.
+    pub fn annotation(&self) -> String {
+        match self {
+            Outcome::Incomplete(why) | Outcome::Off(why) => format!("{}: {why}", self.label()),
+            _ => self.label().to_string(),
+        }
+    }
+}
+
+impl Recorder {
+    /// Opens the directory and deletes what is past `--record-maxage`, now
+    /// and every hour.
+    ///
+    /// # Errors
+    ///
+    /// [`StartupError`] naming the directory if it cannot be used.
+    pub fn start(
+        settings: Settings,
+        metrics: Arc<Telemetry>,
+        lifecycle: &Lifecycle,
+    ) -> Result<Arc<Recorder>, StartupError> {
+        let store = Store::open(&settings.dir, settings.quota, settings.min_free)?;
+        let recorder = Arc::new(Recorder {
+            settings,
+            store,
+            metrics,
+        });
+        if !recorder.settings.max_age.is_zero() {
+            let sweeping = recorder.clone();
+            lifecycle.spawn(async move {
+                let mut every = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    every.tick().await;
+                    let sweeper = sweeping.clone();
+                    let removed = tokio::task::spawn_blocking(move || {
+                        sweeper.store.sweep(sweeper.settings.max_age)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    if removed > 0 {
+                        tracing::info!(removed, "deleted recordings past --record-maxage");
+                    }
+                }
+            });
+        }
+        Ok(recorder)
+    }
+
+    /// What to do with an upgrade request to `resource` with `query`,
+    /// before it goes upstream: `None` for what is never recorded
+    /// (port-forward, anything but exec and attach).
+    ///
+    /// # Errors
+    ///
+    /// [`ProxyError::RecordingUnavailable`] with `--record-failure=refuse`
+    /// while a limit is reached or the file cannot be made.
+    pub fn plan(
+        self: &Arc<Self>,
+        resource: &Resource<'_>,
+        query: &str,
+        audit_id: Option<&str>,
+    ) -> Result<Option<Plan>, ProxyError> {
+        if !resource.group.is_empty()
+            || resource.resource != "pods"
+            || !matches!(resource.subresource, "exec" | "attach")
+        {
+            return Ok(None);
+        }
+        let mut session = cast::Session {
+            namespace: resource.namespace.to_string(),
+            pod: resource.name.to_string(),
+            subresource: resource.subresource.to_string(),
+            ..cast::Session::default()
+        };
+        for (key, value) in query_pairs(Some(query)) {
+            match key.as_ref() {
+                "command" => session.argv.push(value.into_owned()),
+                "container" => session.container = Some(value.into_owned()),
+                "tty" => session.tty = go_bool(&value),
+                "stdin" => session.stdin = go_bool(&value),
+                _ => {}
+            }
+        }
+        if !session.tty && !self.settings.non_interactive {
+            return Ok(Some(Plan::Off(Outcome::Off(
+                "no terminal (--record-non-interactive records these)".into(),
+            ))));
+        }
+        let refuse = self.settings.failure == FailureMode::Refuse;
+        let problem = match self.store.problem() {
+            Some(problem) => Some(problem),
+            None => {
+                session.audit_id = audit_id.map_or_else(random_id, str::to_string);
+                let day = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+                match self.store.create(&day, &session.audit_id) {
+                    Ok((file, name)) => {
+                        return Ok(Some(Plan::Record(Box::new(Pending {
+                            recorder: self.clone(),
+                            session,
+                            file: Some(file),
+                            name,
+                        }))));
+                    }
+                    Err(error) => Some(format!("cannot create the recording: {error}")),
+                }
+            }
+        };
+        let problem = problem.unwrap_or_default();
+        if refuse {
+            self.metrics
+                .recording(Outcome::Off(String::new()).label(), 0);
+            return Err(ProxyError::RecordingUnavailable(problem));
+        }
+        Ok(Some(Plan::Off(Outcome::Off(problem))))
+    }
+}
+
+/// Go's `strconv.ParseBool` true, as the apiserver reads `tty` and
+/// `stdin`.
+fn go_bool(value: &str) -> bool {
+    matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
+/// A fresh version 4 UUID, for a recording with no audit ID.
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// What happens to an exec or attach session's recording.
+pub enum Plan {
+    /// Not recorded, and why.
+    Off(Outcome),
+    /// Recorded once the apiserver accepts the upgrade.
+    Record(Box<Pending>),
+}
+
+impl Plan {
+    /// The session has begun: `answer` is the apiserver's 101. `user` is
+    /// who runs it, as the audit log names them.
+    pub fn begin(self, answer: &HeaderMap, user: Option<String>) -> Recording {
+        match self {
+            Plan::Off(outcome) => Recording::off(outcome),
+            Plan::Record(pending) => pending.begin(answer, user),
+        }
+    }
+}
+
+/// A recording's file, made before the session goes upstream.
+pub struct Pending {
+    recorder: Arc<Recorder>,
+    session: cast::Session,
+    file: Option<std::fs::File>,
+    name: String,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Never begun (the apiserver refused the upgrade): no file left.
+        if self.file.is_some() {
+            self.recorder.store.discard(&self.name);
+        }
+    }
+}
+
+impl Pending {
+    fn begin(mut self, answer: &HeaderMap, user: Option<String>) -> Recording {
+        let text = |name| {
+            answer
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                .unwrap_or_default()
+        };
+        let upgrade = text(header::UPGRADE);
+        let protocol = match text(header::SEC_WEBSOCKET_PROTOCOL) {
+            "" => text(http::HeaderName::from_static("x-stream-protocol-version")),
+            protocol => protocol,
+        };
+        let Some(framing) = Framing::of(upgrade, protocol) else {
+            return Recording::off(Outcome::Off(format!(
+                "kubegate cannot read the {upgrade} upgrade"
+            )));
+        };
+        self.session.protocol = protocol.to_string();
+        self.session.user = user;
+        let Some(file) = self.file.take() else {
+            return Recording::off(Outcome::Off("no file".into()));
+        };
+        let recorder = self.recorder.clone();
+        let refuse = recorder.settings.failure == FailureMode::Refuse;
+        let (queue, chunks) = mpsc::unbounded_channel();
+        let cut = CancellationToken::new();
+        let tap = Tap(Arc::new(TapInner {
+            queue,
+            queued: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            began: Instant::now(),
+            refuse,
+            cut: cut.clone(),
+        }));
+        let (done, summary) = oneshot::channel();
+        let writer = Writer {
+            recorder,
+            name: std::mem::take(&mut self.name),
+            framing,
+            tap: tap.0.clone(),
+        };
+        let session = std::mem::take(&mut self.session);
+        tokio::task::spawn_blocking(move || {
+            let _ = done.send(writer.run(file, session, chunks));
+        });
+        Recording {
+            tap: Some(tap),
+            cut,
+            summary: Some(summary),
+            outcome: None,
+        }
+    }
+}
+
+/// One chunk the relay moved, with when.
+enum Chunk {
+    Moved {
+        at: f64,
+        direction: Direction,
+        bytes: Bytes,
+    },
+    /// The recording stops here, and why.
+    Stop(String),
+}
+
+/// Where the relay hands its copies: cheap to clone, never waits.
+#[derive(Clone)]
+pub struct Tap(Arc<TapInner>);
+
+struct TapInner {
+    queue: mpsc::UnboundedSender<Chunk>,
+    queued: AtomicUsize,
+    stopped: AtomicBool,
+    began: Instant,
+    refuse: bool,
+    cut: CancellationToken,
+}
+
+impl Tap {
+    /// A copy of `bytes`, which moved `direction`, for the recording.
+    pub fn copy(&self, direction: Direction, bytes: &[u8]) {
+        let inner = &*self.0;
+        if bytes.is_empty() || inner.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        let queued = inner.queued.fetch_add(bytes.len(), Ordering::AcqRel);
+        if queued + bytes.len() > QUEUE_LIMIT {
+            inner.stop(format!(
+                "the recorder fell {} MiB behind the session",
+                QUEUE_LIMIT >> 20
+            ));
+            return;
+        }
+        let at = inner.began.elapsed().as_secs_f64();
+        let bytes = Bytes::copy_from_slice(bytes);
+        let _ = inner.queue.send(Chunk::Moved {
+            at,
+            direction,
+            bytes,
+        });
+    }
+}
+
+impl TapInner {
+    /// Stops the recording for good; with `refuse`, the session too.
+    fn stop(&self, why: String) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.refuse {
+            tracing::warn!(%why, "recording failed: the session is cut (--record-failure=refuse)");
+            self.cut.cancel();
+        } else {
+            tracing::warn!(%why, "recording stopped; the session goes on (--record-failure=continue)");
+        }
+        let _ = self.queue.send(Chunk::Stop(why));
+    }
+}
+
+/// A session's recording, from the relay's side.
+pub struct Recording {
+    tap: Option<Tap>,
+    cut: CancellationToken,
+    summary: Option<oneshot::Receiver<Summary>>,
+    /// Set when it was never begun.
+    outcome: Option<Outcome>,
+}
+
+/// A recording as its session ends.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Its name under the directory; `None` when there is no file.
+    pub name: Option<String>,
+    /// Bytes written.
+    pub bytes: u64,
+    /// SHA-256 of what was written, hex.
+    pub sha256: String,
+    pub outcome: Outcome,
+    /// The command's exit code, when the apiserver said.
+    pub exit_code: Option<i32>,
+}
+
+impl Recording {
+    fn off(outcome: Outcome) -> Recording {
+        Recording {
+            tap: None,
+            cut: CancellationToken::new(),
+            summary: None,
+            outcome: Some(outcome),
+        }
+    }
+
+    /// Where the relay copies what it moves; `None` when not recording.
+    pub fn tap(&self) -> Option<Tap> {
+        self.tap.clone()
+    }
+
+    /// Cancelled when the recording has failed with
+    /// `--record-failure=refuse`: the session must end.
+    pub fn cut(&self) -> CancellationToken {
+        self.cut.clone()
+    }
+
+    /// Waits for the file to be closed (a while at most) and says how it
+    /// ended. The relay must have dropped its taps.
+    pub async fn finish(mut self, metrics: &Telemetry) -> Summary {
+        drop(self.tap.take());
+        let summary = match (self.summary.take(), self.outcome.take()) {
+            (Some(summary), _) => match tokio::time::timeout(CLOSE_WAIT, summary).await {
+                Ok(Ok(summary)) => summary,
+                _ => Summary::off(Outcome::Incomplete(
+                    "the recording was still being written when the session ended".into(),
+                )),
+            },
+            (None, outcome) => Summary::off(outcome.unwrap_or(Outcome::Off(String::new()))),
+        };
+        metrics.recording(summary.outcome.label(), summary.bytes);
+        summary
+    }
+
+    /// Annotates `record` with how the recording ended.
+    pub fn annotate(summary: &Summary, record: &Record) {
+        record.annotate("kubegate.io/recording-status", summary.outcome.annotation());
+        if let Some(name) = &summary.name {
+            record.annotate("kubegate.io/recording", name.clone());
+            record.annotate("kubegate.io/recording-bytes", summary.bytes.to_string());
+            record.annotate("kubegate.io/recording-sha256", summary.sha256.clone());
+        }
+        if let Some(code) = summary.exit_code {
+            record.annotate("kubegate.io/exit-code", code.to_string());
+        }
+    }
+}
+
+impl Summary {
+    fn off(outcome: Outcome) -> Summary {
+        Summary {
+            name: None,
+            bytes: 0,
+            sha256: String::new(),
+            outcome,
+            exit_code: None,
+        }
+    }
+}
+
+/// The thread that writes one recording.
+struct Writer {
+    recorder: Arc<Recorder>,
+    name: String,
+    framing: Framing,
+    tap: Arc<TapInner>,
+}
+
+impl Writer {
+    fn run(
+        self,
+        file: std::fs::File,
+        session: cast::Session,
+        mut chunks: mpsc::UnboundedReceiver<Chunk>,
+    ) -> Summary {
+        let store = &self.recorder.store;
+        let settings = &self.recorder.settings;
+        let timestamp = jiff::Timestamp::now().as_second();
+        let sink = Hashed {
+            out: BufWriter::with_capacity(64 * 1024, file),
+            digest: Context::new(&SHA256),
+            bytes: 0,
+        };
+        let mut cast = cast::Cast::new(sink, session, timestamp);
+        let mut events = Events {
+            demux: Demux::new(self.framing),
+            sizes: Sizes::default(),
+            status: Vec::new(),
+            stdin: settings.stdin,
+        };
+        let mut outcome = Outcome::Complete;
+        let mut at = 0.0;
+        let mut checked = 0;
+        while let Some(chunk) = chunks.blocking_recv() {
+            let (moved_at, direction, bytes) = match chunk {
+                Chunk::Moved {
+                    at,
+                    direction,
+                    bytes,
+                } => (at, direction, bytes),
+                Chunk::Stop(why) => {
+                    if outcome == Outcome::Complete {
+                        let _ = cast.marker(at, &format!("kubegate: recording stopped: {why}"));
+                        outcome = Outcome::Incomplete(why);
+                    }
+                    continue;
+                }
+            };
+            self.tap.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+            if outcome != Outcome::Complete {
+                continue;
+            }
+            at = moved_at;
+            let before = cast.writer().bytes;
+            if let Err(why) = events.feed(&mut cast, at, direction, &bytes) {
+                self.tap.stop(why);
+                continue;
+            }
+            let written = cast.writer().bytes;
+            store.wrote(written - before);
+            if written > settings.max_bytes {
+                let why = format!(
+                    "the session passed --record-maxsize ({} MiB)",
+                    settings.max_bytes >> 20
+                );
+                let _ = cast.marker(at, &format!("kubegate: recording stopped: {why}"));
+                outcome = Outcome::Truncated;
+                // No Stop chunk: the marker is written, the status set.
+                self.tap.stopped.store(true, Ordering::Release);
+                if self.tap.refuse {
+                    self.tap.cut.cancel();
+                }
+                continue;
+            }
+            if written - checked >= CHECK_EVERY {
+                checked = written;
+                if let Some(why) = store.problem() {
+                    self.tap.stop(why);
+                }
+            }
+            if chunks.is_empty()
+                && let Err(error) = cast.flush()
+            {
+                self.tap
+                    .stop(format!("cannot write the recording: {error}"));
+            }
+        }
+        if outcome == Outcome::Complete
+            && let Some(code) = cast::exit_code(&events.status)
+        {
+            let _ = cast.exit(at, code);
+        }
+        let exit_code = cast::exit_code(&events.status);
+        let before = cast.writer().bytes;
+        let finished = cast.finish(at).and_then(|sink| {
+            store.wrote(sink.bytes - before);
+            let (file, digest, bytes) = sink.into_parts()?;
+            file.sync_all()?;
+            Ok((digest, bytes))
+        });
+        let (sha256, bytes) = match finished {
+            Ok(done) => done,
+            Err(error) => {
+                outcome = Outcome::Incomplete(format!("cannot write the recording: {error}"));
+                (String::new(), 0)
+            }
+        };
+        if let Err(error) = store.complete(&self.name) {
+            outcome = Outcome::Incomplete(format!("cannot rename the recording: {error}"));
+        }
+        Summary {
+            name: Some(self.name),
+            bytes,
+            sha256,
+            outcome,
+            exit_code,
+        }
+    }
+}
+
+/// Turns channel data into events.
+struct Events {
+    demux: Demux,
+    sizes: Sizes,
+    /// The error channel so far.
+    status: Vec<u8>,
+    stdin: bool,
+}
+
+impl Events {
+    fn feed<W: Write>(
+        &mut self,
+        cast: &mut cast::Cast<W>,
+        at: f64,
+        direction: Direction,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let mut failed = None;
+        let (sizes, status, stdin) = (&mut self.sizes, &mut self.status, self.stdin);
+        self.demux
+            .feed(direction, bytes, &mut |channel, data| {
+                let written = match channel {
+                    Channel::Stdout => cast.output(at, cast::Output::Stdout, data),
+                    Channel::Stderr => cast.output(at, cast::Output::Stderr, data),
+                    Channel::Stdin if stdin => cast.input(at, data),
+                    Channel::Stdin => Ok(()),
+                    Channel::Resize => sizes
+                        .feed(data)
+                        .into_iter()
+                        .try_for_each(|size| cast.resize(at, size.width, size.height)),
+                    Channel::Error => {
+                        let room = MAX_STATUS.saturating_sub(status.len());
+                        status.extend_from_slice(&data[..data.len().min(room)]);
+                        Ok(())
+                    }
+                };
+                if let Err(error) = written
+                    && failed.is_none()
+                {
+                    failed = Some(format!("cannot write the recording: {error}"));
+                }
+            })
+            .map_err(|error| format!("kubegate cannot read the session: {error}"))?;
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+/// A writer that hashes and counts what goes through it.
+struct Hashed<W: Write> {
+    out: BufWriter<W>,
+    digest: Context,
+    bytes: u64,
+}
+
+impl Hashed<std::fs::File> {
+    fn into_parts(self) -> io::Result<(std::fs::File, String, u64)> {
+        let file = self
+            .out
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        let digest = self.digest.finish();
+        let hex = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Ok((file, hex, self.bytes))
+    }
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let written = self.out.write(data)?;
+        self.digest.update(&data[..written]);
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
