@@ -307,20 +307,25 @@ impl Pending {
         let refuse = recorder.settings.failure == FailureMode::Refuse;
         let (queue, chunks) = mpsc::unbounded_channel();
         let cut = CancellationToken::new();
-        let tap = Tap(Arc::new(TapInner {
-            queue,
+        let control = Arc::new(Control {
             queued: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
-            began: Instant::now(),
             refuse,
             cut: cut.clone(),
+        });
+        let tap = Tap(Arc::new(TapInner {
+            queue,
+            began: Instant::now(),
+            control: control.clone(),
         }));
         let (done, summary) = oneshot::channel();
+        // The writer holds no sender: its queue closes when the relay's
+        // taps are gone.
         let writer = Writer {
             recorder,
             name: std::mem::take(&mut self.name),
             framing,
-            tap: tap.0.clone(),
+            control,
         };
         let session = std::mem::take(&mut self.session);
         tokio::task::spawn_blocking(move || {
@@ -352,10 +357,19 @@ pub struct Tap(Arc<TapInner>);
 
 struct TapInner {
     queue: mpsc::UnboundedSender<Chunk>,
-    queued: AtomicUsize,
-    stopped: AtomicBool,
     began: Instant,
+    control: Arc<Control>,
+}
+
+/// What the relay's taps and the writer share.
+struct Control {
+    /// Bytes in the queue.
+    queued: AtomicUsize,
+    /// Nothing more is recorded.
+    stopped: AtomicBool,
+    /// `--record-failure=refuse`: a recording that stops ends its session.
     refuse: bool,
+    /// Ends the session.
     cut: CancellationToken,
 }
 
@@ -363,15 +377,19 @@ impl Tap {
     /// A copy of `bytes`, which moved `direction`, for the recording.
     pub fn copy(&self, direction: Direction, bytes: &[u8]) {
         let inner = &*self.0;
-        if bytes.is_empty() || inner.stopped.load(Ordering::Relaxed) {
+        let control = &*inner.control;
+        if bytes.is_empty() || control.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let queued = inner.queued.fetch_add(bytes.len(), Ordering::AcqRel);
+        let queued = control.queued.fetch_add(bytes.len(), Ordering::AcqRel);
         if queued + bytes.len() > QUEUE_LIMIT {
-            inner.stop(format!(
+            let why = format!(
                 "the recorder fell {} MiB behind the session",
                 QUEUE_LIMIT >> 20
-            ));
+            );
+            if control.stop(&why) {
+                let _ = inner.queue.send(Chunk::Stop(why));
+            }
             return;
         }
         let at = inner.began.elapsed().as_secs_f64();
@@ -384,11 +402,12 @@ impl Tap {
     }
 }
 
-impl TapInner {
+impl Control {
     /// Stops the recording for good; with `refuse`, the session too.
-    fn stop(&self, why: String) {
+    /// `false` if it had stopped already.
+    fn stop(&self, why: &str) -> bool {
         if self.stopped.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         if self.refuse {
             tracing::warn!(%why, "recording failed: the session is cut (--record-failure=refuse)");
@@ -396,7 +415,7 @@ impl TapInner {
         } else {
             tracing::warn!(%why, "recording stopped; the session goes on (--record-failure=continue)");
         }
-        let _ = self.queue.send(Chunk::Stop(why));
+        true
     }
 }
 
@@ -492,7 +511,7 @@ struct Writer {
     recorder: Arc<Recorder>,
     name: String,
     framing: Framing,
-    tap: Arc<TapInner>,
+    control: Arc<Control>,
 }
 
 impl Writer {
@@ -528,50 +547,34 @@ impl Writer {
                     bytes,
                 } => (at, direction, bytes),
                 Chunk::Stop(why) => {
-                    if outcome == Outcome::Complete {
-                        let _ = cast.marker(at, &format!("kubegate: recording stopped: {why}"));
-                        outcome = Outcome::Incomplete(why);
-                    }
+                    self.halt(&mut cast, &mut outcome, at, Outcome::Incomplete(why));
                     continue;
                 }
             };
-            self.tap.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+            self.control.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
             if outcome != Outcome::Complete {
                 continue;
             }
             at = moved_at;
             let before = cast.writer().bytes;
-            if let Err(why) = events.feed(&mut cast, at, direction, &bytes) {
-                self.tap.stop(why);
-                continue;
-            }
+            let fed = events.feed(&mut cast, at, direction, &bytes);
             let written = cast.writer().bytes;
             store.wrote(written - before);
-            if written > settings.max_bytes {
-                let why = format!(
-                    "the session passed --record-maxsize ({} MiB)",
-                    settings.max_bytes >> 20
-                );
-                let _ = cast.marker(at, &format!("kubegate: recording stopped: {why}"));
-                outcome = Outcome::Truncated;
-                // No Stop chunk: the marker is written, the status set.
-                self.tap.stopped.store(true, Ordering::Release);
-                if self.tap.refuse {
-                    self.tap.cut.cancel();
-                }
-                continue;
-            }
-            if written - checked >= CHECK_EVERY {
+            if let Err(why) = fed {
+                self.halt(&mut cast, &mut outcome, at, Outcome::Incomplete(why));
+            } else if written > settings.max_bytes {
+                self.halt(&mut cast, &mut outcome, at, Outcome::Truncated);
+            } else if written - checked >= CHECK_EVERY {
                 checked = written;
                 if let Some(why) = store.problem() {
-                    self.tap.stop(why);
+                    self.halt(&mut cast, &mut outcome, at, Outcome::Incomplete(why));
                 }
             }
             if chunks.is_empty()
                 && let Err(error) = cast.flush()
             {
-                self.tap
-                    .stop(format!("cannot write the recording: {error}"));
+                let why = format!("cannot write the recording: {error}");
+                self.halt(&mut cast, &mut outcome, at, Outcome::Incomplete(why));
             }
         }
         if outcome == Outcome::Complete
@@ -604,6 +607,32 @@ impl Writer {
             outcome,
             exit_code,
         }
+    }
+}
+
+impl Writer {
+    /// Ends the recording `to`, with a marker saying why, unless it has
+    /// ended already.
+    fn halt<W: Write>(
+        &self,
+        cast: &mut cast::Cast<W>,
+        outcome: &mut Outcome,
+        at: f64,
+        to: Outcome,
+    ) {
+        if *outcome != Outcome::Complete {
+            return;
+        }
+        let why = match &to {
+            Outcome::Incomplete(why) => why.clone(),
+            _ => format!(
+                "the session passed --record-maxsize ({} MiB)",
+                self.recorder.settings.max_bytes >> 20
+            ),
+        };
+        let _ = cast.marker(at, &format!("kubegate: recording stopped: {why}"));
+        self.control.stop(&why);
+        *outcome = to;
     }
 }
 

@@ -312,6 +312,7 @@ fn spdy_handshake(
     let protocol = chosen.clone();
     let fast = session.fast;
     let cut = session.cut.clone();
+    let terminal = session.terminal.clone();
     session.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -320,7 +321,7 @@ fn spdy_handshake(
         match kind {
             Kind::PortForward => spdy_session::port_forward(accepted, closed, pod, fast).await,
             Kind::Exec | Kind::Attach => {
-                spdy_session::exec(accepted, closed, &protocol, spec).await
+                spdy_session::exec(accepted, closed, &protocol, spec, terminal).await
             }
         }
     });

@@ -3,6 +3,7 @@
 //! two per TCP connection (port-forward), each named by its `streamtype`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +12,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::dial::PodPorts;
-use super::process::{ExecSpec, exit_status, failure};
+use super::process::{ExecSpec, OnTerminal, exit_status, failure};
 use super::spdy::{SpdyStream, StreamWriter};
+use crate::apiserver::TerminalSize;
 
 /// How long the client has to open every stream (client-go's default).
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +36,7 @@ pub async fn exec(
     closed: CancellationToken,
     protocol: &str,
     spec: ExecSpec,
+    terminal: Arc<TerminalSize>,
 ) {
     let mut expected = vec!["error"];
     if spec.stdin {
@@ -73,6 +76,9 @@ pub async fn exec(
         return;
     };
     let status_json = protocol.starts_with("v4") || protocol.starts_with("v5");
+    if spec.tty {
+        return on_terminal(streams, error, closed, status_json, spec, terminal).await;
+    }
     let mut child = match spec.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -127,6 +133,82 @@ pub async fn exec(
         }
         () = closed.cancelled() => {}
     }
+}
+
+/// Runs exec or attach on a terminal: stdin is typed into it, each
+/// size on the resize stream resizes it (and is recorded in `terminal`),
+/// its output is stdout.
+async fn on_terminal(
+    mut streams: HashMap<String, SpdyStream>,
+    error: SpdyStream,
+    closed: CancellationToken,
+    status_json: bool,
+    spec: ExecSpec,
+    terminal: Arc<TerminalSize>,
+) {
+    let OnTerminal {
+        mut child,
+        output,
+        mut input,
+    } = match spec.spawn_on_terminal() {
+        Ok(on) => on,
+        Err(e) => {
+            let message = format!("exec: {:?}: {e}", spec.command);
+            error
+                .writer
+                .send(Bytes::from(failure(&message).to_string()))
+                .await;
+            error.writer.finish().await;
+            return;
+        }
+    };
+    let output = streams
+        .remove("stdout")
+        .map(|stream| tokio::spawn(pump(output, stream.writer)));
+    let (mut stdin, mut resize) = (streams.remove("stdin"), streams.remove("resize"));
+    let keyboard = async {
+        loop {
+            tokio::select! {
+                Some(data) = async { stdin.as_mut()?.incoming.recv().await } => {
+                    if input.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+                Some(data) = async { resize.as_mut()?.incoming.recv().await } => {
+                    // kubectl writes each size as a JSON line.
+                    for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        if let Some((width, height)) = super::websocket::terminal_size(line) {
+                            let _ = input.resize(pty_process::Size::new(height, width));
+                            terminal.set(width, height);
+                        }
+                    }
+                }
+                else => return,
+            }
+        }
+    };
+    let finished = async {
+        let status = child.wait().await;
+        if let Some(output) = output {
+            let _ = output.await;
+        }
+        status
+    };
+    tokio::pin!(finished);
+    let status = tokio::select! {
+        status = &mut finished => status,
+        () = closed.cancelled() => return,
+        () = async { keyboard.await; std::future::pending::<()>().await } => unreachable!(),
+    };
+    let code = status.ok().and_then(|s| s.code());
+    if status_json {
+        let status = exit_status(&spec.command, code).to_string();
+        error.writer.send(Bytes::from(status)).await;
+    } else if code != Some(0) {
+        let message = format!("command terminated with non-zero exit code: {code:?}");
+        error.writer.send(Bytes::from(message)).await;
+    }
+    error.writer.finish().await;
 }
 
 /// Runs port-forward: streams are paired by `requestid` (or, from old

@@ -285,7 +285,7 @@ impl Keyboard {
 }
 
 /// A resize message: `{"Width":80,"Height":24}`.
-fn terminal_size(data: &[u8]) -> Option<(u16, u16)> {
+pub(super) fn terminal_size(data: &[u8]) -> Option<(u16, u16)> {
     let size: serde_json::Value = serde_json::from_slice(data).ok()?;
     let side = |key: &str| size[key].as_u64().and_then(|v| u16::try_from(v).ok());
     Some((side("Width")?, side("Height")?))
