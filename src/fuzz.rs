@@ -2,7 +2,8 @@
 //! clients and files: request paths and queries, `Host`, the WebSocket
 //! subprotocol list, the policy file and the audit policy file; and what
 //! kubegate reads off the wire itself: SPDY frames and header blocks from
-//! the apiserver, and a port-forward client's WebSocket messages. Input is
+//! the apiserver, a port-forward client's WebSocket messages, and the
+//! exec and attach sessions a recording reads. Input is
 //! random bytes, or valid input mutated byte by byte, so the parsers' error
 //! paths are walked too. Nothing may panic, and what each parser promises
 //! must hold for whatever it accepts.
@@ -17,6 +18,10 @@ use proptest::prelude::*;
 use crate::access::{BEARER_SUBPROTOCOL_PREFIX, drop_bearer_subprotocol};
 use crate::filters::host_without_port;
 use crate::portforward::client::Framing;
+use crate::recording::Events;
+use crate::recording::cast::{Cast, Session, Utf8Stream};
+use crate::recording::channels::tests::websocket_frame;
+use crate::recording::channels::{Demux, Direction, Framing as Channels, Sizes};
 use crate::request::{RequestInfo, normalize};
 
 fn config() -> ProptestConfig {
@@ -270,5 +275,78 @@ proptest! {
                 prop_assert_eq!(framing.decode(sent), Some((channel, bytes::Bytes::from(data.clone()))));
             }
         }
+    }
+
+    /// Random bytes in any framing, split anywhere, either way: the
+    /// recorder's readers never panic.
+    #[test]
+    fn recorded_session_bytes(
+        wire in prop::collection::vec(any::<u8>(), 0..512),
+        chunk in 1usize..64,
+        sizes in prop::collection::vec(any::<u8>(), 0..128),
+    ) {
+        for framing in [Channels::WebSocket, Channels::WebSocketBase64, Channels::Spdy] {
+            let mut demux = Demux::new(framing);
+            for (i, piece) in wire.chunks(chunk).enumerate() {
+                let direction = if i % 2 == 0 { Direction::ToClient } else { Direction::ToServer };
+                if demux.feed(direction, piece, &mut |_, _| {}).is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = Sizes::default().feed(&sizes);
+    }
+
+    /// A session's bytes give the same recording however they were split
+    /// into reads.
+    #[test]
+    fn recordings_do_not_depend_on_chunking(
+        messages in prop::collection::vec((0u8..5, prop::collection::vec(any::<u8>(), 0..300), any::<bool>()), 1..16),
+        chunk in 1usize..97,
+        tty in any::<bool>(),
+    ) {
+        let mut to_client = Vec::new();
+        let mut to_server = Vec::new();
+        for (channel, data, split) in &messages {
+            let mut payload = vec![*channel];
+            if *channel == 4 {
+                payload.extend_from_slice(format!("{{\"Width\":{},\"Height\":{}}}", data.len() + 1, data.len() % 50 + 1).as_bytes());
+            } else {
+                payload.extend_from_slice(data);
+            }
+            let (wire, mask) = if *channel == 0 || *channel == 4 {
+                (&mut to_server, Some([7, 1, 9, 3]))
+            } else {
+                (&mut to_client, None)
+            };
+            // Some messages in two fragments.
+            let cut = if *split { payload.len() / 2 } else { payload.len() };
+            wire.extend(websocket_frame(2, cut == payload.len(), &payload[..cut], mask));
+            if cut < payload.len() {
+                wire.extend(websocket_frame(0, true, &payload[cut..], mask));
+            }
+        }
+        let record = |chunk: usize| {
+            let session = Session { tty, ..Session::default() };
+            let mut cast = Cast::new(Vec::new(), session, 0);
+            let mut events = Events::new(Channels::WebSocket, true);
+            for piece in to_server.chunks(chunk) {
+                events.feed(&mut cast, 1.0, Direction::ToServer, piece).unwrap();
+            }
+            for piece in to_client.chunks(chunk) {
+                events.feed(&mut cast, 1.0, Direction::ToClient, piece).unwrap();
+            }
+            cast.finish(1.0).unwrap()
+        };
+        prop_assert_eq!(record(chunk), record(usize::MAX));
+    }
+
+    /// UTF-8 decoded read by read is the whole decoded at once.
+    #[test]
+    fn utf8_across_reads(bytes in prop::collection::vec(any::<u8>(), 0..256), chunk in 1usize..8) {
+        let mut decoder = Utf8Stream::default();
+        let mut text: String = bytes.chunks(chunk).map(|piece| decoder.decode(piece)).collect();
+        text.push_str(&decoder.flush());
+        prop_assert_eq!(text, String::from_utf8_lossy(&bytes).into_owned());
     }
 }

@@ -36,20 +36,22 @@
 //! 18. [`forward`]: header rewriting on the way to and from the apiserver.
 //! 19. [`admin`]: `/healthz`, `/readyz` and `/metrics` on their own port.
 //! 20. [`audit`]: `audit.k8s.io/v1` events, to a rotated log and a webhook.
-//! 21. [`handshake`]: the upgrade handshake both ways, shared by the
+//! 21. [`recording`]: exec and attach sessions written as asciicast
+//!     files a player replays, linked from their audit events.
+//! 22. [`handshake`]: the upgrade handshake both ways, shared by the
 //!     relay and the port-forward multiplexer.
-//! 22. [`upgrade`]: exec, attach, port-forward: the byte splice, and the
+//! 23. [`upgrade`]: exec, attach, port-forward: the byte splice, and the
 //!     client sessions both kinds of upgrade run as.
-//! 23. [`portforward`]: WebSocket port-forward answered by kubegate and
+//! 24. [`portforward`]: WebSocket port-forward answered by kubegate and
 //!     multiplexed onto one upstream SPDY session per pod.
-//! 24. [`www`]: `--www` static files.
-//! 25. [`listen`]: TCP and unix sockets.
-//! 26. [`proxy`]: the request handler, in stages.
-//! 27. [`serve`]: connections, TLS, graceful shutdown.
-//! 28. [`shutdown`]: the signals.
-//! 29. [`config`]: each flag group into its subsystem's settings, checked
+//! 25. [`www`]: `--www` static files.
+//! 26. [`listen`]: TCP and unix sockets.
+//! 27. [`proxy`]: the request handler, in stages.
+//! 28. [`serve`]: connections, TLS, graceful shutdown.
+//! 29. [`shutdown`]: the signals.
+//! 30. [`config`]: each flag group into its subsystem's settings, checked
 //!     against the others, every problem reported at once.
-//! 30. `fuzz` (tests only): every parser of client and file input, fed
+//! 31. `fuzz` (tests only): every parser of client and file input, fed
 //!     random and mutated input.
 //!
 //! The crate root ties them together ([`Proxy`]); the binary adds `main`

@@ -306,11 +306,17 @@ impl Sizes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kubegate_spdy::Deflater;
 
-    fn websocket_frame(opcode: u8, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    /// A WebSocket frame: `opcode`, final or not, masked with `mask`.
+    pub(crate) fn websocket_frame(
+        opcode: u8,
+        fin: bool,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) -> Vec<u8> {
         let mut frame = vec![opcode | if fin { 0x80 } else { 0 }];
         let mask_bit = if mask.is_some() { 0x80 } else { 0 };
         match payload.len() {

@@ -12,7 +12,7 @@
 //! recorded has no tap and pays nothing.
 
 pub mod cast;
-mod channels;
+pub(crate) mod channels;
 pub mod replay;
 mod store;
 
@@ -530,12 +530,7 @@ impl Writer {
             bytes: 0,
         };
         let mut cast = cast::Cast::new(sink, session, timestamp);
-        let mut events = Events {
-            demux: Demux::new(self.framing),
-            sizes: Sizes::default(),
-            status: Vec::new(),
-            stdin: settings.stdin,
-        };
+        let mut events = Events::new(self.framing, settings.stdin);
         let mut outcome = Outcome::Complete;
         let mut at = 0.0;
         let mut checked = 0;
@@ -637,7 +632,7 @@ impl Writer {
 }
 
 /// Turns channel data into events.
-struct Events {
+pub(crate) struct Events {
     demux: Demux,
     sizes: Sizes,
     /// The error channel so far.
@@ -646,7 +641,18 @@ struct Events {
 }
 
 impl Events {
-    fn feed<W: Write>(
+    /// Nothing read yet; `stdin` records what the client types.
+    pub(crate) fn new(framing: Framing, stdin: bool) -> Self {
+        Events {
+            demux: Demux::new(framing),
+            sizes: Sizes::default(),
+            status: Vec::new(),
+            stdin,
+        }
+    }
+
+    /// Writes the events `bytes`, which moved `direction` at `at`, make.
+    pub(crate) fn feed<W: Write>(
         &mut self,
         cast: &mut cast::Cast<W>,
         at: f64,
@@ -712,5 +718,131 @@ impl<W: Write> Write for Hashed<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder(name: &str, non_interactive: bool) -> Arc<Recorder> {
+        let dir =
+            std::env::temp_dir().join(format!("kubegate-recorder-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = Settings {
+            dir: dir.clone(),
+            non_interactive,
+            stdin: false,
+            max_bytes: 1 << 20,
+            quota: 0,
+            min_free: 0,
+            max_age: Duration::ZERO,
+            failure: FailureMode::Continue,
+        };
+        Arc::new(Recorder {
+            store: Store::open(&dir, 0, 0).unwrap(),
+            settings,
+            metrics: Arc::default(),
+        })
+    }
+
+    fn resource(subresource: &'static str) -> Resource<'static> {
+        Resource {
+            group: "",
+            version: "v1",
+            namespace: "default",
+            resource: "pods",
+            subresource,
+            name: "web",
+        }
+    }
+
+    fn plan(recorder: &Arc<Recorder>, subresource: &'static str, query: &str) -> Option<Plan> {
+        recorder.plan(&resource(subresource), query, None).unwrap()
+    }
+
+    #[test]
+    fn tty_is_read_as_the_apiserver_reads_it() {
+        let recorder = recorder("tty", false);
+        for (query, tty) in [
+            ("command=sh", false),
+            ("command=sh&tty=1", true),
+            ("command=sh&tty=true", true),
+            ("command=sh&tty=True", true),
+            ("command=sh&tty=false", false),
+            ("command=sh&tty=yes", false),
+        ] {
+            let recorded = matches!(plan(&recorder, "exec", query), Some(Plan::Record(_)));
+            assert_eq!(recorded, tty, "{query}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_command_keeps_its_order_and_the_rest_is_read() {
+        let recorder = recorder("argv", true);
+        let query = "command=sh&container=app&command=-c&stdin=1&command=echo%20a%26b";
+        let Some(Plan::Record(pending)) = plan(&recorder, "attach", query) else {
+            panic!("recorded");
+        };
+        assert_eq!(pending.session.argv, ["sh", "-c", "echo a&b"]);
+        assert_eq!(pending.session.container.as_deref(), Some("app"));
+        assert_eq!(pending.session.subresource, "attach");
+        assert!(pending.session.stdin && !pending.session.tty);
+    }
+
+    #[test]
+    fn port_forward_and_anything_but_pods_exec_and_attach_are_never_recorded() {
+        let recorder = recorder("never", true);
+        assert!(plan(&recorder, "portforward", "ports=80").is_none());
+        assert!(plan(&recorder, "log", "").is_none());
+        let other = Resource {
+            resource: "nodes",
+            ..resource("proxy")
+        };
+        assert!(recorder.plan(&other, "", None).unwrap().is_none());
+    }
+
+    /// A tap whose writer never reads: the queue that would grow without
+    /// bound.
+    fn unread_tap(refuse: bool) -> (Tap, mpsc::UnboundedReceiver<Chunk>, Arc<Control>) {
+        let (queue, unread) = mpsc::unbounded_channel();
+        let control = Arc::new(Control {
+            queued: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            refuse,
+            cut: CancellationToken::new(),
+        });
+        let tap = Tap(Arc::new(TapInner {
+            queue,
+            began: Instant::now(),
+            control: control.clone(),
+        }));
+        (tap, unread, control)
+    }
+
+    #[test]
+    fn a_writer_that_never_reads_stops_the_recording_never_the_relay() {
+        for refuse in [false, true] {
+            let (tap, mut unread, control) = unread_tap(refuse);
+            let chunk = vec![b'x'; 64 * 1024];
+            // 50 MiB: every copy returns at once (nothing here can wait).
+            for _ in 0..800 {
+                tap.copy(Direction::ToClient, &chunk);
+            }
+            assert!(control.stopped.load(Ordering::Acquire));
+            assert!(control.queued.load(Ordering::Acquire) <= QUEUE_LIMIT + chunk.len());
+            assert_eq!(control.cut.is_cancelled(), refuse, "cut only with refuse");
+            let mut queued = 0;
+            let mut stops = Vec::new();
+            while let Ok(chunk) = unread.try_recv() {
+                match chunk {
+                    Chunk::Moved { bytes, .. } => queued += bytes.len(),
+                    Chunk::Stop(why) => stops.push(why),
+                }
+            }
+            assert!(queued <= QUEUE_LIMIT, "bounded: {queued}");
+            assert_eq!(stops.len(), 1);
+            assert!(stops[0].contains("fell 8 MiB behind"), "{stops:?}");
+        }
     }
 }
