@@ -286,7 +286,7 @@ proptest! {
         sizes in prop::collection::vec(any::<u8>(), 0..128),
     ) {
         for framing in [Channels::WebSocket, Channels::WebSocketBase64, Channels::Spdy] {
-            let mut demux = Demux::new(framing);
+            let mut demux = Demux::new(framing, true);
             for (i, piece) in wire.chunks(chunk).enumerate() {
                 let direction = if i % 2 == 0 { Direction::ToClient } else { Direction::ToServer };
                 if demux.feed(direction, piece, &mut |_, _| {}).is_err() {

@@ -6,6 +6,7 @@
 //! resize gives its size; output before any resize gets 80×24 and any
 //! later size an `r` event.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -93,7 +94,7 @@ impl<W: Write> Cast<W> {
         };
         let mut text = decoder.decode(bytes);
         if !self.session.tty {
-            text = crlf(&text);
+            text = crlf(text);
         }
         self.event(at, "o", &text)
     }
@@ -203,17 +204,22 @@ impl<W: Write> Cast<W> {
 
 /// `\n` not after `\r` becomes `\r\n`: without a terminal nothing turns
 /// one into the other, and a player would draw a staircase.
-fn crlf(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + text.len() / 16);
-    let mut previous = '\0';
-    for c in text.chars() {
-        if c == '\n' && previous != '\r' {
-            out.push('\r');
-        }
-        out.push(c);
-        previous = c;
+fn crlf(text: Cow<'_, str>) -> Cow<'_, str> {
+    let lone = |line: &str| line.ends_with('\n') && !line.ends_with("\r\n");
+    if !text.split_inclusive('\n').any(lone) {
+        return text;
     }
-    out
+    let mut out = String::with_capacity(text.len() + text.len() / 16);
+    for line in text.split_inclusive('\n') {
+        match line.strip_suffix('\n') {
+            Some(body) if lone(line) => {
+                out.push_str(body);
+                out.push_str("\r\n");
+            }
+            _ => out.push_str(line),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Decodes a byte stream as UTF-8 across reads: a character split between
@@ -226,7 +232,12 @@ pub struct Utf8Stream {
 
 impl Utf8Stream {
     /// The text `bytes` complete.
-    pub fn decode(&mut self, bytes: &[u8]) -> String {
+    pub fn decode<'a>(&mut self, bytes: &'a [u8]) -> Cow<'a, str> {
+        if self.partial.is_empty()
+            && let Ok(text) = std::str::from_utf8(bytes)
+        {
+            return Cow::Borrowed(text);
+        }
         let joined;
         let mut input = if self.partial.is_empty() {
             bytes
@@ -240,7 +251,7 @@ impl Utf8Stream {
             match std::str::from_utf8(input) {
                 Ok(valid) => {
                     text.push_str(valid);
-                    return text;
+                    return Cow::Owned(text);
                 }
                 Err(error) => {
                     let (valid, rest) = input.split_at(error.valid_up_to());
@@ -254,7 +265,7 @@ impl Utf8Stream {
                         None => {
                             // The input ends inside a character.
                             self.partial.extend_from_slice(rest);
-                            return text;
+                            return Cow::Owned(text);
                         }
                     }
                 }

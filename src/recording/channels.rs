@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 
 use base64::Engine;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use kubegate_spdy::{Frame, Inflater};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -101,20 +101,27 @@ pub struct Demux {
     /// SPDY: the client's header compression (the apiserver's is its own
     /// and never needed).
     inflater: Inflater,
+    /// Whether the client's stdin is wanted.
+    stdin: bool,
 }
 
 #[derive(Default)]
 struct Side {
     buffer: BytesMut,
-    /// A fragmented WebSocket message so far.
-    message: Option<(bool, Vec<u8>)>,
+    /// Bytes still to pass over: the rest of a payload no one wants.
+    skip: usize,
+    /// A fragmented WebSocket message so far, when wanted.
+    message: Option<Vec<u8>>,
+    /// Whether that message is text.
+    text: bool,
 }
 
 impl Demux {
-    /// Nothing read yet.
-    pub fn new(framing: Framing) -> Self {
+    /// Nothing read yet; the client's stdin is read when `stdin`.
+    pub fn new(framing: Framing, stdin: bool) -> Self {
         Demux {
             framing,
+            stdin,
             to_server: Side::default(),
             to_client: Side::default(),
             streams: HashMap::new(),
@@ -142,7 +149,12 @@ impl Demux {
         match self.framing {
             Framing::WebSocket | Framing::WebSocketBase64 => {
                 let base64 = self.framing == Framing::WebSocketBase64;
-                while let Some((text, message)) = side.next_message()? {
+                // The client's stdin is read only to be recorded.
+                let stdin = self.stdin;
+                let wanted = |channel| {
+                    direction == Direction::ToClient || channel == Channel::Resize || (stdin && channel == Channel::Stdin)
+                };
+                while let Some((text, message)) = side.next_message(base64, wanted)? {
                     deliver_message(base64, text, &message, deliver);
                 }
                 Ok(())
@@ -187,59 +199,88 @@ impl Demux {
 }
 
 impl Side {
-    /// The next whole data message, and whether it was text.
-    fn next_message(&mut self) -> Result<Option<(bool, Vec<u8>)>, Unreadable> {
+    /// The next whole data message on a channel `wanted` (and whether it
+    /// was text); the payloads of others are passed over unread.
+    fn next_message(
+        &mut self,
+        base64: bool,
+        wanted: impl Fn(Channel) -> bool,
+    ) -> Result<Option<(bool, Bytes)>, Unreadable> {
         loop {
+            if self.skip > 0 {
+                let passed = self.skip.min(self.buffer.len());
+                self.buffer.advance(passed);
+                self.skip -= passed;
+                if self.skip > 0 {
+                    return Ok(None);
+                }
+            }
             let mut cursor = Cursor::new(&self.buffer[..]);
             let parsed = FrameHeader::parse(&mut cursor)
                 .map_err(|error| Unreadable(format!("WebSocket: {error}")))?;
             let Some((header, length)) = parsed else {
                 return Ok(None);
             };
-            let length = usize::try_from(length)
-                .ok()
-                .filter(|&length| length <= MAX_MESSAGE)
-                .ok_or_else(|| Unreadable("a WebSocket frame larger than 16 MiB".into()))?;
+            if header.rsv1 {
+                return Err(Unreadable("compressed WebSocket frames".into()));
+            }
             let start = cursor.position() as usize;
+            let length = usize::try_from(length).unwrap_or(usize::MAX);
+            if length > 0 && self.buffer.len() == start {
+                // Which channel it is comes with the payload's first byte.
+                return Ok(None);
+            }
+            let keep = match header.opcode {
+                OpCode::Data(Data::Text | Data::Binary) => {
+                    // The channel is the payload's first byte.
+                    let first = self.buffer.get(start).map(|b| b ^ header.mask.map_or(0, |m| m[0]));
+                    let number = first.map(|b| if base64 { b.wrapping_sub(b'0') } else { b });
+                    let keep = length == 0 || number.and_then(Channel::of_number).is_some_and(&wanted);
+                    self.message = (!header.is_final && keep).then(Vec::new);
+                    keep
+                }
+                OpCode::Data(Data::Continue) => self.message.is_some(),
+                // Control frames, and reserved ones no peer sends.
+                _ => false,
+            };
+            if !keep {
+                self.buffer.advance(start);
+                self.skip = length;
+                continue;
+            }
+            if length > MAX_MESSAGE {
+                return Err(Unreadable("a WebSocket frame larger than 16 MiB".into()));
+            }
             if self.buffer.len() < start + length {
                 self.buffer.reserve(start + length - self.buffer.len());
                 return Ok(None);
             }
-            if header.rsv1 {
-                return Err(Unreadable("compressed WebSocket frames".into()));
-            }
             self.buffer.advance(start);
             let mut payload = self.buffer.split_to(length);
             if let Some(mask) = header.mask {
-                for (i, byte) in payload.iter_mut().enumerate() {
-                    *byte ^= mask[i % 4];
+                for (byte, key) in payload.iter_mut().zip(mask.iter().cycle()) {
+                    *byte ^= key;
                 }
             }
-            let text = match header.opcode {
-                OpCode::Data(Data::Text) => true,
-                OpCode::Data(Data::Binary) => false,
-                OpCode::Data(Data::Continue) => match &mut self.message {
-                    Some((_, so_far)) => {
-                        if so_far.len() + payload.len() > MAX_MESSAGE {
-                            return Err(Unreadable(
-                                "a WebSocket message larger than 16 MiB".into(),
-                            ));
-                        }
-                        so_far.extend_from_slice(&payload);
-                        if !header.is_final {
-                            continue;
-                        }
-                        return Ok(self.message.take());
+            let text = matches!(header.opcode, OpCode::Data(Data::Text));
+            match (&mut self.message, header.opcode) {
+                (None, _) => return Ok(Some((text, payload.freeze()))),
+                (Some(so_far), OpCode::Data(Data::Continue)) => {
+                    if so_far.len() + payload.len() > MAX_MESSAGE {
+                        return Err(Unreadable("a WebSocket message larger than 16 MiB".into()));
                     }
-                    None => continue,
-                },
-                // Control frames, and reserved ones no peer sends.
-                _ => continue,
-            };
-            if header.is_final {
-                return Ok(Some((text, payload.to_vec())));
+                    so_far.extend_from_slice(&payload);
+                    if header.is_final {
+                        let whole = self.message.take().unwrap_or_default();
+                        return Ok(Some((self.text, Bytes::from(whole))));
+                    }
+                }
+                (Some(so_far), _) => {
+                    // The first fragment.
+                    so_far.extend_from_slice(&payload);
+                    self.text = text;
+                }
             }
-            self.message = Some((text, payload.to_vec()));
         }
     }
 }
@@ -365,7 +406,7 @@ pub(crate) mod tests {
             Some([1, 2, 3, 4]),
         );
         for split in 0..wire.len() {
-            let mut demux = Demux::new(Framing::WebSocket);
+            let mut demux = Demux::new(Framing::WebSocket, true);
             let got = read_all(
                 &mut demux,
                 &[
@@ -390,7 +431,7 @@ pub(crate) mod tests {
 
     #[test]
     fn base64_channels_are_decoded() {
-        let mut demux = Demux::new(Framing::WebSocketBase64);
+        let mut demux = Demux::new(Framing::WebSocketBase64, true);
         let wire = websocket_frame(1, true, b"1aGk=", None);
         let got = read_all(&mut demux, &[(Direction::ToClient, wire)]);
         assert_eq!(got, [(Channel::Stdout, b"hi".to_vec())]);
@@ -409,7 +450,7 @@ pub(crate) mod tests {
         let mut server = BytesMut::new();
         kubegate_spdy::put_data(&mut server, 5, false, b"out");
         kubegate_spdy::put_data(&mut server, 1, true, br#"{"status":"Success"}"#);
-        let mut demux = Demux::new(Framing::Spdy);
+        let mut demux = Demux::new(Framing::Spdy, true);
         let got = read_all(
             &mut demux,
             &[

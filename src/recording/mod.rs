@@ -644,7 +644,7 @@ impl Events {
     /// Nothing read yet; `stdin` records what the client types.
     pub(crate) fn new(framing: Framing, stdin: bool) -> Self {
         Events {
-            demux: Demux::new(framing),
+            demux: Demux::new(framing, stdin),
             sizes: Sizes::default(),
             status: Vec::new(),
             stdin,
