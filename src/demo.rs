@@ -10,7 +10,7 @@ use kubegate_double::{ApiServer, KubeconfigUser, Options, Pki, append_log_lines,
 
 /// The browser console (`examples/browser/`), built into the demo so that
 /// `kubegate demo` serves it under `--www-prefix` with no files beside it.
-const CONSOLE: [(&str, &[u8]); 5] = [
+const CONSOLE: [(&str, &[u8]); 7] = [
     (
         "index.html",
         include_bytes!("../examples/browser/index.html"),
@@ -30,6 +30,14 @@ const CONSOLE: [(&str, &[u8]); 5] = [
     (
         "vendor/addon-fit.mjs",
         include_bytes!("../examples/browser/vendor/addon-fit.mjs"),
+    ),
+    (
+        "vendor/asciinema-player.min.js",
+        include_bytes!("../examples/browser/vendor/asciinema-player.min.js"),
+    ),
+    (
+        "vendor/asciinema-player.css",
+        include_bytes!("../examples/browser/vendor/asciinema-player.css"),
     ),
 ];
 
@@ -112,6 +120,12 @@ impl Demo {
         if args.listening.www.is_none() {
             args.listening.www = Some(self.dir.0.join("www"));
         }
+        // Shells opened in the demo are recorded, for the console to play.
+        let recording = &mut args.recording;
+        if recording.record_sessions_dir.is_none() {
+            recording.record_sessions_dir = Some(self.dir.0.join("recordings"));
+            recording.serve_recordings = true;
+        }
         args
     }
 
@@ -130,7 +144,10 @@ impl Demo {
         ];
         if args.listening.www.as_ref() == Some(&self.dir.0.join("www")) {
             let console = format!("open {base}{}", args.listening.www_prefix);
-            tries.push((console, "the browser console: pods, logs, a terminal"));
+            tries.push((
+                console,
+                "the browser console: pods, logs, a terminal, recordings",
+            ));
         }
         if on_path("deno") {
             let deno = format!(

@@ -101,6 +101,8 @@ enum Target<'a> {
     Api(RequestInfo<'a>, &'a Cluster),
     /// `GET /clusters` with `--contexts`: the served contexts.
     ClusterList,
+    /// `--serve-recordings`: what follows `/kubegate/recordings`.
+    Recordings(&'a str),
     /// An API path kubegate cannot read as the apiserver would.
     Unreadable(PathError),
     /// Outside both prefixes.
@@ -116,6 +118,7 @@ impl<'a> Target<'a> {
         method: &'a Method,
         uri: &'a Uri,
         upgrade: bool,
+        recordings: bool,
     ) -> Self {
         let raw = uri.path();
         if let Some((dir, prefix)) = &routes.www
@@ -123,6 +126,12 @@ impl<'a> Target<'a> {
         {
             // Keep the prefix's closing slash: the file path is absolute.
             return Target::Www(dir, &raw[raw.len() - rest.len() - 1..]);
+        }
+        if recordings
+            && let Some(rest) = raw.strip_prefix(crate::recording::SERVED)
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            return Target::Recordings(rest);
         }
         let Some(rest) = raw.strip_prefix(routes.api_prefix.as_str()) else {
             return Target::NotFound;
@@ -208,6 +217,7 @@ impl ProxyService {
             &method,
             &uri,
             is_upgrade(&head.headers),
+            self.shared.recorder.as_ref().is_some_and(|r| r.serves()),
         );
         let record = match &self.shared.audit {
             // A request refused because the log cannot be written has no
@@ -274,6 +284,13 @@ impl ProxyService {
                 // The list names the apiservers: no DNS-rebinding page reads it.
                 self.shared.filters.check_host(host)?;
                 return Ok(cluster_list(&self.shared.clusters));
+            }
+            Target::Recordings(path) => {
+                self.shared.filters.check_host(host)?;
+                let Some(recorder) = &self.shared.recorder else {
+                    return Err(ProxyError::NotFound(uri.path().to_string()));
+                };
+                return Ok(Box::pin(recorder.serve(path, &head.method)).await);
             }
             Target::Api(info, cluster) => (info, cluster),
         };

@@ -270,6 +270,66 @@ async fn the_console_runs_a_shell_on_a_terminal_resizes_it_and_shows_the_exit_st
     );
 }
 
+/// A shell opened in the console is recorded; the console's Recordings
+/// view lists it and asciinema-player plays it to the end.
+#[tokio::test]
+async fn the_console_plays_a_recorded_shell_to_the_end() {
+    let double = Double::start().await;
+    double.store().create("default", pod("box")).unwrap();
+    let recordings = double.path("recordings");
+    let kubegate = Kubegate::start(
+        &double,
+        &[
+            "--www",
+            EXAMPLE,
+            "--record-sessions-dir",
+            recordings.to_str().unwrap(),
+            "--serve-recordings",
+        ],
+    )
+    .await;
+    let ready = until("window.kubegateConsole?.pod() === 'box'");
+    let typed = until(&format!("{SCREEN}.includes('kube42gate')"));
+    let exited = until("window.kubegateConsole.status().includes('exited with status 3')");
+    let listed = until("document.querySelectorAll('#recording-list tr').length === 1");
+    let ended = "await new Promise((resolve) => { const p = window.kubegateConsole.player(); p.addEventListener('ended', () => resolve(true)); p.play(); })";
+    let (status, results) = browse(
+        None,
+        &kubegate.url("/static/index.html"),
+        &[
+            &ready,
+            "(await window.kubegateConsole.connect(), true)",
+            "(window.kubegateConsole.term.input('echo kube$((40+2))gate\\r'), true)",
+            &typed,
+            "(window.kubegateConsole.term.input('exit 3\\r'), true)",
+            &exited,
+            "(document.getElementById('recordings').open = true, true)",
+            &listed,
+            "document.querySelector('#recording-list tr').textContent",
+            "(await window.kubegateConsole.play(document.querySelector('#recording-list tr').dataset.name), true)",
+            ended,
+            "document.querySelector('#player .ap-term, #player pre').textContent",
+            "document.querySelectorAll('#player .ap-overlay-error').length",
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    for result in &results[..11] {
+        value(result);
+    }
+    let row = value(&results[8]).as_str().unwrap().to_string();
+    assert!(
+        row.contains("default/box") && row.contains("sh") && row.contains("complete"),
+        "{row}"
+    );
+    let screen = value(&results[11]).as_str().unwrap().to_string();
+    assert!(
+        screen.contains("kube42gate"),
+        "the player's last screen: {screen}"
+    );
+    assert_eq!(value(&results[12]), 0, "no error overlay");
+}
+
 /// Chromium opens a secure WebSocket on the HTTP/2 connection it already
 /// has when the server offers RFC 8441; kubegate's counter shows whether it
 /// did.

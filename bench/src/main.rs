@@ -411,7 +411,12 @@ fn recordings_kept(dir: &Path) -> (usize, usize) {
         .into_iter()
         .flatten()
         .flatten()
-        .flat_map(|day| std::fs::read_dir(day.path()).into_iter().flatten().flatten());
+        .flat_map(|day| {
+            std::fs::read_dir(day.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        });
     let (mut whole, mut stopped) = (0, 0);
     for file in files {
         let text = std::fs::read_to_string(file.path()).unwrap_or_default();
@@ -911,7 +916,11 @@ fn report(
         }
         out.push_str(&format!(
             "| {}{figure} vs {against} | {sign} {needed:.2}× | {shown} | {} |\n",
-            if *ours == "kubegate" { String::new() } else { format!("{ours}: ") },
+            if *ours == "kubegate" {
+                String::new()
+            } else {
+                format!("{ours}: ")
+            },
             met.map_or("not measured", |m| if m { "met" } else { "missed" })
         ));
     }

@@ -149,3 +149,15 @@ export function exitCode(status) {
   const cause = status.details?.causes?.find((c) => c.reason === 'ExitCode');
   return cause ? Number(cause.message) : null;
 }
+
+/** The recordings kubegate serves (--serve-recordings), oldest first. */
+export async function listRecordings() {
+  const response = await check(await fetch(`${base}/kubegate/recordings`, { headers: headers() }));
+  return (await response.json()).items;
+}
+
+/** One recording's asciicast text, by the name the list gives. */
+export async function recording(name) {
+  const response = await check(await fetch(`${base}/kubegate/recordings/${name}`, { headers: headers() }));
+  return response.text();
+}

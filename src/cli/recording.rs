@@ -69,4 +69,10 @@ pub struct RecordingFlags {
     /// the session go on unrecorded from there (continue).
     #[arg(long, default_value = "refuse", global = true, display_order = 83)]
     pub record_failure: AuditFailure,
+
+    /// Recordings: serve the list at /kubegate/recordings and each file
+    /// under it, behind the same host, origin and token checks as the API
+    /// (for the browser console's player). On in `kubegate demo`.
+    #[arg(long, global = true, display_order = 84)]
+    pub serve_recordings: bool,
 }

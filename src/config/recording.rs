@@ -17,10 +17,10 @@ pub(super) fn settings(
     problems: &mut Problems,
 ) -> Option<Option<recording::Settings>> {
     let Some(dir) = &flags.record_sessions_dir else {
-        let set = flags.record_non_interactive || flags.record_stdin;
+        let set = flags.record_non_interactive || flags.record_stdin || flags.serve_recordings;
         let unused = set.then(|| {
             StartupError::Unsupported(
-                "--record-non-interactive and --record-stdin need --record-sessions-dir".into(),
+                "--record-non-interactive, --record-stdin and --serve-recordings need --record-sessions-dir".into(),
             )
         });
         return match unused {
@@ -41,6 +41,7 @@ pub(super) fn settings(
         quota: flags.record_quota.saturating_mul(MIB),
         min_free: flags.record_min_free.saturating_mul(MIB),
         max_age: Duration::from_secs(flags.record_maxage.saturating_mul(86_400)),
+        serve: flags.serve_recordings,
         failure: match flags.record_failure {
             AuditFailure::Refuse => FailureMode::Refuse,
             AuditFailure::Continue => FailureMode::Continue,

@@ -152,7 +152,9 @@ impl Demux {
                 // The client's stdin is read only to be recorded.
                 let stdin = self.stdin;
                 let wanted = |channel| {
-                    direction == Direction::ToClient || channel == Channel::Resize || (stdin && channel == Channel::Stdin)
+                    direction == Direction::ToClient
+                        || channel == Channel::Resize
+                        || (stdin && channel == Channel::Stdin)
                 };
                 while let Some((text, message)) = side.next_message(base64, wanted)? {
                     deliver_message(base64, text, &message, deliver);
@@ -233,9 +235,13 @@ impl Side {
             let keep = match header.opcode {
                 OpCode::Data(Data::Text | Data::Binary) => {
                     // The channel is the payload's first byte.
-                    let first = self.buffer.get(start).map(|b| b ^ header.mask.map_or(0, |m| m[0]));
+                    let first = self
+                        .buffer
+                        .get(start)
+                        .map(|b| b ^ header.mask.map_or(0, |m| m[0]));
                     let number = first.map(|b| if base64 { b.wrapping_sub(b'0') } else { b });
-                    let keep = length == 0 || number.and_then(Channel::of_number).is_some_and(&wanted);
+                    let keep =
+                        length == 0 || number.and_then(Channel::of_number).is_some_and(&wanted);
                     self.message = (!header.is_final && keep).then(Vec::new);
                     keep
                 }

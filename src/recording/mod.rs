@@ -14,6 +14,7 @@
 pub mod cast;
 pub(crate) mod channels;
 pub mod replay;
+mod served;
 mod store;
 
 use std::io::{self, BufWriter, Write};
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use channels::Direction;
 use channels::{Channel, Demux, Framing, Sizes};
+pub use served::PREFIX as SERVED;
 use store::Store;
 
 use crate::audit::{FailureMode, Record};
@@ -42,7 +44,7 @@ use crate::telemetry::Telemetry;
 
 /// Bytes queued for a session's writer at most; past this the writer has
 /// fallen behind.
-const QUEUE_LIMIT: usize = 8 * 1024 * 1024;
+const QUEUE_LIMIT: usize = 32 * 1024 * 1024;
 /// How long the end of a session waits for its recording to be closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of the error channel kept, for the exit status.
@@ -71,6 +73,8 @@ pub struct Settings {
     pub max_age: Duration,
     /// `--record-failure`.
     pub failure: FailureMode,
+    /// `--serve-recordings`.
+    pub serve: bool,
 }
 
 /// Records the exec and attach sessions the settings say to.
@@ -150,6 +154,21 @@ impl Recorder {
             });
         }
         Ok(recorder)
+    }
+
+    /// Whether `--serve-recordings` serves the directory.
+    pub fn serves(&self) -> bool {
+        self.settings.serve
+    }
+
+    /// `GET /kubegate/recordings` and the files under it (`path` is what
+    /// follows).
+    pub async fn serve(
+        &self,
+        path: &str,
+        method: &http::Method,
+    ) -> http::Response<crate::body::ProxyBody> {
+        served::answer(self.store.dir(), path, method).await
     }
 
     /// What to do with an upgrade request to `resource` with `query`,
@@ -738,6 +757,7 @@ mod tests {
             min_free: 0,
             max_age: Duration::ZERO,
             failure: FailureMode::Continue,
+            serve: false,
         };
         Arc::new(Recorder {
             store: Store::open(&dir, 0, 0).unwrap(),
@@ -842,7 +862,7 @@ mod tests {
             }
             assert!(queued <= QUEUE_LIMIT, "bounded: {queued}");
             assert_eq!(stops.len(), 1);
-            assert!(stops[0].contains("fell 8 MiB behind"), "{stops:?}");
+            assert!(stops[0].contains("fell 32 MiB behind"), "{stops:?}");
         }
     }
 }

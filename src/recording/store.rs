@@ -66,6 +66,11 @@ impl Store {
         })
     }
 
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Why no more may be written now, if a limit is reached.
     pub fn problem(&self) -> Option<String> {
         let used = self.used.load(Ordering::Relaxed);
