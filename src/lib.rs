@@ -342,7 +342,8 @@ pub fn play_recording(file: &std::path::Path, speed: f64, idle_limit: f64) -> st
             "--speed must be above 0 and --idle-limit at least 0",
         ));
     }
-    let idle_limit = std::time::Duration::from_secs_f64(idle_limit);
+    let idle_limit = std::time::Duration::try_from_secs_f64(idle_limit)
+        .map_err(|_| std::io::Error::other("--idle-limit is too large"))?;
     recording::replay::play(file, speed, idle_limit, &mut std::io::stdout().lock())
 }
 

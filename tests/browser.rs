@@ -270,6 +270,12 @@ async fn the_console_runs_a_shell_on_a_terminal_resizes_it_and_shows_the_exit_st
     );
 }
 
+/// The console, and sessions recorded into `dir` with `extra`.
+fn console_recording<'a>(dir: &'a Path, extra: &'a str) -> [&'a str; 5] {
+    let dir = dir.to_str().unwrap();
+    ["--www", EXAMPLE, "--record-sessions-dir", dir, extra]
+}
+
 /// A shell opened in the console is recorded; the console's Recordings
 /// view lists it and asciinema-player plays it to the end.
 #[tokio::test]
@@ -277,17 +283,8 @@ async fn the_console_plays_a_recorded_shell_to_the_end() {
     let double = Double::start().await;
     double.store().create("default", pod("box")).unwrap();
     let recordings = double.path("recordings");
-    let kubegate = Kubegate::start(
-        &double,
-        &[
-            "--www",
-            EXAMPLE,
-            "--record-sessions-dir",
-            recordings.to_str().unwrap(),
-            "--serve-recordings",
-        ],
-    )
-    .await;
+    let flags = console_recording(&recordings, "--serve-recordings");
+    let kubegate = Kubegate::start(&double, &flags).await;
     let ready = until("window.kubegateConsole?.pod() === 'box'");
     let typed = until(&format!("{SCREEN}.includes('kube42gate')"));
     let exited = until("window.kubegateConsole.status().includes('exited with status 3')");
@@ -337,7 +334,10 @@ async fn the_console_plays_a_recorded_shell_to_the_end() {
 async fn chromium_runs_exec_and_port_forward_as_websockets_over_http2() {
     let double = Double::start().await;
     double.store().create("default", pod("box")).unwrap();
-    let kubegate = Kubegate::start_tls(&double, &["--www", EXAMPLE]).await;
+    // The exec is recorded too: a WebSocket over HTTP/2 is read as any.
+    let recordings = double.path("recordings");
+    let flags = console_recording(&recordings, "--record-non-interactive");
+    let kubegate = Kubegate::start_tls(&double, &flags).await;
     let echo = EchoServer::start().await;
     let forward = port_forward(echo.port);
     let url = format!(
@@ -355,4 +355,24 @@ async fn chromium_runs_exec_and_port_forward_as_websockets_over_http2() {
             .await,
         "2"
     );
+    // Counted when the session has ended, which the page need not wait for.
+    within("the exec's recording", async {
+        let complete = "kubegate_recordings_total{status=\"complete\"}";
+        while kubegate.metric(complete).await != "1" {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let day = std::fs::read_dir(&recordings)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let cast = std::fs::read_dir(day.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let text = std::fs::read_to_string(cast.path()).unwrap();
+    assert!(text.contains("HELLO FROM CHROMIUM"), "{text}");
 }

@@ -120,12 +120,23 @@ impl<W: Write> Cast<W> {
 
     /// The command's exit code, the last event.
     pub fn exit(&mut self, at: f64, code: i32) -> io::Result<()> {
+        self.flush_decoders(at)?;
         self.event(at, "x", &code.to_string())
     }
 
     /// Writes what the decoders still hold (an incomplete character ends
     /// as U+FFFD) and the header if nothing came; returns the writer.
     pub fn finish(mut self, at: f64) -> io::Result<W> {
+        self.flush_decoders(at)?;
+        if !self.header_written {
+            self.header(DEFAULT_SIZE)?;
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    /// The characters the streams ended inside of, as U+FFFD.
+    fn flush_decoders(&mut self, at: f64) -> io::Result<()> {
         for stream in [Output::Stdout, Output::Stderr] {
             let decoder = match stream {
                 Output::Stdout => &mut self.stdout,
@@ -140,11 +151,7 @@ impl<W: Write> Cast<W> {
             let text = self.stdin.flush();
             self.event(at, "i", &text)?;
         }
-        if !self.header_written {
-            self.header(DEFAULT_SIZE)?;
-        }
-        self.out.flush()?;
-        Ok(self.out)
+        Ok(())
     }
 
     /// Hands what is buffered to the file.

@@ -35,6 +35,15 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Whether the channel flows `direction`: a peer's bytes on another
+    /// peer's channel are not what the session showed.
+    fn flows(self, direction: Direction) -> bool {
+        match self {
+            Channel::Stdin | Channel::Resize => direction == Direction::ToServer,
+            Channel::Stdout | Channel::Stderr | Channel::Error => direction == Direction::ToClient,
+        }
+    }
+
     fn of_number(number: u8) -> Option<Channel> {
         Some(match number {
             0 => Channel::Stdin,
@@ -151,13 +160,15 @@ impl Demux {
                 let base64 = self.framing == Framing::WebSocketBase64;
                 // The client's stdin is read only to be recorded.
                 let stdin = self.stdin;
-                let wanted = |channel| {
-                    direction == Direction::ToClient
-                        || channel == Channel::Resize
-                        || (stdin && channel == Channel::Stdin)
+                let wanted = |channel: Channel| {
+                    channel.flows(direction) && (channel != Channel::Stdin || stdin)
                 };
                 while let Some((text, message)) = side.next_message(base64, wanted)? {
-                    deliver_message(base64, text, &message, deliver);
+                    deliver_message(base64, text, &message, &mut |channel, data| {
+                        if wanted(channel) {
+                            deliver(channel, data);
+                        }
+                    });
                 }
                 Ok(())
             }
@@ -188,7 +199,9 @@ impl Demux {
                                 .map_err(|error| Unreadable(format!("SPDY headers: {error}")))?;
                         }
                         (_, Frame::Data { stream, data, .. }) => {
-                            if let Some(&channel) = self.streams.get(&stream) {
+                            if let Some(&channel) = self.streams.get(&stream)
+                                && channel.flows(direction)
+                            {
                                 deliver(channel, &data);
                             }
                         }
@@ -240,8 +253,7 @@ impl Side {
                         .get(start)
                         .map(|b| b ^ header.mask.map_or(0, |m| m[0]));
                     let number = first.map(|b| if base64 { b.wrapping_sub(b'0') } else { b });
-                    let keep =
-                        length == 0 || number.and_then(Channel::of_number).is_some_and(&wanted);
+                    let keep = number.and_then(Channel::of_number).is_some_and(&wanted);
                     self.message = (!header.is_final && keep).then(Vec::new);
                     keep
                 }
@@ -433,6 +445,33 @@ pub(crate) mod tests {
             );
             assert!(got.contains(&(Channel::Resize, br#"{"Width":100,"Height":30}"#.to_vec())));
         }
+    }
+
+    #[test]
+    fn a_client_cannot_write_into_the_pods_channels() {
+        let mask = Some([9, 8, 7, 6]);
+        // Stdout from the client, plain and behind an empty first fragment.
+        let mut forged = websocket_frame(2, true, b"\x01forged", mask);
+        forged.extend(websocket_frame(2, false, b"", mask));
+        forged.extend(websocket_frame(0, true, b"\x01forged", mask));
+        forged.extend(websocket_frame(2, true, b"\x00typed", mask));
+        let mut demux = Demux::new(Framing::WebSocket, true);
+        let got = read_all(&mut demux, &[(Direction::ToServer, forged)]);
+        assert_eq!(got, [(Channel::Stdin, b"typed".to_vec())]);
+        // Over SPDY the client opens every stream: its data on stdout is not
+        // the pod's.
+        let mut deflater = Deflater::default();
+        let mut client = BytesMut::new();
+        let block = deflater.block(&[("streamtype", "stdout")]);
+        kubegate_spdy::put_syn_stream(&mut client, 1, false, &block);
+        kubegate_spdy::put_data(&mut client, 1, false, b"forged");
+        let mut demux = Demux::new(Framing::Spdy, true);
+        assert!(read_all(&mut demux, &[(Direction::ToServer, client.to_vec())]).is_empty());
+        // Nor is the pod's on stdin the client's.
+        let mut wire = websocket_frame(2, true, b"\x00echo", None);
+        wire.extend(websocket_frame(2, true, b"\x04{}", None));
+        let mut demux = Demux::new(Framing::WebSocket, true);
+        assert!(read_all(&mut demux, &[(Direction::ToClient, wire)]).is_empty());
     }
 
     #[test]

@@ -45,8 +45,12 @@ use crate::telemetry::Telemetry;
 /// Bytes queued for a session's writer at most; past this the writer has
 /// fallen behind.
 const QUEUE_LIMIT: usize = 32 * 1024 * 1024;
-/// How long the end of a session waits for its recording to be closed.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long the end of a session waits for its recording to be closed
+/// (draining a full queue, then `fsync`).
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// What a queued chunk costs beyond its bytes, so that many small reads
+/// count too.
+const CHUNK_OVERHEAD: usize = 64;
 /// Bytes of the error channel kept, for the exit status.
 const MAX_STATUS: usize = 64 * 1024;
 /// Written bytes between checks of the quota and the free space.
@@ -197,15 +201,22 @@ impl Recorder {
             subresource: resource.subresource.to_string(),
             ..cast::Session::default()
         };
+        // As the apiserver reads the query: every `command`, the first of
+        // anything else.
+        let (mut tty, mut stdin) = (None, None);
         for (key, value) in query_pairs(Some(query)) {
             match key.as_ref() {
                 "command" => session.argv.push(value.into_owned()),
-                "container" => session.container = Some(value.into_owned()),
-                "tty" => session.tty = go_bool(&value),
-                "stdin" => session.stdin = go_bool(&value),
+                "container" if session.container.is_none() => {
+                    session.container = Some(value.into_owned());
+                }
+                "tty" if tty.is_none() => tty = Some(query_bool(&value)),
+                "stdin" if stdin.is_none() => stdin = Some(query_bool(&value)),
                 _ => {}
             }
         }
+        session.tty = tty.unwrap_or(false);
+        session.stdin = stdin.unwrap_or(false);
         if !session.tty && !self.settings.non_interactive {
             return Ok(Some(Plan::Off(Outcome::Off(
                 "no terminal (--record-non-interactive records these)".into(),
@@ -240,10 +251,12 @@ impl Recorder {
     }
 }
 
-/// Go's `strconv.ParseBool` true, as the apiserver reads `tty` and
-/// `stdin`.
-fn go_bool(value: &str) -> bool {
-    matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
+/// A query flag as the apiserver reads it (apimachinery's
+/// `Convert_Slice_string_To_bool`): false only for `0` and `false` in any
+/// case; anything else, the empty string too, is true. Read any other way,
+/// a client could open a terminal kubegate thinks has none.
+fn query_bool(value: &str) -> bool {
+    !(value == "0" || value.eq_ignore_ascii_case("false"))
 }
 
 /// A fresh version 4 UUID, for a recording with no audit ID.
@@ -347,13 +360,25 @@ impl Pending {
             control,
         };
         let session = std::mem::take(&mut self.session);
-        tokio::task::spawn_blocking(move || {
-            let _ = done.send(writer.run(file, session, chunks));
-        });
+        let name = writer.name.clone();
+        let began = jiff::Timestamp::now().as_second();
+        // A thread of its own for as long as the session lasts: not one of
+        // the runtime's blocking threads, which others need for moments.
+        let spawned = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || {
+                let _ = done.send(writer.run(file, session, began, chunks));
+            });
+        if let Err(error) = spawned {
+            return Recording::off(Outcome::Incomplete(format!(
+                "cannot start the recorder: {error}"
+            )));
+        }
         Recording {
             tap: Some(tap),
             cut,
             summary: Some(summary),
+            name: Some(name),
             outcome: None,
         }
     }
@@ -400,8 +425,9 @@ impl Tap {
         if bytes.is_empty() || control.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let queued = control.queued.fetch_add(bytes.len(), Ordering::AcqRel);
-        if queued + bytes.len() > QUEUE_LIMIT {
+        let cost = bytes.len() + CHUNK_OVERHEAD;
+        let queued = control.queued.fetch_add(cost, Ordering::AcqRel);
+        if queued + cost > QUEUE_LIMIT {
             let why = format!(
                 "the recorder fell {} MiB behind the session",
                 QUEUE_LIMIT >> 20
@@ -443,6 +469,8 @@ pub struct Recording {
     tap: Option<Tap>,
     cut: CancellationToken,
     summary: Option<oneshot::Receiver<Summary>>,
+    /// The file's name under the directory.
+    name: Option<String>,
     /// Set when it was never begun.
     outcome: Option<Outcome>,
 }
@@ -467,6 +495,7 @@ impl Recording {
             tap: None,
             cut: CancellationToken::new(),
             summary: None,
+            name: None,
             outcome: Some(outcome),
         }
     }
@@ -489,9 +518,13 @@ impl Recording {
         let summary = match (self.summary.take(), self.outcome.take()) {
             (Some(summary), _) => match tokio::time::timeout(CLOSE_WAIT, summary).await {
                 Ok(Ok(summary)) => summary,
-                _ => Summary::off(Outcome::Incomplete(
-                    "the recording was still being written when the session ended".into(),
-                )),
+                _ => Summary {
+                    name: self.name.take(),
+                    ..Summary::off(Outcome::Incomplete(format!(
+                        "still being written {} s after the session ended",
+                        CLOSE_WAIT.as_secs()
+                    )))
+                },
             },
             (None, outcome) => Summary::off(outcome.unwrap_or(Outcome::Off(String::new()))),
         };
@@ -504,6 +537,8 @@ impl Recording {
         record.annotate("kubegate.io/recording-status", summary.outcome.annotation());
         if let Some(name) = &summary.name {
             record.annotate("kubegate.io/recording", name.clone());
+        }
+        if !summary.sha256.is_empty() {
             record.annotate("kubegate.io/recording-bytes", summary.bytes.to_string());
             record.annotate("kubegate.io/recording-sha256", summary.sha256.clone());
         }
@@ -538,11 +573,11 @@ impl Writer {
         self,
         file: std::fs::File,
         session: cast::Session,
+        timestamp: i64,
         mut chunks: mpsc::UnboundedReceiver<Chunk>,
     ) -> Summary {
         let store = &self.recorder.store;
         let settings = &self.recorder.settings;
-        let timestamp = jiff::Timestamp::now().as_second();
         let sink = Hashed {
             out: BufWriter::with_capacity(64 * 1024, file),
             digest: Context::new(&SHA256),
@@ -565,7 +600,8 @@ impl Writer {
                     continue;
                 }
             };
-            self.control.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+            let cost = bytes.len() + CHUNK_OVERHEAD;
+            self.control.queued.fetch_sub(cost, Ordering::AcqRel);
             if outcome != Outcome::Complete {
                 continue;
             }
@@ -789,8 +825,14 @@ mod tests {
             ("command=sh&tty=1", true),
             ("command=sh&tty=true", true),
             ("command=sh&tty=True", true),
+            ("command=sh&tty=yes", true),
+            ("command=sh&tty=", true),
             ("command=sh&tty=false", false),
-            ("command=sh&tty=yes", false),
+            ("command=sh&tty=FALSE", false),
+            ("command=sh&tty=0", false),
+            // The first value counts.
+            ("command=sh&tty=1&tty=0", true),
+            ("command=sh&tty=0&tty=1", false),
         ] {
             let recorded = matches!(plan(&recorder, "exec", query), Some(Plan::Record(_)));
             assert_eq!(recorded, tty, "{query}");
@@ -800,7 +842,7 @@ mod tests {
     #[test]
     fn a_repeated_command_keeps_its_order_and_the_rest_is_read() {
         let recorder = recorder("argv", true);
-        let query = "command=sh&container=app&command=-c&stdin=1&command=echo%20a%26b";
+        let query = "command=sh&container=app&command=-c&stdin=1&command=echo%20a%26b&container=x";
         let Some(Plan::Record(pending)) = plan(&recorder, "attach", query) else {
             panic!("recorded");
         };

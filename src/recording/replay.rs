@@ -1,6 +1,6 @@
 //! `kubegate recordings list DIR` and `kubegate recordings play FILE`.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,11 +48,16 @@ pub fn list(dir: &Path) -> io::Result<Vec<Listed>> {
     Ok(found)
 }
 
+/// How much of a recording's end is read for a stop marker: after one,
+/// only what the decoders held is written.
+const TAIL: u64 = 64 * 1024;
+
 fn read(path: &Path) -> io::Result<Listed> {
     let bytes = std::fs::metadata(path)?.len();
-    let mut lines = BufReader::new(std::fs::File::open(path)?).lines();
-    let header: Value = serde_json::from_str(&lines.next().transpose()?.unwrap_or_default())
-        .map_err(io::Error::other)?;
+    let mut reader = BufReader::new(std::fs::File::open(path)?);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let header: Value = serde_json::from_str(&first).map_err(io::Error::other)?;
     let meta = &header["kubegate"];
     let text = |value: &Value| value.as_str().unwrap_or_default().to_string();
     let target = [&meta["namespace"], &meta["pod"], &meta["container"]]
@@ -65,15 +70,16 @@ fn read(path: &Path) -> io::Result<Listed> {
     } else {
         "complete"
     };
-    for line in lines {
-        let line = line?;
-        if line
-            .contains("\"m\", \"kubegate: recording stopped: the session passed --record-maxsize")
-        {
-            status = "truncated";
-        } else if line.contains("\"m\", \"kubegate: recording stopped") {
-            status = "incomplete";
-        }
+    reader.seek(SeekFrom::Start(
+        bytes.saturating_sub(TAIL).max(first.len() as u64),
+    ))?;
+    let mut tail = Vec::new();
+    reader.read_to_end(&mut tail)?;
+    let tail = String::from_utf8_lossy(&tail);
+    if tail.contains("\"m\", \"kubegate: recording stopped: the session passed --record-maxsize") {
+        status = "truncated";
+    } else if tail.contains("\"m\", \"kubegate: recording stopped") {
+        status = "incomplete";
     }
     Ok(Listed {
         path: path.to_path_buf(),
@@ -148,7 +154,9 @@ pub fn play(path: &Path, speed: f64, idle_limit: Duration, out: &mut impl Write)
         if code != "o" {
             continue;
         }
-        let pause = Duration::from_secs_f64(((time - last) / speed).max(0.0)).min(idle_limit);
+        let pause = Duration::try_from_secs_f64(((time - last) / speed).max(0.0))
+            .unwrap_or(idle_limit)
+            .min(idle_limit);
         last = time;
         if !pause.is_zero() {
             out.flush()?;
