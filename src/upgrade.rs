@@ -246,7 +246,7 @@ impl ClientSession {
         };
         if let Some(record) = self.record {
             if let Some(summary) = &recorded {
-                Recording::annotate(summary, &record);
+                summary.annotate(&record);
             }
             let duration = format!("{:.3}s", self.began.elapsed().as_secs_f64());
             record.annotate("kubegate.io/duration", duration);

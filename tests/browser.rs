@@ -356,10 +356,11 @@ async fn chromium_runs_exec_and_port_forward_as_websockets_over_http2() {
         "2"
     );
     // Counted when the session has ended, which the page need not wait for.
+    let complete = "kubegate_recordings_total{status=\"complete\"}";
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
     within("the exec's recording", async {
-        let complete = "kubegate_recordings_total{status=\"complete\"}";
         while kubegate.metric(complete).await != "1" {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tick.tick().await;
         }
     })
     .await;

@@ -12,22 +12,6 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
-/// A command, failing the test with `install` if the program is missing.
-fn program(name: &str, install: &str) -> Command {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is not installed; {install} (scripts/test installs it)"
-    );
-    let mut command = Command::new(name);
-    command.stdin(Stdio::null()).kill_on_drop(true);
-    command
-}
-
 /// kubectl pointed at kubegate, with a throwaway home and no kubeconfig.
 fn kubectl(home: &Path, kubegate: &Kubegate, args: &[&str]) -> Command {
     kubectl_at(home, &kubegate.url(""), args)

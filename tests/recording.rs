@@ -14,21 +14,6 @@ use serde_json::Value;
 use support::*;
 use tokio::process::Command;
 
-/// A command, failing the test with `install` if the program is missing.
-fn program(name: &str, install: &str) -> Command {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{name} is not installed; {install} (scripts/test installs it)"
-    );
-    let mut command = Command::new(name);
-    command.stdin(Stdio::null()).kill_on_drop(true);
-    command
-}
-
 /// The kubectl command line for kubegate, as a shell would run it.
 fn kubectl_line(double: &Double, kubegate: &Kubegate, websockets: bool, args: &str) -> String {
     let home = double.dir.path().display();
@@ -62,16 +47,19 @@ struct Tmux {
 }
 
 impl Tmux {
-    /// Runs `line` in a 100×30 window with no status bar.
+    /// Runs `line` in a 100×30 window with no status bar; when it ends it
+    /// signals the channel `ended` (the server stays, to be asked).
     async fn run(dir: &Path, name: &str, line: &str) -> Tmux {
         let config = dir.join(format!("{name}.tmux.conf"));
-        std::fs::write(&config, "set -g status off\nset -g remain-on-exit off\n").unwrap();
+        let settings = "set -g status off\nset -g remain-on-exit off\nset -g exit-empty off\n";
+        std::fs::write(&config, settings).unwrap();
+        let line = format!("{line}; tmux wait-for -S ended");
         let tmux = Tmux {
             socket: format!("kubegate-test-{}-{name}", std::process::id()),
             config,
         };
         let started = tmux
-            .command(&["new-session", "-d", "-x", "100", "-y", "30", line])
+            .command(&["new-session", "-d", "-x", "100", "-y", "30", &line])
             .status()
             .await
             .unwrap();
@@ -91,29 +79,21 @@ impl Tmux {
         command
     }
 
-    /// What the window shows now (empty once it has closed).
-    async fn screen(&self) -> String {
-        let shown = self
-            .command(&["capture-pane", "-p"])
-            .output()
-            .await
-            .unwrap();
+    /// What the window shows now.
+    fn screen(&self) -> String {
+        let mut capture = std::process::Command::new("tmux");
+        capture.args(["-L", &self.socket, "capture-pane", "-p"]);
+        let shown = capture.env_remove("TMUX").output().unwrap();
         String::from_utf8_lossy(&shown.stdout).into_owned()
     }
 
-    async fn wait_for(&self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let screen = self.screen().await;
-            if screen.contains(text) {
-                return screen;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{text:?} never showed on the terminal:\n{screen}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    /// Waits until the window shows `text` (tmux signals no screen change,
+    /// so the screen is looked at until it does).
+    async fn wait_for(&self, text: &str) {
+        eventually(&format!("{text:?} on the terminal"), || {
+            self.screen().contains(text)
+        })
+        .await;
     }
 
     async fn type_line(&self, text: &str) {
@@ -141,20 +121,14 @@ impl Tmux {
         assert!(resized.success());
     }
 
+    /// Waits for the window's program to end: its `ended` signal (tmux
+    /// keeps a signal sent before anyone waits).
     async fn wait_closed(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let alive = self.command(&["has-session"]).status().await.unwrap();
-            if !alive.success() {
-                return;
-            }
-            let screen = self.screen().await;
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the terminal's program did not end:\n{screen}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let ended = within("the terminal's program to end", async {
+            self.command(&["wait-for", "ended"]).status().await.unwrap()
+        })
+        .await;
+        assert!(ended.success(), "tmux wait-for");
     }
 }
 
@@ -186,30 +160,30 @@ async fn recording(flags: &[&str]) -> (Double, Kubegate, PathBuf, PathBuf) {
     (double, kubegate, dir, log)
 }
 
+/// The exec and attach sessions' `ResponseComplete` events so far.
+fn session_ends(log: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| {
+            event["stage"] == "ResponseComplete"
+                && matches!(
+                    event["objectRef"]["subresource"].as_str(),
+                    Some("exec" | "attach")
+                )
+        })
+        .collect()
+}
+
 /// The annotations of the `n`-th (from 0) exec or attach session's
-/// `ResponseComplete`, once written.
+/// `ResponseComplete`, once written (after the session, which the client
+/// need not wait for).
 async fn session_end(log: &Path, n: usize) -> Value {
-    within("the session's ResponseComplete", async {
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let ends: Vec<Value> = text
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .filter(|event| {
-                    event["stage"] == "ResponseComplete"
-                        && matches!(
-                            event["objectRef"]["subresource"].as_str(),
-                            Some("exec" | "attach")
-                        )
-                })
-                .collect();
-            if let Some(end) = ends.get(n) {
-                return end["annotations"].clone();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    eventually("the session's ResponseComplete", || {
+        session_ends(log).len() > n
     })
-    .await
+    .await;
+    session_ends(log)[n]["annotations"].clone()
 }
 
 /// A recording: its header and its events.

@@ -243,8 +243,7 @@ impl Recorder {
         };
         let problem = problem.unwrap_or_default();
         if refuse {
-            self.metrics
-                .recording(Outcome::Off(String::new()).label(), 0);
+            self.metrics.recording("off", 0);
             return Err(ProxyError::RecordingUnavailable(problem));
         }
         Ok(Some(Plan::Off(Outcome::Off(problem))))
@@ -531,24 +530,24 @@ impl Recording {
         metrics.recording(summary.outcome.label(), summary.bytes);
         summary
     }
-
-    /// Annotates `record` with how the recording ended.
-    pub fn annotate(summary: &Summary, record: &Record) {
-        record.annotate("kubegate.io/recording-status", summary.outcome.annotation());
-        if let Some(name) = &summary.name {
-            record.annotate("kubegate.io/recording", name.clone());
-        }
-        if !summary.sha256.is_empty() {
-            record.annotate("kubegate.io/recording-bytes", summary.bytes.to_string());
-            record.annotate("kubegate.io/recording-sha256", summary.sha256.clone());
-        }
-        if let Some(code) = summary.exit_code {
-            record.annotate("kubegate.io/exit-code", code.to_string());
-        }
-    }
 }
 
 impl Summary {
+    /// Annotates `record` with how the recording ended.
+    pub fn annotate(&self, record: &Record) {
+        record.annotate("kubegate.io/recording-status", self.outcome.annotation());
+        if let Some(name) = &self.name {
+            record.annotate("kubegate.io/recording", name.clone());
+        }
+        if !self.sha256.is_empty() {
+            record.annotate("kubegate.io/recording-bytes", self.bytes.to_string());
+            record.annotate("kubegate.io/recording-sha256", self.sha256.clone());
+        }
+        if let Some(code) = self.exit_code {
+            record.annotate("kubegate.io/exit-code", code.to_string());
+        }
+    }
+
     fn off(outcome: Outcome) -> Summary {
         Summary {
             name: None,

@@ -711,3 +711,22 @@ pub fn production_binary() -> std::path::PathBuf {
     );
     binary
 }
+
+/// A command, failing the test with `install` if the program is missing:
+/// a missing client is a failure that says how to install it, never a
+/// skip.
+pub fn program(name: &str, install: &str) -> tokio::process::Command {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{name} is not installed; {install} (scripts/test installs it)"
+    );
+    let mut command = tokio::process::Command::new(name);
+    command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
