@@ -31,6 +31,19 @@ fn kubectl_at(home: &Path, server: &str, args: &[&str]) -> Command {
     command
 }
 
+/// Runs a `kubectl exec`, once more when kubectl's own race lost its
+/// output: kubectl before 1.33 reads a WebSocket before it has made its
+/// streams, and drops what arrives that early ("Unknown stream id",
+/// kubernetes#131203), so a command that answers at once can lose its
+/// output. Only that message of the client's is tried again.
+async fn kubectl_exec(command: impl Fn() -> Command) -> std::process::Output {
+    let mut tried = within("kubectl exec", command().output()).await.unwrap();
+    if String::from_utf8_lossy(&tried.stderr).contains("Unknown stream id") {
+        tried = within("kubectl exec", command().output()).await.unwrap();
+    }
+    tried
+}
+
 async fn output(mut command: Command) -> String {
     let output = within("client", command.output())
         .await
@@ -264,22 +277,12 @@ async fn kubectl_exec_works_over_websocket_and_spdy() {
             "-c",
             "echo out; echo err >&2; exit 3",
         ];
-        let mut output = None;
-        // kubectl before 1.33 reads a WebSocket before it has made its
-        // streams, and drops what arrives that early ("Unknown stream id",
-        // kubernetes#131203): a command that answers at once can lose its
-        // output. One more try for that message of the client's alone.
-        for _ in 0..2 {
+        let output = kubectl_exec(|| {
             let mut exit = kubectl(home, &kubegate, &exit_args);
             exit.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets);
-            let tried = within("kubectl exec", exit.output()).await.unwrap();
-            let raced = String::from_utf8_lossy(&tried.stderr).contains("Unknown stream id");
-            output = Some(tried);
-            if !raced {
-                break;
-            }
-        }
-        let output = output.unwrap();
+            exit
+        })
+        .await;
         assert_eq!(
             output.status.code(),
             Some(3),
@@ -671,13 +674,14 @@ async fn everyday_commands(double: &Double, server: &str, echo: &EchoServer) {
     assert!(listed.contains("pod/box"), "{listed}");
     double.store().append_log("default", "box", "line one");
     let _watch = watch_and_follow(double, server, "box").await;
-    let said = output(kubectl_at(
-        home,
-        server,
-        &["exec", "box", "--", "echo", "hi there"],
-    ))
-    .await;
-    assert_eq!(said.trim(), "hi there");
+    let said =
+        kubectl_exec(|| kubectl_at(home, server, &["exec", "box", "--", "echo", "hi there"])).await;
+    assert!(
+        said.status.success(),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&said.stdout).trim(), "hi there");
     let (_child, mut lines) = stream(kubectl_at(
         home,
         server,
